@@ -1,0 +1,162 @@
+"""Choose how PostgreSQL and Kafka are provided, and provide them for the length of a ``with`` block.
+
+Order of choice, for each service on its own:
+
+1. the environment: ``DATABASE_URL`` / ``KAFKA_BOOTSTRAP_SERVERS`` point at a running service;
+2. testcontainers, when a Docker engine answers;
+3. local processes: PostgreSQL from the server binaries, Kafka from its Maven Central jars.
+
+``TIDINGS_SERVICES=local`` or ``=docker`` forces route 3 or 2 (the environment still wins).
+The tests, the benchmarks and the demo all come through here.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+from urllib.parse import urlsplit, urlunsplit
+
+import psycopg
+
+from tidings.devservices.containers import docker_available, kafka_container, postgres_container
+from tidings.devservices.errors import ServiceError, ServiceStartFailed
+from tidings.devservices.kafka import LocalKafka, wait_for_kafka
+from tidings.devservices.postgres import LocalPostgres
+from tidings.devservices.runs import sweep_stale_runs
+
+__all__ = ["Service", "Services", "kafka", "postgres", "redact", "route", "services"]
+
+Kind = Literal["postgres", "kafka"]
+Source = Literal["environment", "docker", "local"]
+
+ENV_VARS: dict[Kind, str] = {"postgres": "DATABASE_URL", "kafka": "KAFKA_BOOTSTRAP_SERVERS"}
+ENVIRONMENT_TIMEOUT_SECONDS = 30.0
+
+
+@dataclass(frozen=True, slots=True)
+class Service:
+    """A running service: where to reach it, how it was provided, where its log is (local route only)."""
+
+    kind: Kind
+    address: str
+    source: Source
+    log_path: Path | None = None
+    started_in: float = 0.0
+
+    @property
+    def env_var(self) -> str:
+        return ENV_VARS[self.kind]
+
+
+@dataclass(frozen=True, slots=True)
+class Services:
+    postgres: Service
+    kafka: Service
+
+
+def redact(url: str) -> str:
+    """The URL with its password replaced, fit for logs and error messages."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def route(kind: Kind) -> Source:
+    """How ``kind`` would be provided right now."""
+    if os.environ.get(ENV_VARS[kind]):
+        return "environment"
+    forced = os.environ.get("TIDINGS_SERVICES", "auto")
+    if forced not in ("auto", "local", "docker"):
+        raise ServiceError(f"TIDINGS_SERVICES={forced!r}: expected auto, local or docker")
+    if forced == "local":
+        return "local"
+    if forced == "docker" or docker_available():
+        return "docker"
+    return "local"
+
+
+@contextmanager
+def postgres() -> Iterator[Service]:
+    """PostgreSQL for the duration of the block.
+
+    Raises:
+        MissingPrerequisite: the local route lacks server binaries (or, as root, the postgres account).
+        ServiceStartFailed: the service did not become ready, or DATABASE_URL does not answer.
+    """
+    started = time.monotonic()
+    source = route("postgres")
+    if source == "environment":
+        url = os.environ["DATABASE_URL"]
+        _wait_for_postgres(url)
+        yield Service("postgres", url, source, started_in=time.monotonic() - started)
+    elif source == "docker":
+        with postgres_container() as url:
+            yield Service("postgres", url, source, started_in=time.monotonic() - started)
+    else:
+        sweep_stale_runs()
+        server = LocalPostgres()
+        try:
+            url = server.start()
+            yield Service("postgres", url, source, server.log_path, time.monotonic() - started)
+        finally:
+            server.stop()
+
+
+@contextmanager
+def kafka() -> Iterator[Service]:
+    """Apache Kafka for the duration of the block.
+
+    Raises:
+        MissingPrerequisite: the local route lacks java (or, for the first jar fetch, mvn).
+        ServiceStartFailed: the broker did not become ready, or KAFKA_BOOTSTRAP_SERVERS does not answer.
+    """
+    started = time.monotonic()
+    source = route("kafka")
+    if source == "environment":
+        bootstrap = os.environ["KAFKA_BOOTSTRAP_SERVERS"]
+        try:
+            wait_for_kafka(bootstrap, ENVIRONMENT_TIMEOUT_SECONDS)
+        except TimeoutError as exc:
+            raise ServiceStartFailed("kafka", f"KAFKA_BOOTSTRAP_SERVERS={bootstrap} does not answer: {exc}") from exc
+        yield Service("kafka", bootstrap, source, started_in=time.monotonic() - started)
+    elif source == "docker":
+        with kafka_container() as bootstrap:
+            yield Service("kafka", bootstrap, source, started_in=time.monotonic() - started)
+    else:
+        sweep_stale_runs()
+        broker = LocalKafka()
+        try:
+            bootstrap = broker.start()
+            yield Service("kafka", bootstrap, source, broker.log_path, time.monotonic() - started)
+        finally:
+            broker.stop()
+
+
+@contextmanager
+def services() -> Iterator[Services]:
+    """Both services for the duration of the block; stopped in reverse order."""
+    with ExitStack() as stack:
+        pg = stack.enter_context(postgres())
+        broker = stack.enter_context(kafka())
+        yield Services(pg, broker)
+
+
+def _wait_for_postgres(url: str) -> None:
+    deadline = time.monotonic() + ENVIRONMENT_TIMEOUT_SECONDS
+    while True:
+        try:
+            with psycopg.connect(url, connect_timeout=5) as conn:
+                conn.execute("SELECT 1")
+            return
+        except psycopg.Error as exc:
+            if time.monotonic() > deadline:
+                raise ServiceStartFailed("postgres", f"DATABASE_URL={redact(url)} does not answer: "
+                                         f"{exc}") from exc
+            time.sleep(0.5)
