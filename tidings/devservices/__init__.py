@@ -15,7 +15,7 @@ from tidings.devservices.detached import DevServices, dev_down, dev_status, dev_
 from tidings.devservices.errors import MissingPrerequisite, ServiceError, ServiceStartFailed
 from tidings.devservices.kafka import LocalKafka, check_java, wait_for_kafka
 from tidings.devservices.postgres import LocalPostgres, find_postgres_bindir
-from tidings.devservices.provide import Service, Services, kafka, postgres, redact, route, services
+from tidings.devservices.provide import Service, Services, kafka, postgres, route, services
 
 __all__ = [
     # providing services
@@ -36,9 +36,8 @@ __all__ = [
     "dev_down",
     "dev_status",
     "dev_up",
-    # errors and helpers
+    # errors
     "MissingPrerequisite",
     "ServiceError",
     "ServiceStartFailed",
-    "redact",
 ]

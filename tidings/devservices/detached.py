@@ -43,12 +43,21 @@ class DevServices:
         return {"DATABASE_URL": self.database_url, "KAFKA_BOOTSTRAP_SERVERS": self.kafka_bootstrap_servers}
 
     def _postgres(self) -> LocalPostgres:
-        return LocalPostgres(detached=True, bindir=Path(self.postgres_bindir), run_dir=Path(self.postgres_run_dir),
-                             port=self.postgres_port)
+        return LocalPostgres(
+            detached=True,
+            bindir=Path(self.postgres_bindir),
+            run_dir=Path(self.postgres_run_dir),
+            port=self.postgres_port,
+        )
 
     def _kafka(self) -> LocalKafka:
-        return LocalKafka(detached=True, java="java", run_dir=Path(self.kafka_run_dir), port=self.kafka_port,
-                          pid=self.kafka_pid)
+        return LocalKafka(
+            detached=True,
+            java="java",
+            run_dir=Path(self.kafka_run_dir),
+            port=self.kafka_port,
+            pid=self.kafka_pid,
+        )
 
 
 def _read_state() -> DevServices | None:
@@ -79,8 +88,16 @@ def dev_up() -> DevServices:
     except BaseException:
         pg.stop()
         raise
-    state = DevServices(pg.url, broker.bootstrap_servers, str(pg.run_dir), str(pg.bindir), pg.port,
-                        str(broker.run_dir), broker.pid, broker.port)
+    state = DevServices(
+        pg.url,
+        broker.bootstrap_servers,
+        str(pg.run_dir),
+        str(pg.bindir),
+        pg.port,
+        str(broker.run_dir),
+        broker.pid,
+        broker.port,
+    )
     tmp = state_path().with_suffix(".tmp")
     tmp.write_text(json.dumps(asdict(state), indent=2))
     os.replace(tmp, state_path())

@@ -62,19 +62,33 @@ def _fetch(version: str, home: Path, lib: Path) -> None:
     staging = Path(tempfile.mkdtemp(prefix="lib-", dir=home))
     pom = staging / "pom.xml"
     pom.write_bytes(resources.files("tidings.devservices").joinpath("kafka-pom.xml").read_bytes())
-    command = [mvn, "-B", "-ntp", "-q", "-f", str(pom), "dependency:copy-dependencies",
-               f"-Dkafka.version={version}", f"-Dlog4j.version={LOG4J_VERSION}", f"-Djars.dir={staging / 'lib'}"]
+    command = [
+        mvn,
+        "-B",
+        "-ntp",
+        "-q",
+        "-f",
+        str(pom),
+        "dependency:copy-dependencies",
+        f"-Dkafka.version={version}",
+        f"-Dlog4j.version={LOG4J_VERSION}",
+        f"-Djars.dir={staging / 'lib'}",
+    ]
     try:
-        result = subprocess.run(command, capture_output=True, text=True, timeout=FETCH_TIMEOUT_SECONDS,
-                                check=False)
+        result = subprocess.run(
+            command, capture_output=True, text=True, timeout=FETCH_TIMEOUT_SECONDS, check=False
+        )
     except subprocess.TimeoutExpired as exc:
         shutil.rmtree(staging, ignore_errors=True)
-        raise ServiceStartFailed("kafka", f"fetching the Kafka {version} jars took over "
-                                 f"{FETCH_TIMEOUT_SECONDS}s") from exc
+        raise ServiceStartFailed(
+            "kafka", f"fetching the Kafka {version} jars took over {FETCH_TIMEOUT_SECONDS}s"
+        ) from exc
     if result.returncode != 0 or not any((staging / "lib").glob("kafka_2.13-*.jar")):
         shutil.rmtree(staging, ignore_errors=True)
         output = (result.stdout + result.stderr)[-3000:]
-        raise ServiceStartFailed("kafka", f"Maven could not fetch org.apache.kafka:kafka_2.13:{version}:\n{output}")
+        raise ServiceStartFailed(
+            "kafka", f"Maven could not fetch org.apache.kafka:kafka_2.13:{version}:\n{output}"
+        )
     shutil.rmtree(lib, ignore_errors=True)
     (staging / "lib").rename(lib)
     shutil.rmtree(staging, ignore_errors=True)

@@ -9,6 +9,7 @@ a listening port alone does not mean the controller has elected itself.
 from __future__ import annotations
 
 import base64
+import contextlib
 import os
 import re
 import shutil
@@ -137,7 +138,9 @@ class LocalKafka:
             self._format(lib, config)
             process = self._launch(lib, config)
             self.pid = process.pid
-            RunOwner("kafka", 0 if self.detached else os.getpid(), self.pid, str(self.data_dir)).write(self.run_dir)
+            RunOwner("kafka", 0 if self.detached else os.getpid(), self.pid, str(self.data_dir)).write(
+                self.run_dir
+            )
             try:
                 self._wait_ready(process)
                 return self.bootstrap_servers
@@ -198,22 +201,44 @@ class LocalKafka:
         return config
 
     def _jvm(self, lib: Path, heap: str) -> list[str]:
-        return [self.java, f"-Xmx{heap}", "-XX:+UseG1GC", "-XX:MaxGCPauseMillis=20", "-Djava.awt.headless=true",
-                f"-Dlog4j2.configurationFile={self.run_dir / 'log4j2.properties'}", "-cp", f"{lib}/*"]
+        return [
+            self.java,
+            f"-Xmx{heap}",
+            "-XX:+UseG1GC",
+            "-XX:MaxGCPauseMillis=20",
+            "-Djava.awt.headless=true",
+            f"-Dlog4j2.configurationFile={self.run_dir / 'log4j2.properties'}",
+            "-cp",
+            f"{lib}/*",
+        ]
 
     def _format(self, lib: Path, config: Path) -> None:
-        command = [*self._jvm(lib, "256m"), "kafka.tools.StorageTool", "format", "-t", _cluster_id(),
-                   "-c", str(config), "--ignore-formatted"]
+        command = [
+            *self._jvm(lib, "256m"),
+            "kafka.tools.StorageTool",
+            "format",
+            "-t",
+            _cluster_id(),
+            "-c",
+            str(config),
+            "--ignore-formatted",
+        ]
         result = subprocess.run(command, capture_output=True, text=True, timeout=120, check=False)
         if result.returncode != 0:
             self.log_path.write_text(result.stdout + result.stderr)
-            raise ServiceStartFailed("kafka", "formatting the KRaft storage failed", self.log_path,
-                                     tail(self.log_path))
+            raise ServiceStartFailed(
+                "kafka", "formatting the KRaft storage failed", self.log_path, tail(self.log_path)
+            )
 
     def _launch(self, lib: Path, config: Path) -> subprocess.Popen[bytes]:
         with open(self.log_path, "ab") as log:
             return subprocess.Popen(
-                [*self._jvm(lib, self.heap), f"-Xms{min(256, _megabytes(self.heap))}m", "kafka.Kafka", str(config)],
+                [
+                    *self._jvm(lib, self.heap),
+                    f"-Xms{min(256, _megabytes(self.heap))}m",
+                    "kafka.Kafka",
+                    str(config),
+                ],
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
@@ -226,11 +251,19 @@ class LocalKafka:
         deadline = time.monotonic() + START_TIMEOUT_SECONDS
         while READY_LINE not in self.log_path.read_text(errors="replace"):
             if process.poll() is not None:
-                raise ServiceStartFailed("kafka", f"the broker exited with code {process.returncode}",
-                                         self.log_path, tail(self.log_path))
+                raise ServiceStartFailed(
+                    "kafka",
+                    f"the broker exited with code {process.returncode}",
+                    self.log_path,
+                    tail(self.log_path),
+                )
             if time.monotonic() > deadline:
-                raise ServiceStartFailed("kafka", f"no '{READY_LINE}' within {START_TIMEOUT_SECONDS}s",
-                                         self.log_path, tail(self.log_path))
+                raise ServiceStartFailed(
+                    "kafka",
+                    f"no '{READY_LINE}' within {START_TIMEOUT_SECONDS}s",
+                    self.log_path,
+                    tail(self.log_path),
+                )
             time.sleep(0.2)
         try:
             wait_for_kafka(self.bootstrap_servers, max(10.0, deadline - time.monotonic()))
@@ -248,10 +281,8 @@ class LocalKafka:
 
 def _reap(pid: int) -> None:
     """Collect our own child's exit status so that it does not linger as a zombie (which looks alive)."""
-    try:
+    with contextlib.suppress(ChildProcessError):
         os.waitpid(pid, os.WNOHANG)
-    except ChildProcessError:
-        pass
 
 
 def _megabytes(heap: str) -> int:

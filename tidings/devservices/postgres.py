@@ -73,7 +73,9 @@ def find_postgres_bindir() -> Path:
         if all(os.access(bindir / tool, os.X_OK) for tool in ("initdb", "pg_ctl", "postgres")):
             return bindir
     where = f" in TIDINGS_PG_BINDIR={explicit}" if explicit else ""
-    raise MissingPrerequisite(f"PostgreSQL server binaries (initdb, pg_ctl, postgres){where}", REMEDY_BINARIES)
+    raise MissingPrerequisite(
+        f"PostgreSQL server binaries (initdb, pg_ctl, postgres){where}", REMEDY_BINARIES
+    )
 
 
 def _major_of(path: str) -> int:
@@ -134,7 +136,9 @@ class LocalPostgres:
                 break
             # Another process took the port between free_port() and bind: try another.
             if "could not bind" not in tail(self.log_path, 50) or attempt == START_ATTEMPTS:
-                raise ServiceStartFailed("postgres", "pg_ctl start failed", self.log_path, tail(self.log_path))
+                raise ServiceStartFailed(
+                    "postgres", "pg_ctl start failed", self.log_path, tail(self.log_path)
+                )
         self._record_owner(service_pid=self._postmaster_pid())
         self._create_database()
         return self.url
@@ -143,8 +147,19 @@ class LocalPostgres:
         """Stop the server (fast shutdown) and delete the data directory; the log stays for diagnosis."""
         if (self.data_dir / "postmaster.pid").exists():
             subprocess.run(
-                self._as_owner([str(self.bindir / "pg_ctl"), "-D", str(self.data_dir), "-m", "fast", "-w",
-                                "-t", "30", "stop"]),
+                self._as_owner(
+                    [
+                        str(self.bindir / "pg_ctl"),
+                        "-D",
+                        str(self.data_dir),
+                        "-m",
+                        "fast",
+                        "-w",
+                        "-t",
+                        "30",
+                        "stop",
+                    ]
+                ),
                 capture_output=True,
                 check=False,
             )
@@ -168,8 +183,17 @@ class LocalPostgres:
                 os.chown(path, uid, gid)
 
     def _initdb(self) -> None:
-        command = [str(self.bindir / "initdb"), "-D", str(self.data_dir), "-U", "postgres", "--auth=trust",
-                   "--encoding=UTF8", "--no-locale", "--no-sync"]
+        command = [
+            str(self.bindir / "initdb"),
+            "-D",
+            str(self.data_dir),
+            "-U",
+            "postgres",
+            "--auth=trust",
+            "--encoding=UTF8",
+            "--no-locale",
+            "--no-sync",
+        ]
         result = subprocess.run(self._as_owner(command), capture_output=True, text=True, check=False)
         if result.returncode != 0:
             self.log_path.write_text(result.stdout + result.stderr)
@@ -182,8 +206,17 @@ class LocalPostgres:
             conf.write("\n# tidings.devservices\n")
             conf.write("".join(f"{key} = '{value}'\n" for key, value in settings.items()))
             conf.write(f"port = {self.port}\n")
-        command = [str(self.bindir / "pg_ctl"), "-D", str(self.data_dir), "-l", str(self.log_path),
-                   "-w", "-t", str(START_TIMEOUT_SECONDS), "start"]
+        command = [
+            str(self.bindir / "pg_ctl"),
+            "-D",
+            str(self.data_dir),
+            "-l",
+            str(self.log_path),
+            "-w",
+            "-t",
+            str(START_TIMEOUT_SECONDS),
+            "start",
+        ]
         result = subprocess.run(self._as_owner(command), capture_output=True, text=True, check=False)
         return result.returncode == 0
 
@@ -197,8 +230,12 @@ class LocalPostgres:
                 return
             except psycopg.OperationalError as exc:
                 if time.monotonic() > deadline:
-                    raise ServiceStartFailed("postgres", f"server did not accept connections: {exc}",
-                                             self.log_path, tail(self.log_path)) from exc
+                    raise ServiceStartFailed(
+                        "postgres",
+                        f"server did not accept connections: {exc}",
+                        self.log_path,
+                        tail(self.log_path),
+                    ) from exc
                 time.sleep(0.2)
 
     def _postmaster_pid(self) -> int:
@@ -216,8 +253,11 @@ class LocalPostgres:
             return command
         runuser = shutil.which("runuser")
         if runuser is None:
-            raise MissingPrerequisite("runuser", "As root, PostgreSQL must run as the postgres account; "
-                                      "install util-linux or run as an ordinary user.")
+            raise MissingPrerequisite(
+                "runuser",
+                "As root, PostgreSQL must run as the postgres account; "
+                "install util-linux or run as an ordinary user.",
+            )
         return [runuser, "-u", "postgres", "--", *command]
 
 

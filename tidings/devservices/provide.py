@@ -19,17 +19,17 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
-from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
 
+from eventstore import redact_url
 from tidings.devservices.containers import docker_available, kafka_container, postgres_container
 from tidings.devservices.errors import ServiceError, ServiceStartFailed
 from tidings.devservices.kafka import LocalKafka, wait_for_kafka
 from tidings.devservices.postgres import LocalPostgres
 from tidings.devservices.runs import sweep_stale_runs
 
-__all__ = ["Service", "Services", "kafka", "postgres", "redact", "route", "services"]
+__all__ = ["Service", "Services", "kafka", "postgres", "route", "services"]
 
 Kind = Literal["postgres", "kafka"]
 Source = Literal["environment", "docker", "local"]
@@ -57,15 +57,6 @@ class Service:
 class Services:
     postgres: Service
     kafka: Service
-
-
-def redact(url: str) -> str:
-    """The URL with its password replaced, fit for logs and error messages."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
-    return urlunsplit(parts._replace(netloc=netloc))
 
 
 def route(kind: Kind) -> Source:
@@ -124,7 +115,9 @@ def kafka() -> Iterator[Service]:
         try:
             wait_for_kafka(bootstrap, ENVIRONMENT_TIMEOUT_SECONDS)
         except TimeoutError as exc:
-            raise ServiceStartFailed("kafka", f"KAFKA_BOOTSTRAP_SERVERS={bootstrap} does not answer: {exc}") from exc
+            raise ServiceStartFailed(
+                "kafka", f"KAFKA_BOOTSTRAP_SERVERS={bootstrap} does not answer: {exc}"
+            ) from exc
         yield Service("kafka", bootstrap, source, started_in=time.monotonic() - started)
     elif source == "docker":
         with kafka_container() as bootstrap:
@@ -157,6 +150,7 @@ def _wait_for_postgres(url: str) -> None:
             return
         except psycopg.Error as exc:
             if time.monotonic() > deadline:
-                raise ServiceStartFailed("postgres", f"DATABASE_URL={redact(url)} does not answer: "
-                                         f"{exc}") from exc
+                raise ServiceStartFailed(
+                    "postgres", f"DATABASE_URL={redact_url(url)} does not answer: {exc}"
+                ) from exc
             time.sleep(0.5)

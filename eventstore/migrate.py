@@ -1,0 +1,65 @@
+"""Apply the store's Alembic migrations inside its schema.
+
+Each store's schema has its own ``alembic_version`` table, so stores in one database migrate
+independently. Concurrent ``migrate`` calls for the same schema (two pods starting, a Helm hook racing a
+developer) serialise on a transaction-scoped advisory lock and the second finds nothing left to do.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import sqlalchemy as sa
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+
+from eventstore.config import StoreConfig, sqlalchemy_url
+
+__all__ = ["current_revision", "head_revision", "migrate"]
+
+SCRIPTS = Path(__file__).parent / "migrations"
+
+
+def _alembic_config(store: StoreConfig, connection: sa.Connection | None = None) -> Config:
+    config = Config()
+    config.set_main_option("script_location", str(SCRIPTS))
+    config.attributes["schema"] = store.schema
+    config.attributes["connection"] = connection
+    return config
+
+
+def migrate(store: StoreConfig, revision: str = "head") -> str:
+    """Upgrade the store's schema to ``revision``; return the revision now in place.
+
+    Raises:
+        sqlalchemy.exc.OperationalError: the database does not answer.
+    """
+    engine = sa.create_engine(sqlalchemy_url(store.url), poolclass=sa.pool.NullPool)
+    try:
+        with engine.begin() as connection:
+            command.upgrade(_alembic_config(store, connection), revision)
+        return current_revision(store, engine) or ""
+    finally:
+        engine.dispose()
+
+
+def current_revision(store: StoreConfig, engine: sa.Engine | None = None) -> str | None:
+    """The revision applied to the store's schema, or None when it was never migrated."""
+    own = engine is None
+    engine = engine or sa.create_engine(sqlalchemy_url(store.url), poolclass=sa.pool.NullPool)
+    try:
+        with engine.connect() as connection:
+            context = MigrationContext.configure(connection, opts={"version_table_schema": store.schema})
+            return context.get_current_revision()
+    finally:
+        if own:
+            engine.dispose()
+
+
+def head_revision() -> str:
+    """The newest revision this version of tidings ships."""
+    head = ScriptDirectory.from_config(_alembic_config(StoreConfig("postgresql://unused"))).get_current_head()
+    assert head is not None, "the migrations directory has no revision"
+    return head

@@ -1,0 +1,185 @@
+"""The ``tidings`` command line: a thin shell over library functions.
+
+Exit codes: 0 success, 1 unhealthy or failed, 2 usage error, 3 a service could not be provided
+(a missing prerequisite or a service that did not start; the message says which and what to do).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from eventstore import DEFAULT_SCHEMA, ConfigurationError, StoreConfig, migrate
+from tidings import devservices
+from workers.health import HealthReport, check_health
+
+__all__ = ["app"]
+
+EXIT_UNHEALTHY = 1
+EXIT_SERVICE = 3
+
+app = typer.Typer(
+    name="tidings",
+    help="Event-sourced, CQRS applications on PostgreSQL and Apache Kafka.",
+    no_args_is_help=True,
+    rich_markup_mode="rich",
+    add_completion=False,
+)
+dev_app = typer.Typer(
+    help="Local PostgreSQL and Kafka for development, kept running between commands.", no_args_is_help=True
+)
+app.add_typer(dev_app, name="dev")
+
+out = Console()
+err = Console(stderr=True)
+
+DatabaseUrl = Annotated[
+    str,
+    typer.Option(
+        envvar="DATABASE_URL", show_default=False, help="PostgreSQL URL (libpq form); read from DATABASE_URL."
+    ),
+]
+Bootstrap = Annotated[
+    str,
+    typer.Option(
+        envvar="KAFKA_BOOTSTRAP_SERVERS",
+        show_default=False,
+        help="Kafka bootstrap servers; read from KAFKA_BOOTSTRAP_SERVERS.",
+    ),
+]
+Schema = Annotated[str, typer.Option(envvar="TIDINGS_SCHEMA", help="PostgreSQL schema of the store.")]
+AsJson = Annotated[bool, typer.Option("--json", help="Print JSON for scripts instead of tables.")]
+
+
+@contextmanager
+def _service_errors() -> Iterator[None]:
+    """Turn provisioning and configuration errors into a clear message and an exit code."""
+    try:
+        yield
+    except devservices.ServiceError as exc:
+        err.print(f"[bold red]error:[/] {exc}", markup=True, highlight=False)
+        raise typer.Exit(EXIT_SERVICE) from exc
+    except ConfigurationError as exc:
+        err.print(f"[bold red]error:[/] {exc}", highlight=False)
+        raise typer.Exit(2) from exc
+
+
+def _print_health(report: HealthReport, as_json: bool) -> None:
+    if as_json:
+        out.print_json(
+            json.dumps(
+                {
+                    "ok": report.ok,
+                    "checks": [
+                        {"name": c.name, "ok": c.ok, "detail": c.detail, "seconds": round(c.seconds, 3)}
+                        for c in report.checks
+                    ],
+                }
+            )
+        )
+        return
+    table = Table(title="tidings health")
+    for column in ("check", "status", "detail", "seconds"):
+        table.add_column(column)
+    for check in report.checks:
+        status = "[green]ok[/]" if check.ok else "[red]FAIL[/]"
+        table.add_row(check.name, status, check.detail, f"{check.seconds:.2f}")
+    out.print(table)
+
+
+@app.command("migrate")
+def migrate_command(database_url: DatabaseUrl, schema: Schema = DEFAULT_SCHEMA) -> None:
+    """Apply the event store's migrations to SCHEMA (created if missing). Safe to run concurrently.
+
+    Example: [bold]DATABASE_URL=postgresql://app@db/app tidings migrate --schema bank[/]
+    """
+    with _service_errors():
+        revision = migrate(StoreConfig(database_url, schema))
+    out.print(f"schema {schema} at revision {revision}")
+
+
+@app.command("health")
+def health_command(
+    database_url: DatabaseUrl,
+    bootstrap_servers: Bootstrap,
+    schema: Schema = DEFAULT_SCHEMA,
+    migrate_first: Annotated[
+        bool, typer.Option("--migrate", help="Apply migrations before checking.")
+    ] = False,
+    as_json: AsJson = False,
+) -> None:
+    """Check PostgreSQL, the store's schema revision and Kafka; exit 1 if any check fails.
+
+    Example: [bold]tidings health --migrate --json[/]
+    """
+    with _service_errors():
+        store = StoreConfig(database_url, schema)
+        if migrate_first:
+            migrate(store)
+        report = check_health(store, bootstrap_servers)
+    _print_health(report, as_json)
+    if not report.ok:
+        raise typer.Exit(EXIT_UNHEALTHY)
+
+
+@app.command("demo")
+def demo_command(schema: Schema = DEFAULT_SCHEMA, as_json: AsJson = False) -> None:
+    """Provide PostgreSQL and Kafka, migrate the store and report health, then stop what was started.
+
+    Services come from DATABASE_URL / KAFKA_BOOTSTRAP_SERVERS when set, else Docker, else local processes.
+    Example: [bold]tidings demo[/]
+    """
+    with _service_errors(), devservices.services() as running:
+        for service in (running.postgres, running.kafka):
+            err.print(f"{service.kind}: {service.source}, ready in {service.started_in:.1f}s")
+        store = StoreConfig(running.postgres.address, schema)
+        err.print(f"schema {schema} migrated to revision {migrate(store)}")
+        report = check_health(store, running.kafka.address)
+    _print_health(report, as_json)
+    if not report.ok:
+        raise typer.Exit(EXIT_UNHEALTHY)
+
+
+@dev_app.command("up")
+def dev_up_command(as_json: AsJson = False) -> None:
+    """Start a local PostgreSQL and Kafka (or reuse running ones) and print the variables to export.
+
+    Example: [bold]eval "$(tidings dev up)"[/]
+    """
+    with _service_errors(), err.status("starting PostgreSQL and Kafka..."):
+        state = devservices.dev_up()
+    if as_json:
+        out.print_json(json.dumps(state.exports()))
+    else:
+        for name, value in state.exports().items():
+            typer.echo(f"export {name}={value}")
+
+
+@dev_app.command("down")
+def dev_down_command() -> None:
+    """Stop the services started by `tidings dev up` and delete their data (logs are kept)."""
+    if devservices.dev_down():
+        err.print("stopped")
+    else:
+        err.print("nothing to stop: `tidings dev up` has not run")
+
+
+@dev_app.command("status")
+def dev_status_command(as_json: AsJson = False) -> None:
+    """Whether the services of `tidings dev up` answer; exit 1 if not up or not answering."""
+    status = devservices.dev_status()
+    if as_json:
+        out.print_json(json.dumps(status))
+    elif not status:
+        err.print("not up: run `tidings dev up`")
+    else:
+        for name, ok in status.items():
+            out.print(f"{name}: {'[green]answering[/]' if ok else '[red]not answering[/]'}")
+    if not status or not all(status.values()):
+        raise typer.Exit(EXIT_UNHEALTHY)
