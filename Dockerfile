@@ -4,10 +4,10 @@
 # An application image extends it:
 #
 #   FROM tidings
-#   COPY --chown=root:root myapp/ /app/myapp/
+#   COPY myapp/ /app/myapp/
 #   ENV PYTHONPATH=/app
 #
-# and keeps the non-root user, entrypoint and read-only-friendly layout.
+# COPY leaves the files owned by root, so the runtime user (10001) cannot modify the code.
 
 FROM python:3.11-slim-bookworm AS build
 
@@ -39,7 +39,6 @@ ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1
 
 USER 10001
-WORKDIR /tmp
 
 ENTRYPOINT ["tidings"]
 CMD ["--help"]

@@ -63,10 +63,11 @@ def _service_errors() -> Iterator[None]:
     try:
         yield
     except devservices.ServiceError as exc:
-        err.print(f"[bold red]error:[/] {exc}", markup=True, highlight=False)
+        # Plain echo: a console would wrap the message and its log tail at the terminal's width.
+        typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(EXIT_SERVICE) from exc
     except ConfigurationError as exc:
-        err.print(f"[bold red]error:[/] {exc}", highlight=False)
+        typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from exc
 
 

@@ -13,9 +13,9 @@ environment variables and the failure modes.
 
 from tidings.devservices.detached import DevServices, dev_down, dev_status, dev_up
 from tidings.devservices.errors import MissingPrerequisite, ServiceError, ServiceStartFailed
-from tidings.devservices.kafka import LocalKafka, check_java, wait_for_kafka
-from tidings.devservices.postgres import LocalPostgres, find_postgres_bindir
-from tidings.devservices.provide import Service, Services, kafka, postgres, route, services
+from tidings.devservices.local_kafka import LocalKafka, check_java, wait_for_kafka
+from tidings.devservices.local_postgres import LocalPostgres, find_postgres_bindir
+from tidings.devservices.provide import Service, Services, kafka, postgres, preflight, route, services
 
 __all__ = [
     # providing services
@@ -23,6 +23,7 @@ __all__ = [
     "Services",
     "kafka",
     "postgres",
+    "preflight",
     "route",
     "services",
     # the local route's building blocks

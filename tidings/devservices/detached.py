@@ -15,8 +15,9 @@ from pathlib import Path
 
 import psycopg
 
-from tidings.devservices.kafka import LocalKafka, wait_for_kafka
-from tidings.devservices.postgres import LocalPostgres, find_postgres_bindir
+from tidings.devservices.local_kafka import LocalKafka, wait_for_kafka
+from tidings.devservices.local_postgres import LocalPostgres, find_postgres_bindir
+from tidings.devservices.provide import check_local_prerequisites
 from tidings.devservices.runs import runs_root, sweep_stale_runs
 
 __all__ = ["DevServices", "dev_down", "dev_status", "dev_up", "state_path"]
@@ -79,6 +80,9 @@ def dev_up() -> DevServices:
         if all(health.values()):
             return current
         dev_down()
+    # Dev services are always local: check both before starting either.
+    check_local_prerequisites("postgres")
+    check_local_prerequisites("kafka")
     sweep_stale_runs()
     pg = LocalPostgres(detached=True, bindir=find_postgres_bindir())
     pg.start()

@@ -19,7 +19,7 @@ from pathlib import Path
 from tidings.devservices.errors import MissingPrerequisite, ServiceStartFailed
 from tidings.devservices.runs import cache_root
 
-__all__ = ["DEFAULT_KAFKA_VERSION", "kafka_jars", "kafka_version"]
+__all__ = ["DEFAULT_KAFKA_VERSION", "jars_cached", "kafka_jars", "kafka_version", "require_mvn"]
 
 DEFAULT_KAFKA_VERSION = "4.1.1"
 LOG4J_VERSION = "2.24.3"
@@ -31,6 +31,31 @@ def kafka_version() -> str:
     return os.environ.get("TIDINGS_KAFKA_VERSION", DEFAULT_KAFKA_VERSION)
 
 
+def _home(version: str) -> Path:
+    return cache_root() / "kafka" / version
+
+
+def jars_cached(version: str | None = None) -> bool:
+    """Whether the jars of ``version`` are already in the cache (so that Maven is not needed)."""
+    return (_home(version or kafka_version()) / ".complete").exists()
+
+
+def require_mvn() -> str:
+    """The path of ``mvn``.
+
+    Raises:
+        MissingPrerequisite: Maven is not installed.
+    """
+    mvn = shutil.which("mvn")
+    if mvn is None:
+        raise MissingPrerequisite(
+            "mvn (Apache Maven)",
+            "It fetches the Kafka broker's jars from Maven Central once. Install it (Debian/Ubuntu: "
+            "apt-get install maven), or set KAFKA_BOOTSTRAP_SERVERS to a running broker.",
+        )
+    return mvn
+
+
 def kafka_jars(version: str | None = None) -> Path:
     """The directory of the broker's jars, fetching them first if the cache lacks them.
 
@@ -39,7 +64,7 @@ def kafka_jars(version: str | None = None) -> Path:
         ServiceStartFailed: Maven could not resolve the artifacts (the message has its output).
     """
     version = version or kafka_version()
-    home = cache_root() / "kafka" / version
+    home = _home(version)
     lib = home / "lib"
     if (home / ".complete").exists():
         return lib
@@ -52,13 +77,7 @@ def kafka_jars(version: str | None = None) -> Path:
 
 
 def _fetch(version: str, home: Path, lib: Path) -> None:
-    mvn = shutil.which("mvn")
-    if mvn is None:
-        raise MissingPrerequisite(
-            "mvn (Apache Maven)",
-            "It fetches the Kafka broker's jars from Maven Central once. Install it (Debian/Ubuntu: "
-            "apt-get install maven), or set KAFKA_BOOTSTRAP_SERVERS to a running broker.",
-        )
+    mvn = require_mvn()
     staging = Path(tempfile.mkdtemp(prefix="lib-", dir=home))
     pom = staging / "pom.xml"
     pom.write_bytes(resources.files("tidings.devservices").joinpath("kafka-pom.xml").read_bytes())

@@ -25,17 +25,31 @@ import psycopg
 from eventstore import redact_url
 from tidings.devservices.containers import docker_available, kafka_container, postgres_container
 from tidings.devservices.errors import ServiceError, ServiceStartFailed
-from tidings.devservices.kafka import LocalKafka, wait_for_kafka
-from tidings.devservices.postgres import LocalPostgres
+from tidings.devservices.jars import jars_cached, require_mvn
+from tidings.devservices.local_kafka import LocalKafka, check_java, wait_for_kafka
+from tidings.devservices.local_postgres import LocalPostgres, check_postgres_prerequisites
 from tidings.devservices.runs import sweep_stale_runs
 
-__all__ = ["Service", "Services", "kafka", "postgres", "route", "services"]
+__all__ = [
+    "Service",
+    "Services",
+    "kafka",
+    "check_local_prerequisites",
+    "postgres",
+    "preflight",
+    "route",
+    "services",
+]
 
 Kind = Literal["postgres", "kafka"]
 Source = Literal["environment", "docker", "local"]
 
 ENV_VARS: dict[Kind, str] = {"postgres": "DATABASE_URL", "kafka": "KAFKA_BOOTSTRAP_SERVERS"}
-ENVIRONMENT_TIMEOUT_SECONDS = 30.0
+
+
+def _environment_timeout() -> float:
+    """How long a service named by the environment may take to answer: ``$TIDINGS_SERVICE_WAIT`` (s)."""
+    return float(os.environ.get("TIDINGS_SERVICE_WAIT", "30"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,6 +87,27 @@ def route(kind: Kind) -> Source:
     return "local"
 
 
+def preflight(kinds: tuple[Kind, ...] = ("postgres", "kafka")) -> None:
+    """Check what the local route of each service needs, before anything is started.
+
+    Raises:
+        MissingPrerequisite: the first missing program, with how to get it.
+    """
+    for kind in kinds:
+        if route(kind) == "local":
+            check_local_prerequisites(kind)
+
+
+def check_local_prerequisites(kind: Kind) -> None:
+    """Raise MissingPrerequisite if the local route of ``kind`` cannot run on this machine."""
+    if kind == "postgres":
+        check_postgres_prerequisites()
+    else:
+        check_java()
+        if not jars_cached():
+            require_mvn()
+
+
 @contextmanager
 def postgres() -> Iterator[Service]:
     """PostgreSQL for the duration of the block.
@@ -91,6 +126,7 @@ def postgres() -> Iterator[Service]:
         with postgres_container() as url:
             yield Service("postgres", url, source, started_in=time.monotonic() - started)
     else:
+        check_local_prerequisites("postgres")
         sweep_stale_runs()
         server = LocalPostgres()
         try:
@@ -113,7 +149,7 @@ def kafka() -> Iterator[Service]:
     if source == "environment":
         bootstrap = os.environ["KAFKA_BOOTSTRAP_SERVERS"]
         try:
-            wait_for_kafka(bootstrap, ENVIRONMENT_TIMEOUT_SECONDS)
+            wait_for_kafka(bootstrap, _environment_timeout())
         except TimeoutError as exc:
             raise ServiceStartFailed(
                 "kafka", f"KAFKA_BOOTSTRAP_SERVERS={bootstrap} does not answer: {exc}"
@@ -123,6 +159,7 @@ def kafka() -> Iterator[Service]:
         with kafka_container() as bootstrap:
             yield Service("kafka", bootstrap, source, started_in=time.monotonic() - started)
     else:
+        check_local_prerequisites("kafka")
         sweep_stale_runs()
         broker = LocalKafka()
         try:
@@ -135,6 +172,7 @@ def kafka() -> Iterator[Service]:
 @contextmanager
 def services() -> Iterator[Services]:
     """Both services for the duration of the block; stopped in reverse order."""
+    preflight()
     with ExitStack() as stack:
         pg = stack.enter_context(postgres())
         broker = stack.enter_context(kafka())
@@ -142,7 +180,7 @@ def services() -> Iterator[Services]:
 
 
 def _wait_for_postgres(url: str) -> None:
-    deadline = time.monotonic() + ENVIRONMENT_TIMEOUT_SECONDS
+    deadline = time.monotonic() + _environment_timeout()
     while True:
         try:
             with psycopg.connect(url, connect_timeout=5) as conn:

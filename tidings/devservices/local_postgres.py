@@ -25,7 +25,7 @@ from psycopg import sql
 from tidings.devservices.errors import MissingPrerequisite, ServiceStartFailed
 from tidings.devservices.runs import RunOwner, free_port, new_run_dir, pid_alive, tail
 
-__all__ = ["LocalPostgres", "find_postgres_bindir"]
+__all__ = ["LocalPostgres", "check_postgres_prerequisites", "find_postgres_bindir"]
 
 DATABASE = "tidings"
 START_ATTEMPTS = 3
@@ -76,6 +76,30 @@ def find_postgres_bindir() -> Path:
     raise MissingPrerequisite(
         f"PostgreSQL server binaries (initdb, pg_ctl, postgres){where}", REMEDY_BINARIES
     )
+
+
+def check_postgres_prerequisites() -> Path:
+    """The server binaries' directory, after checking that this user can run them.
+
+    Raises:
+        MissingPrerequisite: no binaries, or running as root without a postgres account or runuser.
+    """
+    bindir = find_postgres_bindir()
+    if os.geteuid() == 0:
+        _postgres_account()
+        _runuser()
+    return bindir
+
+
+def _runuser() -> str:
+    runuser = shutil.which("runuser")
+    if runuser is None:
+        raise MissingPrerequisite(
+            "runuser",
+            "As root, PostgreSQL must run as the postgres account through runuser; install util-linux, "
+            "run as an ordinary user, or set DATABASE_URL.",
+        )
+    return runuser
 
 
 def _major_of(path: str) -> int:
@@ -181,6 +205,14 @@ class LocalPostgres:
             uid, gid = _postgres_account()
             for path in (self.run_dir, self.socket_dir, self.log_path):
                 os.chown(path, uid, gid)
+            reachable = subprocess.run(self._as_owner(["test", "-w", str(self.run_dir)]), check=False)
+            if reachable.returncode != 0:
+                raise ServiceStartFailed(
+                    "postgres",
+                    f"the postgres account cannot reach {self.run_dir}: a parent directory is not "
+                    "traversable by it. Set TIDINGS_RUN_DIR to a directory under one it can traverse "
+                    "(the default, under the system temp dir, is).",
+                )
 
     def _initdb(self) -> None:
         command = [
@@ -251,14 +283,7 @@ class LocalPostgres:
     def _as_owner(self, command: list[str]) -> list[str]:
         if os.geteuid() != 0:
             return command
-        runuser = shutil.which("runuser")
-        if runuser is None:
-            raise MissingPrerequisite(
-                "runuser",
-                "As root, PostgreSQL must run as the postgres account; "
-                "install util-linux or run as an ordinary user.",
-            )
-        return [runuser, "-u", "postgres", "--", *command]
+        return [_runuser(), "-u", "postgres", "--", *command]
 
 
 def _postgres_account() -> tuple[int, int]:
