@@ -3,10 +3,12 @@
 Each store's schema has its own ``alembic_version`` table, so stores in one database migrate
 independently. Concurrent ``migrate`` calls for the same schema (two pods starting, a Helm hook racing a
 developer) serialise on a transaction-scoped advisory lock and the second finds nothing left to do.
+Within one process a lock serialises them too: Alembic keeps its running context in module globals.
 """
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 import sqlalchemy as sa
@@ -20,6 +22,7 @@ from eventstore.config import StoreConfig, sqlalchemy_url
 __all__ = ["current_revision", "head_revision", "migrate"]
 
 SCRIPTS = Path(__file__).parent / "migrations"
+_ALEMBIC_IN_USE = threading.Lock()
 
 
 def _alembic_config(store: StoreConfig, connection: sa.Connection | None = None) -> Config:
@@ -38,7 +41,7 @@ def migrate(store: StoreConfig, revision: str = "head") -> str:
     """
     engine = sa.create_engine(sqlalchemy_url(store.url), poolclass=sa.pool.NullPool)
     try:
-        with engine.begin() as connection:
+        with _ALEMBIC_IN_USE, engine.begin() as connection:
             command.upgrade(_alembic_config(store, connection), revision)
         return current_revision(store, engine) or ""
     finally:

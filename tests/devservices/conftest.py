@@ -12,13 +12,6 @@ import pytest
 SERVICE_VARIABLES = ("DATABASE_URL", "KAFKA_BOOTSTRAP_SERVERS", "TIDINGS_SERVICES")
 
 
-def tidings_script() -> str:
-    """The installed console script, so that tests exercise the real entry point."""
-    script = Path(sys.executable).parent / "tidings"
-    assert script.exists(), f"console script missing beside {sys.executable}: install tidings first"
-    return str(script)
-
-
 @pytest.fixture
 def runs_dir() -> Iterator[Path]:
     """A runs root of the test's own. Not under tmp_path: pytest makes that mode 700, and as root the

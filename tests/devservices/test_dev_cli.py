@@ -8,7 +8,7 @@ import subprocess
 import psycopg
 import pytest
 
-from tests.devservices.conftest import tidings_script
+from tests.support import tidings_script
 from tidings import devservices
 
 

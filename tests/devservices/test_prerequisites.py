@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.devservices.conftest import tidings_script
+from tests.support import tidings_script
 from tidings import devservices
 
 PROVIDE_KAFKA = "from tidings import devservices\nwith devservices.kafka():\n    pass\n"
@@ -100,9 +100,9 @@ def test_unreachable_kafka_bootstrap_fails_clearly(monkeypatch: pytest.MonkeyPat
     port = devservices.runs.free_port()
     monkeypatch.setenv("KAFKA_BOOTSTRAP_SERVERS", f"127.0.0.1:{port}")
     monkeypatch.setenv("TIDINGS_SERVICE_WAIT", "2")
-    with pytest.raises(devservices.ServiceStartFailed, match=f"KAFKA_BOOTSTRAP_SERVERS=127.0.0.1:{port}"):
-        with devservices.kafka():
-            pass
+    expected = f"KAFKA_BOOTSTRAP_SERVERS=127.0.0.1:{port}"
+    with pytest.raises(devservices.ServiceStartFailed, match=expected), devservices.kafka():
+        pass
 
 
 def test_unknown_route_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
