@@ -1,4 +1,4 @@
-"""Result rows in the shape DESIGN.md fixes, written to bench/results/<benchmark>.json and shown as a table."""
+"""Result rows in the shape DESIGN.md fixes: bench/results/<benchmark>.json, and a table of them."""
 
 from __future__ import annotations
 

@@ -125,6 +125,17 @@ def _stale_dirs(root: Path) -> Iterator[tuple[Path, RunOwner | None]]:
             yield run_dir, owner
 
 
+def _runs_from(pid: int, run_dir: Path) -> bool:
+    """Whether ``pid`` is still the service of ``run_dir``: its command line names the directory.
+
+    Guards against pid reuse: the recorded pid may belong to an unrelated process by now.
+    """
+    try:
+        return str(run_dir) in (Path("/proc") / str(pid) / "cmdline").read_bytes().decode(errors="replace")
+    except OSError:
+        return False
+
+
 def sweep_stale_runs() -> None:
     """Stop services whose owner died, drop their data, and delete old run directories.
 
@@ -134,7 +145,7 @@ def sweep_stale_runs() -> None:
     now = time.time()
     for run_dir, owner in _stale_dirs(root):
         with contextlib.suppress(OSError):
-            if owner and owner.service_pid and pid_alive(owner.service_pid):
+            if owner and owner.service_pid and _runs_from(owner.service_pid, run_dir):
                 os.kill(owner.service_pid, signal.SIGKILL)
             if owner and owner.data_dir:
                 shutil.rmtree(owner.data_dir, ignore_errors=True)
