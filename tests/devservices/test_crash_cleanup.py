@@ -1,4 +1,4 @@
-"""A session killed with -9 leaves its services running; the next provisioning stops them and frees their data."""
+"""A session killed with -9 leaves its services running; the next provisioning stops them."""
 
 from __future__ import annotations
 

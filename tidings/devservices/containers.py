@@ -6,10 +6,13 @@ available and the local-process route is used.
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
+
+from tidings.devservices.errors import ServiceStartFailed
 
 __all__ = ["KAFKA_IMAGE", "POSTGRES_IMAGE", "docker_available", "kafka_container", "postgres_container"]
 
@@ -18,8 +21,12 @@ POSTGRES_IMAGE = os.environ.get("TIDINGS_POSTGRES_IMAGE", "postgres:16-alpine")
 KAFKA_IMAGE = os.environ.get("TIDINGS_KAFKA_IMAGE", "confluentinc/cp-kafka:8.0.0")
 
 
+@functools.cache
 def docker_available() -> bool:
-    """True when testcontainers is installed and a Docker engine answers a ping within two seconds."""
+    """True when testcontainers is installed and a Docker engine answers a ping within two seconds.
+
+    Asked once per process: a run does not switch routes halfway.
+    """
     try:
         import docker
     except ImportError:
@@ -43,7 +50,7 @@ def postgres_container() -> Iterator[str]:
         from testcontainers.postgres import PostgresContainer
 
     container: Any = PostgresContainer(POSTGRES_IMAGE, dbname="tidings")
-    with container:
+    with _started("postgres", POSTGRES_IMAGE, container):
         yield str(container.get_connection_url(driver=None))
 
 
@@ -56,5 +63,22 @@ def kafka_container() -> Iterator[str]:
         from testcontainers.kafka import KafkaContainer
 
     container: Any = KafkaContainer(KAFKA_IMAGE).with_kraft()
-    with container:
+    with _started("kafka", KAFKA_IMAGE, container):
         yield str(container.get_bootstrap_server())
+
+
+@contextmanager
+def _started(service: str, image: str, container: Any) -> Iterator[None]:
+    """Run the container for the block; a failure to start it (pull, port, health) is a ServiceStartFailed."""
+    try:
+        container.start()
+    except Exception as exc:  # docker and testcontainers raise many unrelated types
+        raise ServiceStartFailed(
+            service,
+            f"container {image} did not start: {exc}. "
+            "Set TIDINGS_SERVICES=local to use local processes instead.",
+        ) from exc
+    try:
+        yield
+    finally:
+        container.stop()

@@ -33,8 +33,8 @@ from tidings.devservices.runs import sweep_stale_runs
 __all__ = [
     "Service",
     "Services",
-    "kafka",
     "check_local_prerequisites",
+    "kafka",
     "postgres",
     "preflight",
     "route",
@@ -61,10 +61,6 @@ class Service:
     source: Source
     log_path: Path | None = None
     started_in: float = 0.0
-
-    @property
-    def env_var(self) -> str:
-        return ENV_VARS[self.kind]
 
 
 @dataclass(frozen=True, slots=True)
