@@ -25,7 +25,7 @@ from confluent_kafka.admin import AdminClient
 
 from tidings.devservices.errors import MissingPrerequisite, ServiceStartFailed
 from tidings.devservices.jars import kafka_jars
-from tidings.devservices.runs import RunOwner, free_port, new_run_dir, pid_alive, tail
+from tidings.devservices.runs import RunOwner, free_port, new_run_dir, service_alive, tail
 
 __all__ = ["LocalKafka", "check_java", "wait_for_kafka"]
 
@@ -153,19 +153,20 @@ class LocalKafka:
 
     def stop(self, *, keep_logs: bool = True) -> None:
         """SIGTERM the broker, wait for a clean shutdown (SIGKILL after 30 s), delete its data."""
-        if self.pid and pid_alive(self.pid):
+        if self.is_running():
             os.kill(self.pid, signal.SIGTERM)
             deadline = time.monotonic() + STOP_TIMEOUT_SECONDS
-            while pid_alive(self.pid) and time.monotonic() < deadline:
+            while self.is_running() and time.monotonic() < deadline:
                 _reap(self.pid)
                 time.sleep(0.1)
             self._kill()
+        _reap(self.pid)
         shutil.rmtree(self.data_dir, ignore_errors=True)
         if not keep_logs:
             shutil.rmtree(self.run_dir, ignore_errors=True)
 
     def is_running(self) -> bool:
-        return bool(self.pid) and pid_alive(self.pid)
+        return bool(self.pid) and service_alive(self.pid, self.run_dir)
 
     # --- steps -------------------------------------------------------------------------------------
 
@@ -271,18 +272,19 @@ class LocalKafka:
             raise ServiceStartFailed("kafka", str(exc), self.log_path, tail(self.log_path)) from exc
 
     def _kill(self) -> None:
-        if self.pid and pid_alive(self.pid):
+        if self.is_running():
             os.kill(self.pid, signal.SIGKILL)
             deadline = time.monotonic() + 10
-            while pid_alive(self.pid) and time.monotonic() < deadline:
+            while self.is_running() and time.monotonic() < deadline:
                 _reap(self.pid)
                 time.sleep(0.05)
 
 
 def _reap(pid: int) -> None:
-    """Collect our own child's exit status so that it does not linger as a zombie (which looks alive)."""
-    with contextlib.suppress(ChildProcessError):
-        os.waitpid(pid, os.WNOHANG)
+    """Collect our own child's exit status so that it does not linger as a zombie."""
+    if pid:
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(pid, os.WNOHANG)
 
 
 def _megabytes(heap: str) -> int:

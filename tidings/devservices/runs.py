@@ -28,6 +28,7 @@ __all__ = [
     "new_run_dir",
     "pid_alive",
     "runs_root",
+    "service_alive",
     "sweep_stale_runs",
     "tail",
 ]
@@ -125,13 +126,17 @@ def _stale_dirs(root: Path) -> Iterator[tuple[Path, RunOwner | None]]:
             yield run_dir, owner
 
 
-def _runs_from(pid: int, run_dir: Path) -> bool:
-    """Whether ``pid`` is still the service of ``run_dir``: its command line names the directory.
+def service_alive(pid: int, run_dir: Path) -> bool:
+    """Whether ``pid`` is still the service of ``run_dir``: alive, and its command line names the directory.
 
-    Guards against pid reuse: the recorded pid may belong to an unrelated process by now.
+    Guards against pid reuse (a recorded pid may belong to an unrelated process by now) and treats a
+    zombie, whose command line is empty, as dead. Without /proc, liveness alone has to do.
     """
+    proc = Path("/proc")
+    if not proc.is_dir():
+        return pid_alive(pid)
     try:
-        return str(run_dir) in (Path("/proc") / str(pid) / "cmdline").read_bytes().decode(errors="replace")
+        return str(run_dir) in (proc / str(pid) / "cmdline").read_bytes().decode(errors="replace")
     except OSError:
         return False
 
@@ -145,7 +150,7 @@ def sweep_stale_runs() -> None:
     now = time.time()
     for run_dir, owner in _stale_dirs(root):
         with contextlib.suppress(OSError):
-            if owner and owner.service_pid and _runs_from(owner.service_pid, run_dir):
+            if owner and owner.service_pid and service_alive(owner.service_pid, run_dir):
                 os.kill(owner.service_pid, signal.SIGKILL)
             if owner and owner.data_dir:
                 shutil.rmtree(owner.data_dir, ignore_errors=True)
