@@ -86,12 +86,11 @@ def raw_postgres_seconds() -> float:
     return elapsed
 
 
-def tidings_postgres_seconds() -> float:
-    server = devservices.LocalPostgres()
+def tidings_seconds(service: devservices.LocalPostgres | devservices.LocalKafka) -> float:
     started = time.perf_counter()
-    server.start()
+    service.start()
     elapsed = time.perf_counter() - started
-    server.stop(keep_logs=False)
+    service.stop(keep_logs=False)
     return elapsed
 
 
@@ -134,21 +133,22 @@ def raw_kafka_seconds() -> float:
     return elapsed
 
 
-def tidings_kafka_seconds() -> float:
-    broker = devservices.LocalKafka()
-    started = time.perf_counter()
-    broker.start()
-    elapsed = time.perf_counter() - started
-    broker.stop(keep_logs=False)
-    return elapsed
-
-
 def run(repeat: int = 3) -> list[Row]:
     kafka_jars()  # fetched once, outside the timings
     rows = []
     for case, tidings_run, reference_run, reference_name in (
-        ("postgres", tidings_postgres_seconds, raw_postgres_seconds, "initdb + pg_ctl start"),
-        ("kafka", tidings_kafka_seconds, raw_kafka_seconds, "StorageTool format + kafka.Kafka"),
+        (
+            "postgres",
+            lambda: tidings_seconds(devservices.LocalPostgres()),
+            raw_postgres_seconds,
+            "initdb + pg_ctl start",
+        ),
+        (
+            "kafka",
+            lambda: tidings_seconds(devservices.LocalKafka()),
+            raw_kafka_seconds,
+            "StorageTool format + kafka.Kafka",
+        ),
     ):
         # Interleaved so that a noisy neighbour hurts both sides alike.
         ours, theirs = [], []

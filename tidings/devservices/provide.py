@@ -14,11 +14,11 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Literal, Protocol
 
 import psycopg
 
@@ -104,6 +104,43 @@ def check_local_prerequisites(kind: Kind) -> None:
             require_mvn()
 
 
+class _LocalService(Protocol):
+    @property
+    def log_path(self) -> Path: ...
+    def start(self) -> str: ...
+    def stop(self) -> None: ...
+
+
+@contextmanager
+def _provide(
+    kind: Kind,
+    wait_for: Callable[[str], None],
+    container: Callable[[], AbstractContextManager[str]],
+    local: Callable[[], _LocalService],
+) -> Iterator[Service]:
+    started = time.monotonic()
+    source = route(kind)
+
+    def ready(address: str, log_path: Path | None = None) -> Service:
+        return Service(kind, address, source, log_path, time.monotonic() - started)
+
+    if source == "environment":
+        address = os.environ[ENV_VARS[kind]]
+        wait_for(address)
+        yield ready(address)
+    elif source == "docker":
+        with container() as address:
+            yield ready(address)
+    else:
+        check_local_prerequisites(kind)
+        sweep_stale_runs()
+        server = local()
+        try:
+            yield ready(server.start(), server.log_path)
+        finally:
+            server.stop()
+
+
 @contextmanager
 def postgres() -> Iterator[Service]:
     """PostgreSQL for the duration of the block.
@@ -112,24 +149,8 @@ def postgres() -> Iterator[Service]:
         MissingPrerequisite: the local route lacks server binaries (or, as root, the postgres account).
         ServiceStartFailed: the service did not become ready, or DATABASE_URL does not answer.
     """
-    started = time.monotonic()
-    source = route("postgres")
-    if source == "environment":
-        url = os.environ["DATABASE_URL"]
-        _wait_for_postgres(url)
-        yield Service("postgres", url, source, started_in=time.monotonic() - started)
-    elif source == "docker":
-        with postgres_container() as url:
-            yield Service("postgres", url, source, started_in=time.monotonic() - started)
-    else:
-        check_local_prerequisites("postgres")
-        sweep_stale_runs()
-        server = LocalPostgres()
-        try:
-            url = server.start()
-            yield Service("postgres", url, source, server.log_path, time.monotonic() - started)
-        finally:
-            server.stop()
+    with _provide("postgres", _wait_for_postgres, postgres_container, LocalPostgres) as service:
+        yield service
 
 
 @contextmanager
@@ -140,29 +161,8 @@ def kafka() -> Iterator[Service]:
         MissingPrerequisite: the local route lacks java (or, for the first jar fetch, mvn).
         ServiceStartFailed: the broker did not become ready, or KAFKA_BOOTSTRAP_SERVERS does not answer.
     """
-    started = time.monotonic()
-    source = route("kafka")
-    if source == "environment":
-        bootstrap = os.environ["KAFKA_BOOTSTRAP_SERVERS"]
-        try:
-            wait_for_kafka(bootstrap, _environment_timeout())
-        except TimeoutError as exc:
-            raise ServiceStartFailed(
-                "kafka", f"KAFKA_BOOTSTRAP_SERVERS={bootstrap} does not answer: {exc}"
-            ) from exc
-        yield Service("kafka", bootstrap, source, started_in=time.monotonic() - started)
-    elif source == "docker":
-        with kafka_container() as bootstrap:
-            yield Service("kafka", bootstrap, source, started_in=time.monotonic() - started)
-    else:
-        check_local_prerequisites("kafka")
-        sweep_stale_runs()
-        broker = LocalKafka()
-        try:
-            bootstrap = broker.start()
-            yield Service("kafka", bootstrap, source, broker.log_path, time.monotonic() - started)
-        finally:
-            broker.stop()
+    with _provide("kafka", _wait_for_kafka, kafka_container, LocalKafka) as service:
+        yield service
 
 
 @contextmanager
@@ -173,6 +173,15 @@ def services() -> Iterator[Services]:
         pg = stack.enter_context(postgres())
         broker = stack.enter_context(kafka())
         yield Services(pg, broker)
+
+
+def _wait_for_kafka(bootstrap: str) -> None:
+    try:
+        wait_for_kafka(bootstrap, _environment_timeout())
+    except TimeoutError as exc:
+        raise ServiceStartFailed(
+            "kafka", f"KAFKA_BOOTSTRAP_SERVERS={bootstrap} does not answer: {exc}"
+        ) from exc
 
 
 def _wait_for_postgres(url: str) -> None:
