@@ -170,23 +170,18 @@ class LocalPostgres:
     def stop(self, *, keep_logs: bool = True) -> None:
         """Stop the server (fast shutdown) and delete the data directory; the log stays for diagnosis."""
         if (self.data_dir / "postmaster.pid").exists():
-            subprocess.run(
-                self._as_owner(
-                    [
-                        str(self.bindir / "pg_ctl"),
-                        "-D",
-                        str(self.data_dir),
-                        "-m",
-                        "fast",
-                        "-w",
-                        "-t",
-                        "30",
-                        "stop",
-                    ]
-                ),
-                capture_output=True,
-                check=False,
-            )
+            command = [
+                str(self.bindir / "pg_ctl"),
+                "-D",
+                str(self.data_dir),
+                "-m",
+                "fast",
+                "-w",
+                "-t",
+                "30",
+                "stop",
+            ]
+            subprocess.run(self._as_owner(command), capture_output=True, check=False)
         shutil.rmtree(self.data_dir, ignore_errors=True)
         shutil.rmtree(self.socket_dir, ignore_errors=True)
         if not keep_logs:
