@@ -15,6 +15,16 @@ pick_python() {
   return 1
 }
 
+# Run a command, showing its output only if it fails (pip's build backends are chatty on success).
+quietly() {
+  local output
+  if ! output=$("$@" 2>&1); then
+    echo "$output" >&2
+    echo "error: failed: $*" >&2
+    return 1
+  fi
+}
+
 make_venv() {
   local extras="$1" python key
   python=$(pick_python)
@@ -24,13 +34,12 @@ make_venv() {
     echo "==> creating virtualenv $VENV" >&2
     rm -rf "$VENV"
     "$python" -m venv "$VENV"
-    "$VENV/bin/python" -m pip install --quiet --upgrade pip
-    "$VENV/bin/python" -m pip install --quiet -e ".$extras"
+    quietly "$VENV/bin/python" -m pip install --upgrade pip
+    quietly "$VENV/bin/python" -m pip install -e ".$extras"
     touch "$VENV/.installed"
   else
     # The dependencies are in place; point the editable install at this checkout.
-    "$VENV/bin/python" -m pip install --quiet --no-deps --no-build-isolation -e . 2>/dev/null \
-      || "$VENV/bin/python" -m pip install --quiet --no-deps -e .
+    quietly "$VENV/bin/python" -m pip install --no-deps -e .
   fi
   export PATH="$VENV/bin:$PATH"
   export VENV
