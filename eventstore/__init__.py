@@ -1,13 +1,64 @@
 """The PostgreSQL event store: bytes in, bytes out, in a gapless global order.
 
 Knows no domain class, handler or codec; ``tidings`` builds on it, never the other way round.
+
+Example::
+
+    from eventstore import NO_STREAM, EventData, PostgresEventStore, StoreConfig, migrate
+
+    config = StoreConfig(os.environ["DATABASE_URL"], schema="bank")
+    migrate(config)
+    with PostgresEventStore(config) as store:
+        store.append_to_stream("account-1", NO_STREAM, [EventData("AccountOpened", b"{}")])
 """
 
 from eventstore.config import DEFAULT_SCHEMA, StoreConfig, redact_url, sqlalchemy_url, validate_schema
-from eventstore.errors import ConfigurationError, EventStoreError
+from eventstore.errors import (
+    ConcurrencyError,
+    ConfigurationError,
+    DuplicateEvent,
+    EmptyAppend,
+    EventStoreError,
+    HardDeleteDisabled,
+    InvalidStreamId,
+    PayloadTooLarge,
+    StoreUnavailable,
+    StreamDeleted,
+    StreamExists,
+    StreamNotFound,
+    WrongExpectedVersion,
+)
 from eventstore.migrate import current_revision, head_revision, migrate
+from eventstore.postgres import END, PostgresEventStore
+from eventstore.records import (
+    ANY,
+    NO_STREAM,
+    STREAM_EXISTS,
+    EventData,
+    ExpectedVersion,
+    RecordedEvent,
+    SnapshotData,
+    StreamInfo,
+)
+from eventstore.sequencer import Sequencer, SequencerStatus
+from eventstore.streams import validate_stream_id
 
 __all__ = [
+    # the store
+    "PostgresEventStore",
+    "Sequencer",
+    "SequencerStatus",
+    "END",
+    # records
+    "ANY",
+    "NO_STREAM",
+    "STREAM_EXISTS",
+    "EventData",
+    "ExpectedVersion",
+    "RecordedEvent",
+    "SnapshotData",
+    "StreamInfo",
+    "validate_stream_id",
     # configuration
     "DEFAULT_SCHEMA",
     "StoreConfig",
@@ -19,6 +70,17 @@ __all__ = [
     "head_revision",
     "migrate",
     # errors
+    "ConcurrencyError",
     "ConfigurationError",
+    "DuplicateEvent",
+    "EmptyAppend",
     "EventStoreError",
+    "HardDeleteDisabled",
+    "InvalidStreamId",
+    "PayloadTooLarge",
+    "StoreUnavailable",
+    "StreamDeleted",
+    "StreamExists",
+    "StreamNotFound",
+    "WrongExpectedVersion",
 ]

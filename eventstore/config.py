@@ -57,19 +57,40 @@ def sqlalchemy_url(url: str) -> str:
 
 @dataclass(frozen=True, slots=True)
 class StoreConfig:
-    """A store's location.
+    """A store's location and limits.
 
     Example::
 
         StoreConfig(os.environ["DATABASE_URL"], schema="bank")
+
+    Attributes:
+        max_event_bytes: largest data + metadata of one event; larger appends fail whole.
+        allow_hard_delete: whether ``delete_stream(hard=True)`` may remove events (erasure requests).
+        idle_in_transaction_timeout: the store's own sessions are ended by PostgreSQL when idle in a
+            transaction this long (seconds), so they cannot hold back sequencing for longer.
+        statement_timeout: the longest statement the store's sessions may run (seconds).
+        pool_size: connections kept by the store.
     """
 
     url: str
     schema: str = DEFAULT_SCHEMA
+    max_event_bytes: int = 1024 * 1024
+    allow_hard_delete: bool = False
+    idle_in_transaction_timeout: float = 10.0
+    statement_timeout: float = 30.0
+    pool_size: int = 10
 
     def __post_init__(self) -> None:
         validate_schema(self.schema)
         sqlalchemy_url(self.url)
+        if self.max_event_bytes <= 0:
+            raise ConfigurationError(f"max_event_bytes must be positive, got {self.max_event_bytes}")
+        if self.idle_in_transaction_timeout <= 0 or self.statement_timeout <= 0:
+            raise ConfigurationError(
+                "idle_in_transaction_timeout and statement_timeout must be positive seconds"
+            )
+        if self.pool_size < 1:
+            raise ConfigurationError(f"pool_size must be at least 1, got {self.pool_size}")
 
     def __repr__(self) -> str:
         return f"StoreConfig(url={redact_url(self.url)!r}, schema={self.schema!r})"

@@ -1,12 +1,39 @@
 """Errors raised by the event store.
 
-EventStoreError
-└── ConfigurationError    a URL or schema name from configuration is unusable
+    EventStoreError
+    ├── ConfigurationError        a URL, schema name or limit from configuration is unusable
+    ├── InvalidStreamId           empty, too long, or reserved ($-prefixed) stream id
+    ├── PayloadTooLarge           an event's data + metadata exceed the configured limit
+    ├── EmptyAppend               an append of no events
+    ├── DuplicateEvent            an event_id that the store already holds
+    ├── ConcurrencyError
+    │   ├── WrongExpectedVersion  the stream is at another version than expected (carries the actual one)
+    │   ├── StreamExists          NO_STREAM was expected but the stream has events
+    │   └── StreamNotFound        STREAM_EXISTS was expected (or a read asked) but there is no such stream
+    ├── StreamDeleted             the stream was soft-deleted: no more appends or stream reads
+    ├── HardDeleteDisabled        hard deletion was asked for but the store does not allow it
+    └── StoreUnavailable          PostgreSQL could not be reached or the session was ended by the server
+
+Nothing is written when any of these is raised during an append.
 """
 
 from __future__ import annotations
 
-__all__ = ["ConfigurationError", "EventStoreError"]
+__all__ = [
+    "ConcurrencyError",
+    "ConfigurationError",
+    "DuplicateEvent",
+    "EmptyAppend",
+    "EventStoreError",
+    "HardDeleteDisabled",
+    "InvalidStreamId",
+    "PayloadTooLarge",
+    "StoreUnavailable",
+    "StreamDeleted",
+    "StreamExists",
+    "StreamNotFound",
+    "WrongExpectedVersion",
+]
 
 
 class EventStoreError(Exception):
@@ -14,4 +41,70 @@ class EventStoreError(Exception):
 
 
 class ConfigurationError(EventStoreError, ValueError):
-    """A configured value (URL, schema name) is unusable; the message says what is accepted."""
+    """A configured value (URL, schema name, limit) is unusable; the message says what is accepted."""
+
+
+class InvalidStreamId(EventStoreError, ValueError):
+    """A stream id is empty, longer than the limit, contains NUL, or starts with the reserved ``$``."""
+
+
+class PayloadTooLarge(EventStoreError, ValueError):
+    """An event is larger than ``StoreConfig.max_event_bytes``; nothing of the append was written."""
+
+    def __init__(self, event_type: str, size: int, limit: int) -> None:
+        self.event_type, self.size, self.limit = event_type, size, limit
+        super().__init__(
+            f"event {event_type} is {size} bytes, over the limit of {limit}: store large "
+            "payloads elsewhere and reference them, or raise max_event_bytes"
+        )
+
+
+class EmptyAppend(EventStoreError, ValueError):
+    """An append must carry at least one event."""
+
+
+class DuplicateEvent(EventStoreError):
+    """An appended event's id is already stored; nothing of the append was written.
+
+    Appending the same events twice (a retried request, say) is safe to detect by this error.
+    """
+
+
+class ConcurrencyError(EventStoreError):
+    """The stream is not in the state the append expected; reload it and decide again."""
+
+
+class WrongExpectedVersion(ConcurrencyError):
+    def __init__(self, stream_id: str, expected: object, actual: int) -> None:
+        self.stream_id, self.expected, self.actual = stream_id, expected, actual
+        super().__init__(f"stream {stream_id!r} is at version {actual}, expected {expected!r}")
+
+
+class StreamExists(ConcurrencyError):
+    def __init__(self, stream_id: str, actual: int) -> None:
+        self.stream_id, self.actual = stream_id, actual
+        super().__init__(f"stream {stream_id!r} already exists (version {actual}), expected no stream")
+
+
+class StreamNotFound(ConcurrencyError):
+    def __init__(self, stream_id: str) -> None:
+        self.stream_id = stream_id
+        super().__init__(f"stream {stream_id!r} does not exist")
+
+
+class StreamDeleted(EventStoreError):
+    def __init__(self, stream_id: str) -> None:
+        self.stream_id = stream_id
+        super().__init__(f"stream {stream_id!r} was deleted: it takes no appends and serves no reads")
+
+
+class HardDeleteDisabled(EventStoreError):
+    def __init__(self) -> None:
+        super().__init__(
+            "hard deletion is off for this store: enable StoreConfig(allow_hard_delete=True) "
+            "for erasure requests"
+        )
+
+
+class StoreUnavailable(EventStoreError):
+    """PostgreSQL did not answer, or ended the session (for example an idle transaction timed out)."""

@@ -5,6 +5,7 @@ the same fixtures as tidings' tests. Services are provided once per test session
 ``tidings.devservices`` (environment, Docker, or local processes); each test then gets data of its own:
 
 - ``postgres_schema``: a fresh PostgreSQL schema, dropped afterwards; its ``url`` sets ``search_path``.
+- ``event_store``: a migrated ``PostgresEventStore`` in that schema, closed afterwards.
 - ``kafka_namespace``: unique topic and consumer-group prefixes; topics and groups with the prefix are
   deleted afterwards.
 
@@ -33,7 +34,7 @@ from confluent_kafka.admin import AdminClient
 from confluent_kafka.cimpl import NewTopic
 from psycopg import sql
 
-from eventstore import sqlalchemy_url
+from eventstore import PostgresEventStore, StoreConfig, migrate, sqlalchemy_url
 from tidings import devservices
 
 __all__ = ["KafkaNamespace", "PostgresSchema"]
@@ -145,6 +146,16 @@ def postgres_schema(
     yield schema
     with psycopg.connect(postgres_service.address, autocommit=True) as conn:
         conn.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(sql.Identifier(name)))
+
+
+@pytest.fixture
+def event_store(postgres_schema: PostgresSchema) -> Iterator[PostgresEventStore]:
+    """A migrated event store in this test's schema, with its sequencer running."""
+    config = StoreConfig(postgres_schema.server_url, postgres_schema.name)
+    migrate(config)
+    store = PostgresEventStore(config)
+    yield store
+    store.close()
 
 
 @pytest.fixture

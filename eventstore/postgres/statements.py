@@ -1,0 +1,183 @@
+"""The store's SQL, composed once per schema with ``psycopg.sql`` (identifiers quoted, values bound).
+
+Each statement is one round trip. Appends are a single statement (stream version check and event
+insert in one data-modifying CTE), so an append on the store's own connection needs no explicit
+transaction: the statement is the transaction.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from psycopg import sql
+
+__all__ = ["Statements"]
+
+# Columns in RecordedEvent's field order. Stream reads see events before they are numbered (LEFT JOIN);
+# reads of the global order see numbered events only.
+_READ_STREAM = """SELECT e.event_id, o.event_number, e.stream_id, e.stream_version, e.event_type, e.data,
+       e.metadata, e.schema_id, e.causation_id, e.correlation_id, e.created_at
+FROM {events} e LEFT JOIN {event_order} o ON o.id = e.id"""
+_READ_ALL = """SELECT e.event_id, o.event_number, e.stream_id, e.stream_version, e.event_type, e.data,
+       e.metadata, e.schema_id, e.causation_id, e.correlation_id, e.created_at
+FROM {event_order} o JOIN {events} e ON e.id = o.id"""
+
+# The events to insert arrive as parallel arrays, unnested WITH ORDINALITY so that the n-th event
+# gets the n-th new stream version.
+_INSERT_EVENTS = """
+INSERT INTO {events} (event_id, stream_id, stream_version, event_type, schema_id, data, metadata,
+                      causation_id, correlation_id)
+SELECT u.event_id, %(stream_id)s, s.stream_version - %(count)s + u.ord, u.event_type, u.schema_id, u.data,
+       u.metadata, u.causation_id, u.correlation_id
+FROM s, unnest(%(event_ids)s::uuid[], %(event_types)s::text[], %(schema_ids)s::text[], %(datas)s::bytea[],
+               %(metadatas)s::bytea[], %(causation_ids)s::uuid[], %(correlation_ids)s::uuid[])
+     WITH ORDINALITY AS u(event_id, event_type, schema_id, data, metadata, causation_id, correlation_id, ord)
+RETURNING stream_version
+"""
+
+# How the stream row moves for each kind of expectation; each returns the new version, or no row when
+# the expectation does not hold (the store then reads the stream to say why).
+_STREAM_UPDATE = {
+    "exact": """
+        UPDATE {streams} SET stream_version = stream_version + %(count)s
+        WHERE stream_id = %(stream_id)s AND stream_version = %(expected)s AND deleted_at IS NULL
+        RETURNING stream_version""",
+    "create": """
+        INSERT INTO {streams} (stream_id, stream_version) VALUES (%(stream_id)s, %(count)s)
+        ON CONFLICT (stream_id) DO NOTHING
+        RETURNING stream_version""",
+    "any": """
+        INSERT INTO {streams} AS t (stream_id, stream_version) VALUES (%(stream_id)s, %(count)s)
+        ON CONFLICT (stream_id) DO UPDATE SET stream_version = t.stream_version + %(count)s
+        WHERE t.deleted_at IS NULL
+        RETURNING stream_version""",
+    "exists": """
+        UPDATE {streams} SET stream_version = stream_version + %(count)s
+        WHERE stream_id = %(stream_id)s AND deleted_at IS NULL
+        RETURNING stream_version""",
+}
+
+# One batch of sequencing, as one statement: take the cursor (skip if another sequencer holds it),
+# number the committed events after it that lie below the oldest running transaction, move the cursor.
+_SEQUENCE = """
+WITH state AS (
+    SELECT last_event_number, cursor_xid, cursor_id FROM {sequencer} WHERE singleton FOR UPDATE SKIP LOCKED
+), batch AS (
+    SELECT e.id, e.xid, row_number() OVER (ORDER BY e.xid, e.id) AS rn
+    FROM {events} e, state
+    WHERE (e.xid, e.id) > (state.cursor_xid, state.cursor_id)
+      AND e.xid < pg_snapshot_xmin(pg_current_snapshot())
+    ORDER BY e.xid, e.id
+    LIMIT %(batch_size)s
+), numbered AS (
+    INSERT INTO {event_order} (event_number, id)
+    SELECT state.last_event_number + batch.rn, batch.id FROM batch, state
+), last AS (
+    SELECT id, xid, rn FROM batch ORDER BY rn DESC LIMIT 1
+)
+UPDATE {sequencer} q
+SET last_event_number = q.last_event_number + last.rn, cursor_xid = last.xid, cursor_id = last.id,
+    updated_at = now()
+FROM last
+WHERE q.singleton
+RETURNING q.last_event_number, last.rn
+"""
+
+# Committed events that wait for the horizon to pass them: their count and the oldest one's age.
+_WAITING = """
+SELECT count(*), extract(epoch FROM now() - min(e.created_at))
+FROM {events} e, {sequencer} q
+WHERE (e.xid, e.id) > (q.cursor_xid, q.cursor_id)
+"""
+
+
+_RECORD_SNAPSHOT = """
+INSERT INTO {snapshots} (source_type, source_id, source_version, snapshot_version, schema_id, data, metadata)
+VALUES (%(source_type)s, %(source_id)s, %(source_version)s, %(snapshot_version)s, %(schema_id)s, %(data)s,
+        %(metadata)s)
+ON CONFLICT (source_type, source_id) DO UPDATE
+SET source_version = EXCLUDED.source_version, snapshot_version = EXCLUDED.snapshot_version,
+    schema_id = EXCLUDED.schema_id, data = EXCLUDED.data, metadata = EXCLUDED.metadata, created_at = now()
+"""
+
+
+@dataclass(frozen=True)
+class Statements:
+    """Every statement of one store schema."""
+
+    insert_events: dict[str, sql.Composed]
+    sequence: sql.Composed
+    waiting: sql.Composed
+    stream_state: sql.Composed
+    last_event_number: sql.Composed
+    read_stream_forward: sql.Composed
+    read_stream_backward: sql.Composed
+    read_all_forward: sql.Composed
+    read_all_backward: sql.Composed
+    stream_info: sql.Composed
+    list_streams: sql.Composed
+    soft_delete: sql.Composed
+    hard_delete_events: sql.Composed
+    hard_delete_stream: sql.Composed
+    record_snapshot: sql.Composed
+    read_snapshot: sql.Composed
+    delete_snapshot: sql.Composed
+
+    @classmethod
+    def for_schema(cls, schema: str) -> Statements:
+        tables = {
+            name: sql.Identifier(schema, name)
+            for name in ("streams", "events", "event_order", "sequencer", "snapshots")
+        }
+
+        def q(text: str) -> sql.Composed:
+            return sql.SQL(text).format(**tables)
+
+        read = _READ_STREAM
+        read_all = _READ_ALL
+        return cls(
+            insert_events={
+                kind: q(f"WITH s AS ({update}) {_INSERT_EVENTS}") for kind, update in _STREAM_UPDATE.items()
+            },
+            sequence=q(_SEQUENCE),
+            waiting=q(_WAITING),
+            stream_state=q(
+                "SELECT stream_version, deleted_at IS NOT NULL FROM {streams} WHERE stream_id = %s"
+            ),
+            last_event_number=q("SELECT last_event_number FROM {sequencer}"),
+            read_stream_forward=q(
+                read + " WHERE e.stream_id = %(stream_id)s AND e.stream_version >= %(start)s "
+                "ORDER BY e.stream_version LIMIT %(count)s"
+            ),
+            read_stream_backward=q(
+                read + " WHERE e.stream_id = %(stream_id)s AND e.stream_version <= %(start)s "
+                "ORDER BY e.stream_version DESC LIMIT %(count)s"
+            ),
+            read_all_forward=q(
+                read_all + " WHERE o.event_number >= %(start)s ORDER BY o.event_number LIMIT %(count)s"
+            ),
+            read_all_backward=q(
+                read_all + " WHERE o.event_number <= %(start)s ORDER BY o.event_number DESC LIMIT %(count)s"
+            ),
+            stream_info=q(
+                "SELECT stream_id, stream_version, created_at, deleted_at IS NOT NULL FROM {streams} "
+                "WHERE stream_id = %s"
+            ),
+            list_streams=q(
+                "SELECT stream_id, stream_version, created_at, deleted_at IS NOT NULL FROM {streams} "
+                "WHERE stream_id > %(after)s ORDER BY stream_id LIMIT %(limit)s"
+            ),
+            soft_delete=q(
+                "UPDATE {streams} SET deleted_at = now() WHERE stream_id = %s AND deleted_at IS NULL "
+                "RETURNING stream_version"
+            ),
+            hard_delete_events=q("DELETE FROM {events} WHERE stream_id = %s"),
+            hard_delete_stream=q("DELETE FROM {streams} WHERE stream_id = %s"),
+            record_snapshot=q(_RECORD_SNAPSHOT),
+            read_snapshot=q(
+                "SELECT source_type, source_id, source_version, data, snapshot_version, metadata, "
+                "schema_id, created_at FROM {snapshots} "
+                "WHERE source_type = %s AND source_id = %s AND snapshot_version = %s"
+            ),
+            delete_snapshot=q("DELETE FROM {snapshots} WHERE source_type = %s AND source_id = %s"),
+        )

@@ -1,0 +1,401 @@
+"""The PostgreSQL event store.
+
+Spans (names are part of the API, for OpenTelemetry when it lands): ``eventstore.append``,
+``eventstore.read``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import uuid
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import psycopg
+from psycopg import errors as pg_errors
+from psycopg_pool import ConnectionPool
+
+from eventstore import metrics
+from eventstore.config import StoreConfig, redact_url
+from eventstore.errors import (
+    DuplicateEvent,
+    HardDeleteDisabled,
+    StoreUnavailable,
+    StreamDeleted,
+    StreamExists,
+    StreamNotFound,
+    WrongExpectedVersion,
+)
+from eventstore.postgres.statements import Statements
+from eventstore.records import (
+    ANY,
+    NO_STREAM,
+    STREAM_EXISTS,
+    EventData,
+    ExpectedVersion,
+    RecordedEvent,
+    SnapshotData,
+    StreamInfo,
+)
+from eventstore.sequencer import Sequencer
+from eventstore.streams import validate_events, validate_stream_id
+
+__all__ = ["PostgresEventStore"]
+
+Connection = psycopg.Connection[Any]
+END = -1
+"""``read_stream_backward`` / ``read_all_backward`` from the newest event."""
+
+
+@contextlib.contextmanager
+def translate_db_errors() -> Iterator[None]:
+    """Re-raise driver errors that mean "PostgreSQL is not there for us" as StoreUnavailable."""
+    try:
+        yield
+    except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
+        raise StoreUnavailable(f"PostgreSQL is unavailable: {exc}") from exc
+    except pg_errors.IdleInTransactionSessionTimeout as exc:
+        raise StoreUnavailable(f"the session was ended by PostgreSQL: {exc}") from exc
+
+
+def _session_options(config: StoreConfig) -> str:
+    return (
+        f"-c idle_in_transaction_session_timeout={int(config.idle_in_transaction_timeout * 1000)} "
+        f"-c statement_timeout={int(config.statement_timeout * 1000)}"
+    )
+
+
+class PostgresEventStore:
+    """Streams of events in one PostgreSQL schema, numbered in one gapless global order.
+
+    Example::
+
+        store = PostgresEventStore(StoreConfig(os.environ["DATABASE_URL"], schema="bank"))
+        store.append_to_stream("account-1", NO_STREAM, [EventData("AccountOpened", b"{}")])
+        events = store.read_stream_forward("account-1")
+        store.close()
+
+    The store runs a sequencer thread unless ``sequencer=False`` (another process numbers the events).
+    Its sessions end transactions left idle for ``config.idle_in_transaction_timeout`` seconds.
+    """
+
+    def __init__(
+        self, config: StoreConfig, *, sequencer: bool = True, sequencer_poll_interval: float = 0.05
+    ) -> None:
+        self.config = config
+        self._sql = Statements.for_schema(config.schema)
+        self._pool = ConnectionPool(
+            config.url,
+            min_size=1,
+            max_size=config.pool_size,
+            kwargs={"autocommit": True, "options": _session_options(config)},
+            name=f"eventstore-{config.schema}",
+            open=False,
+        )
+        with translate_db_errors():
+            try:
+                self._pool.open(wait=True, timeout=config.statement_timeout)
+            except psycopg.errors.Error as exc:
+                raise StoreUnavailable(f"cannot connect to {redact_url(config.url)}: {exc}") from exc
+            except Exception as exc:  # psycopg_pool raises PoolTimeout, not a psycopg error
+                raise StoreUnavailable(f"cannot connect to {redact_url(config.url)}: {exc}") from exc
+        self.sequencer = Sequencer(
+            self._pool, self._sql, config.schema, poll_interval=sequencer_poll_interval
+        )
+        self._run_sequencer = sequencer
+        if sequencer:
+            self.sequencer.start()
+
+    def close(self) -> None:
+        self.sequencer.stop()
+        self._pool.close()
+
+    def __enter__(self) -> PostgresEventStore:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+    @contextlib.contextmanager
+    def connection(self) -> Iterator[Connection]:
+        """A pooled connection of the store inside a transaction, for appends that join other writes.
+
+        The session carries the store's timeouts. The transaction commits when the block ends normally.
+        """
+        with translate_db_errors(), self._pool.connection() as conn, conn.transaction():
+            yield conn
+        if self._run_sequencer:
+            self.sequencer.wake()
+
+    # --- appending ------------------------------------------------------------------------------------
+
+    def append_to_stream(
+        self,
+        stream_id: str,
+        expected_version: ExpectedVersion,
+        events: Sequence[EventData],
+        connection: Connection | None = None,
+    ) -> int:
+        """Append ``events`` to ``stream_id`` atomically; return the stream's new version.
+
+        With ``connection`` the append joins that connection's transaction (and commits with it).
+
+        Raises:
+            WrongExpectedVersion: an exact version (or 0) was expected and the stream is elsewhere.
+            StreamExists: NO_STREAM was expected and the stream has events.
+            StreamNotFound: STREAM_EXISTS was expected and there is no stream.
+            StreamDeleted: the stream was soft-deleted.
+            DuplicateEvent: an event_id is already stored.
+            InvalidStreamId, EmptyAppend, PayloadTooLarge, TypeError: bad input; nothing written.
+            StoreUnavailable: PostgreSQL could not be reached.
+        """
+        validate_stream_id(stream_id)
+        validate_events(events, self.config.max_event_bytes)
+        kind = _expectation_kind(expected_version)
+        params = {
+            "stream_id": stream_id,
+            "count": len(events),
+            "expected": expected_version if isinstance(expected_version, int) else 0,
+            "event_ids": [e.event_id for e in events],
+            "event_types": [e.event_type for e in events],
+            "schema_ids": [e.schema_id for e in events],
+            "datas": [e.data for e in events],
+            "metadatas": [e.metadata for e in events],
+            "causation_ids": [e.causation_id for e in events],
+            "correlation_ids": [e.correlation_id for e in events],
+        }
+        with translate_db_errors(), _using(self._pool, connection) as conn:
+            try:
+                rows = conn.execute(self._sql.insert_events[kind], params).fetchall()
+            except pg_errors.UniqueViolation as exc:
+                raise DuplicateEvent(
+                    f"an event of this append is already stored in {stream_id!r}: {exc.diag.message_detail}"
+                ) from exc
+            if not rows:
+                self._explain_refusal(conn, stream_id, expected_version, kind)
+        metrics.APPENDED.labels(self.config.schema).inc(len(events))
+        if self._run_sequencer and connection is None:
+            self.sequencer.wake()
+        return int(max(row[0] for row in rows))
+
+    def _explain_refusal(
+        self, conn: Connection, stream_id: str, expected: ExpectedVersion, kind: str
+    ) -> None:
+        row = conn.execute(self._sql.stream_state, (stream_id,)).fetchone()
+        if row is not None and row[1]:
+            raise StreamDeleted(stream_id)
+        actual = int(row[0]) if row else 0
+        if kind == "exists":
+            raise StreamNotFound(stream_id)
+        if expected is NO_STREAM:
+            raise StreamExists(stream_id, actual)
+        raise WrongExpectedVersion(stream_id, expected, actual)
+
+    # --- reading streams ------------------------------------------------------------------------------
+
+    def read_stream_forward(
+        self, stream_id: str, start_version: int = 1, count: int = 1000
+    ) -> list[RecordedEvent]:
+        """Up to ``count`` events of the stream from ``start_version`` on, oldest first.
+
+        Events are visible here as soon as they commit; ``event_number`` is None until the sequencer
+        has numbered them.
+
+        Raises:
+            StreamNotFound, StreamDeleted: there is no such stream, or it was soft-deleted.
+        """
+        return self._read_stream(self._sql.read_stream_forward, stream_id, start_version, count)
+
+    def read_stream_backward(
+        self, stream_id: str, start_version: int = END, count: int = 1000
+    ) -> list[RecordedEvent]:
+        """Up to ``count`` events of the stream from ``start_version`` (END: the newest) back."""
+        start = start_version if start_version != END else 2**62
+        return self._read_stream(self._sql.read_stream_backward, stream_id, start, count)
+
+    def stream_forward(
+        self, stream_id: str, start_version: int = 1, batch_size: int = 1000
+    ) -> Iterator[RecordedEvent]:
+        """Every event of the stream from ``start_version`` on, read in batches."""
+        while True:
+            batch = self.read_stream_forward(stream_id, start_version, batch_size)
+            yield from batch
+            if len(batch) < batch_size:
+                return
+            start_version = batch[-1].stream_version + 1
+
+    def _read_stream(self, statement: Any, stream_id: str, start: int, count: int) -> list[RecordedEvent]:
+        validate_stream_id(stream_id)
+        with translate_db_errors(), self._pool.connection() as conn:
+            rows = conn.execute(
+                statement, {"stream_id": stream_id, "start": start, "count": count}
+            ).fetchall()
+            state = conn.execute(self._sql.stream_state, (stream_id,)).fetchone()
+        if state is None:
+            raise StreamNotFound(stream_id)
+        if state[1]:
+            raise StreamDeleted(stream_id)
+        return [_recorded(row) for row in rows]
+
+    # --- reading all ------------------------------------------------------------------------------------
+
+    def read_all_forward(self, start_number: int = 1, count: int = 1000) -> list[RecordedEvent]:
+        """Up to ``count`` numbered events from ``start_number`` on, in event_number order.
+
+        Only numbered events are returned, and numbering is commit-safe: once a reader has seen N, no
+        event numbered below N can appear later.
+        """
+        with translate_db_errors(), self._pool.connection() as conn:
+            rows = conn.execute(
+                self._sql.read_all_forward, {"start": start_number, "count": count}
+            ).fetchall()
+        return [_recorded(row) for row in rows]
+
+    def read_all_backward(self, start_number: int = END, count: int = 1000) -> list[RecordedEvent]:
+        """Up to ``count`` numbered events from ``start_number`` (END: the newest) back."""
+        start = start_number if start_number != END else 2**62
+        with translate_db_errors(), self._pool.connection() as conn:
+            rows = conn.execute(self._sql.read_all_backward, {"start": start, "count": count}).fetchall()
+        return [_recorded(row) for row in rows]
+
+    def stream_all_forward(self, start_number: int = 1, batch_size: int = 1000) -> Iterator[RecordedEvent]:
+        """Every numbered event from ``start_number`` on, read in batches (ends at the current head)."""
+        while True:
+            batch = self.read_all_forward(start_number, batch_size)
+            yield from batch
+            if len(batch) < batch_size:
+                return
+            start_number = batch[-1].event_number + 1  # type: ignore[operator]  # numbered: read from $all
+
+    def last_event_number(self) -> int:
+        """The highest event_number handed out so far (0 for an empty store)."""
+        with translate_db_errors(), self._pool.connection() as conn:
+            row = conn.execute(self._sql.last_event_number).fetchone()
+        return int(row[0]) if row else 0
+
+    # --- streams ------------------------------------------------------------------------------------
+
+    def stream_info(self, stream_id: str) -> StreamInfo:
+        """The stream's version, creation time and whether it was soft-deleted.
+
+        Raises:
+            StreamNotFound: no such stream.
+        """
+        validate_stream_id(stream_id)
+        with translate_db_errors(), self._pool.connection() as conn:
+            row = conn.execute(self._sql.stream_info, (stream_id,)).fetchone()
+        if row is None:
+            raise StreamNotFound(stream_id)
+        return StreamInfo(row[0], int(row[1]), row[2], bool(row[3]))
+
+    def list_streams(self, after: str = "", limit: int = 100) -> list[StreamInfo]:
+        """Streams in stream_id order, ``limit`` at a time; pass the last id seen as ``after`` for more."""
+        with translate_db_errors(), self._pool.connection() as conn:
+            rows = conn.execute(self._sql.list_streams, {"after": after, "limit": limit}).fetchall()
+        return [StreamInfo(r[0], int(r[1]), r[2], bool(r[3])) for r in rows]
+
+    def delete_stream(
+        self, stream_id: str, expected_version: ExpectedVersion = ANY, *, hard: bool = False
+    ) -> None:
+        """Delete a stream.
+
+        Soft (default): the stream refuses further appends and stream reads; its events keep their
+        place in the global order. Hard: the events are removed (for erasure requests); their
+        event_numbers stay allocated, so ``read_all`` shows a hole where they were. Hard deletion must
+        be enabled with ``StoreConfig(allow_hard_delete=True)``.
+
+        Raises:
+            HardDeleteDisabled, StreamNotFound, StreamDeleted (soft delete of a deleted stream),
+            WrongExpectedVersion.
+        """
+        validate_stream_id(stream_id)
+        if hard and not self.config.allow_hard_delete:
+            raise HardDeleteDisabled()
+        with translate_db_errors(), self._pool.connection() as conn, conn.transaction():
+            state = conn.execute(
+                self._sql.stream_state + psycopg.sql.SQL(" FOR UPDATE"), (stream_id,)
+            ).fetchone()
+            if state is None:
+                raise StreamNotFound(stream_id)
+            if state[1] and not hard:
+                raise StreamDeleted(stream_id)
+            if isinstance(expected_version, int) and expected_version != state[0]:
+                raise WrongExpectedVersion(stream_id, expected_version, int(state[0]))
+            if hard:
+                conn.execute(self._sql.hard_delete_events, (stream_id,))
+                conn.execute(self._sql.hard_delete_stream, (stream_id,))
+            else:
+                conn.execute(self._sql.soft_delete, (stream_id,))
+
+    # --- snapshots ------------------------------------------------------------------------------------
+
+    def record_snapshot(self, snapshot: SnapshotData) -> None:
+        """Store ``snapshot``, replacing the previous one of the same (source_type, source_id)."""
+        with translate_db_errors(), self._pool.connection() as conn:
+            conn.execute(
+                self._sql.record_snapshot,
+                {
+                    "source_type": snapshot.source_type,
+                    "source_id": snapshot.source_id,
+                    "source_version": snapshot.source_version,
+                    "snapshot_version": snapshot.snapshot_version,
+                    "schema_id": snapshot.schema_id,
+                    "data": snapshot.data,
+                    "metadata": snapshot.metadata,
+                },
+            )
+
+    def read_snapshot(
+        self, source_type: str, source_id: str, snapshot_version: int = 1
+    ) -> SnapshotData | None:
+        """The snapshot of (source_type, source_id) if one of ``snapshot_version`` is stored, else None."""
+        with translate_db_errors(), self._pool.connection() as conn:
+            row = conn.execute(self._sql.read_snapshot, (source_type, source_id, snapshot_version)).fetchone()
+        if row is None:
+            return None
+        return SnapshotData(
+            row[0], row[1], int(row[2]), bytes(row[3]), int(row[4]), bytes(row[5]), row[6], row[7]
+        )
+
+    def delete_snapshot(self, source_type: str, source_id: str) -> None:
+        with translate_db_errors(), self._pool.connection() as conn:
+            conn.execute(self._sql.delete_snapshot, (source_type, source_id))
+
+
+def _expectation_kind(expected: ExpectedVersion) -> str:
+    if expected is ANY:
+        return "any"
+    if expected is NO_STREAM:
+        return "create"
+    if expected is STREAM_EXISTS:
+        return "exists"
+    if isinstance(expected, bool) or not isinstance(expected, int) or expected < 0:
+        raise TypeError(
+            f"expected_version must be ANY, NO_STREAM, STREAM_EXISTS or an int >= 0, got {expected!r}"
+        )
+    return "create" if expected == 0 else "exact"
+
+
+@contextlib.contextmanager
+def _using(pool: ConnectionPool, connection: Connection | None) -> Iterator[Connection]:
+    if connection is not None:
+        yield connection
+    else:
+        with pool.connection() as conn:
+            yield conn
+
+
+def _recorded(row: tuple[Any, ...]) -> RecordedEvent:
+    return RecordedEvent(
+        event_id=row[0] if isinstance(row[0], uuid.UUID) else uuid.UUID(str(row[0])),
+        event_number=row[1],
+        stream_id=row[2],
+        stream_version=int(row[3]),
+        event_type=row[4],
+        data=bytes(row[5]),
+        metadata=bytes(row[6]),
+        schema_id=row[7],
+        causation_id=row[8],
+        correlation_id=row[9],
+        created_at=row[10],
+    )

@@ -1,0 +1,181 @@
+"""The sequencer: gives committed events their gapless, commit-safe ``event_number``.
+
+Writers never touch the global order; they stamp each event with their transaction id. The sequencer
+numbers events in (xid, id) order, but only those whose transaction id lies below the oldest transaction
+still running anywhere in the cluster (``pg_snapshot_xmin``): every such transaction has finished, so no
+event can later commit in front of a number already handed out. A reader that has seen event N can never
+miss an event numbered below N. (docs/decisions/0002-global-order.md)
+
+Any number of processes may run a sequencer: each batch takes the sequencer's cursor row with
+``FOR UPDATE SKIP LOCKED``, so one batch runs at a time and the others move on. No lock is held by
+writers, and no session-level lock is needed, so transaction-mode poolers are fine.
+
+A long or idle writing transaction anywhere in the cluster holds the horizon back: events committed
+after it wait. The store bounds its own sessions (``idle_in_transaction_session_timeout``) and the wait
+is visible as ``tidings_sequencer_lag_seconds`` and ``tidings_sequencer_stalled`` and in a log line that
+names the backend holding the horizon.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg
+from psycopg_pool import ConnectionPool
+
+from eventstore import metrics
+from eventstore.postgres.statements import Statements
+
+__all__ = ["Sequencer", "SequencerStatus"]
+
+log = logging.getLogger("eventstore.sequencer")
+
+STALL_LOG_AFTER_SECONDS = 1.0
+
+_BLOCKER = """
+SELECT pid, datname, usename, state, extract(epoch FROM now() - xact_start), left(query, 200)
+FROM pg_stat_activity
+WHERE backend_xid IS NOT NULL AND pid <> pg_backend_pid()
+ORDER BY age(backend_xid) DESC
+LIMIT 1
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class SequencerStatus:
+    """What the sequencer saw after its last batch."""
+
+    last_event_number: int
+    waiting: int
+    lag_seconds: float
+    stalled: bool
+
+
+class Sequencer:
+    """Numbers committed events in batches, in a background thread or one step at a time.
+
+    Example::
+
+        sequencer = Sequencer(pool, Statements.for_schema("bank"), "bank")
+        sequencer.start()      # background thread; wake() after appends for low latency
+        ...
+        sequencer.stop()
+    """
+
+    def __init__(
+        self,
+        pool: ConnectionPool,
+        statements: Statements,
+        schema: str,
+        *,
+        batch_size: int = 5000,
+        poll_interval: float = 0.05,
+    ) -> None:
+        self._pool = pool
+        self._sql = statements
+        self._schema = schema
+        self._batch_size = batch_size
+        self._poll_interval = poll_interval
+        self._wake = threading.Event()
+        self._stopping = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._stall_logged = False
+        self.status = SequencerStatus(0, 0, 0.0, False)
+
+    def step(self) -> int:
+        """Number one batch of committed events; return how many were numbered."""
+        with self._pool.connection() as conn:
+            row = conn.execute(self._sql.sequence, {"batch_size": self._batch_size}).fetchone()
+            numbered = int(row[1]) if row else 0
+            if numbered:
+                metrics.NUMBERED.labels(self._schema).inc(numbered)
+            if numbered < self._batch_size:
+                self._observe(conn, numbered)
+        return numbered
+
+    def _observe(self, conn: psycopg.Connection[Any], numbered: int) -> None:
+        waiting_row = conn.execute(self._sql.waiting).fetchone()
+        waiting = int(waiting_row[0]) if waiting_row else 0
+        lag = float(waiting_row[1]) if waiting_row and waiting_row[1] is not None else 0.0
+        last_row = conn.execute(self._sql.last_event_number).fetchone()
+        stalled = waiting > 0 and numbered == 0
+        self.status = SequencerStatus(int(last_row[0]) if last_row else 0, waiting, lag, stalled)
+        metrics.SEQUENCER_WAITING.labels(self._schema).set(waiting)
+        metrics.SEQUENCER_LAG.labels(self._schema).set(lag)
+        metrics.SEQUENCER_STALLED.labels(self._schema).set(1 if stalled else 0)
+        if stalled and lag > STALL_LOG_AFTER_SECONDS and not self._stall_logged:
+            self._stall_logged = True
+            blocker = conn.execute(_BLOCKER).fetchone()
+            log.warning(
+                "sequencing stalled: a transaction holds the horizon",
+                extra={
+                    "schema": self._schema,
+                    "waiting_events": waiting,
+                    "lag_seconds": round(lag, 3),
+                    "blocking_pid": blocker[0] if blocker else None,
+                    "blocking_database": blocker[1] if blocker else None,
+                    "blocking_state": blocker[3] if blocker else None,
+                    "blocking_seconds": float(blocker[4]) if blocker and blocker[4] is not None else None,
+                },
+            )
+        elif not stalled and self._stall_logged:
+            self._stall_logged = False
+            log.info("sequencing resumed", extra={"schema": self._schema})
+
+    def catch_up(self, timeout: float = 30.0) -> int:
+        """Number everything numberable now; return the last event_number. For tools and tests.
+
+        Raises:
+            TimeoutError: events still wait after ``timeout`` seconds (a transaction holds the horizon).
+        """
+        deadline = time.monotonic() + timeout
+        while True:
+            while self.step() == self._batch_size:
+                pass
+            if self.status.waiting == 0:
+                return self.status.last_event_number
+            if time.monotonic() > deadline:
+                raise TimeoutError(
+                    f"{self.status.waiting} committed events still wait for numbering after "
+                    f"{timeout}s: a long or idle transaction holds the horizon"
+                )
+            time.sleep(0.005)
+
+    def wake(self) -> None:
+        """Ask the background thread for a batch now (called after local appends)."""
+        self._wake.set()
+
+    def start(self) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name=f"sequencer-{self._schema}", daemon=True)
+            self._thread.start()
+
+    def stop(self) -> None:
+        self._stopping.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+            self._thread = None
+
+    def _run(self) -> None:
+        backoff = self._poll_interval
+        while not self._stopping.is_set():
+            try:
+                full = self.step() == self._batch_size
+                backoff = self._poll_interval
+            except psycopg.Error as exc:
+                log.warning(
+                    "sequencer step failed; retrying", extra={"schema": self._schema, "error": str(exc)}
+                )
+                backoff = min(backoff * 2, 5.0)
+                full = False
+            if full:
+                continue
+            # Committed events that wait on the horizon need another look soon even without a wake-up.
+            timeout = min(self._poll_interval, 0.01) if self.status.waiting else backoff
+            self._wake.wait(timeout)
+            self._wake.clear()
