@@ -25,36 +25,40 @@ FROM {event_order} o JOIN {events} e ON e.id = o.id"""
 # The events to insert arrive as parallel arrays, unnested WITH ORDINALITY so that the n-th event
 # gets the n-th new stream version.
 _INSERT_EVENTS = """
-INSERT INTO {events} (event_id, stream_id, stream_version, event_type, schema_id, data, metadata,
+INSERT INTO {events} (order_xid, event_id, stream_id, stream_version, event_type, schema_id, data, metadata,
                       causation_id, correlation_id)
-SELECT u.event_id, %(stream_id)s, s.stream_version - %(count)s + u.ord, u.event_type, u.schema_id, u.data,
-       u.metadata, u.causation_id, u.correlation_id
+SELECT s.last_xid, u.event_id, %(stream_id)s, s.stream_version - %(count)s + u.ord, u.event_type, u.schema_id,
+       u.data, u.metadata, u.causation_id, u.correlation_id
 FROM s, unnest(%(event_ids)s::uuid[], %(event_types)s::text[], %(schema_ids)s::text[], %(datas)s::bytea[],
                %(metadatas)s::bytea[], %(causation_ids)s::uuid[], %(correlation_ids)s::uuid[])
      WITH ORDINALITY AS u(event_id, event_type, schema_id, data, metadata, causation_id, correlation_id, ord)
 RETURNING stream_version
 """
 
-# How the stream row moves for each kind of expectation; each returns the new version, or no row when
-# the expectation does not hold (the store then reads the stream to say why).
+# How the stream row moves for each kind of expectation; each returns the new version and the order_xid
+# of the new events, or no row when the expectation does not hold (the store then reads the stream to
+# say why). The order_xid is the writer's transaction id raised to the stream's previous one: a
+# transaction that got its id early but appends after a younger one still sorts after it.
+_NEXT_XID = "greatest(t.last_xid, pg_current_xact_id())"
 _STREAM_UPDATE = {
-    "exact": """
-        UPDATE {streams} SET stream_version = stream_version + %(count)s
-        WHERE stream_id = %(stream_id)s AND stream_version = %(expected)s AND deleted_at IS NULL
-        RETURNING stream_version""",
+    "exact": f"""
+        UPDATE {{streams}} t SET stream_version = t.stream_version + %(count)s, last_xid = {_NEXT_XID}
+        WHERE stream_id = %(stream_id)s AND t.stream_version = %(expected)s AND t.deleted_at IS NULL
+        RETURNING t.stream_version, t.last_xid""",
     "create": """
         INSERT INTO {streams} (stream_id, stream_version) VALUES (%(stream_id)s, %(count)s)
         ON CONFLICT (stream_id) DO NOTHING
-        RETURNING stream_version""",
-    "any": """
-        INSERT INTO {streams} AS t (stream_id, stream_version) VALUES (%(stream_id)s, %(count)s)
-        ON CONFLICT (stream_id) DO UPDATE SET stream_version = t.stream_version + %(count)s
+        RETURNING stream_version, last_xid""",
+    "any": f"""
+        INSERT INTO {{streams}} AS t (stream_id, stream_version) VALUES (%(stream_id)s, %(count)s)
+        ON CONFLICT (stream_id) DO UPDATE
+        SET stream_version = t.stream_version + %(count)s, last_xid = {_NEXT_XID}
         WHERE t.deleted_at IS NULL
-        RETURNING stream_version""",
-    "exists": """
-        UPDATE {streams} SET stream_version = stream_version + %(count)s
-        WHERE stream_id = %(stream_id)s AND deleted_at IS NULL
-        RETURNING stream_version""",
+        RETURNING t.stream_version, t.last_xid""",
+    "exists": f"""
+        UPDATE {{streams}} t SET stream_version = t.stream_version + %(count)s, last_xid = {_NEXT_XID}
+        WHERE stream_id = %(stream_id)s AND t.deleted_at IS NULL
+        RETURNING t.stream_version, t.last_xid""",
 }
 
 # One batch of sequencing, as one statement: take the cursor (skip if another sequencer holds it),
@@ -63,20 +67,20 @@ _SEQUENCE = """
 WITH state AS (
     SELECT last_event_number, cursor_xid, cursor_id FROM {sequencer} WHERE singleton FOR UPDATE SKIP LOCKED
 ), batch AS (
-    SELECT e.id, e.xid, row_number() OVER (ORDER BY e.xid, e.id) AS rn
+    SELECT e.id, e.order_xid, row_number() OVER (ORDER BY e.order_xid, e.id) AS rn
     FROM {events} e, state
-    WHERE (e.xid, e.id) > (state.cursor_xid, state.cursor_id)
-      AND e.xid < pg_snapshot_xmin(pg_current_snapshot())
-    ORDER BY e.xid, e.id
+    WHERE (e.order_xid, e.id) > (state.cursor_xid, state.cursor_id)
+      AND e.order_xid < pg_snapshot_xmin(pg_current_snapshot())
+    ORDER BY e.order_xid, e.id
     LIMIT %(batch_size)s
 ), numbered AS (
     INSERT INTO {event_order} (event_number, id)
     SELECT state.last_event_number + batch.rn, batch.id FROM batch, state
 ), last AS (
-    SELECT id, xid, rn FROM batch ORDER BY rn DESC LIMIT 1
+    SELECT id, order_xid, rn FROM batch ORDER BY rn DESC LIMIT 1
 )
 UPDATE {sequencer} q
-SET last_event_number = q.last_event_number + last.rn, cursor_xid = last.xid, cursor_id = last.id,
+SET last_event_number = q.last_event_number + last.rn, cursor_xid = last.order_xid, cursor_id = last.id,
     updated_at = now()
 FROM last
 WHERE q.singleton
@@ -87,7 +91,7 @@ RETURNING q.last_event_number, last.rn
 _WAITING = """
 SELECT count(*), extract(epoch FROM now() - min(e.created_at))
 FROM {events} e, {sequencer} q
-WHERE (e.xid, e.id) > (q.cursor_xid, q.cursor_id)
+WHERE (e.order_xid, e.id) > (q.cursor_xid, q.cursor_id)
 """
 
 

@@ -4,10 +4,11 @@ Revision ID: 0002
 Revises: 0001
 Create Date: 2026-11-22
 
-Writers insert events stamped with their transaction id (``xid``) and never touch the global order. The
-sequencer numbers committed events into ``event_order`` in (xid, id) order, only below the oldest
-transaction still running, so a number once handed out can never be preceded by a late commit
-(docs/decisions/0002-global-order.md).
+Writers insert events stamped with an ordering transaction id (``order_xid``: their own transaction id,
+raised to the stream's previous one so that a stream's events never sort before its earlier ones) and
+never touch the global order. The sequencer numbers committed events into ``event_order`` in
+(order_xid, id) order, only below the oldest transaction still running, so a number once handed out can
+never be preceded by a late commit (docs/decisions/0002-global-order.md).
 """
 
 from __future__ import annotations
@@ -38,6 +39,8 @@ def upgrade() -> None:
         "streams",
         sa.Column("stream_id", sa.Text, primary_key=True),
         sa.Column("stream_version", sa.BigInteger, nullable=False),
+        # The order_xid of the stream's newest events; the next append's events sort at or after it.
+        sa.Column("last_xid", XID8(), nullable=False, server_default=sa.text("pg_current_xact_id()")),
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
         sa.Column("deleted_at", sa.DateTime(timezone=True), nullable=True),
         schema=schema,
@@ -45,8 +48,9 @@ def upgrade() -> None:
     op.create_table(
         "events",
         sa.Column("id", sa.BigInteger, sa.Identity(always=True), primary_key=True),
-        # The writer's own transaction id: the sequencer's ordering key and its commit-safety horizon.
-        sa.Column("xid", XID8(), nullable=False, server_default=sa.text("pg_current_xact_id()")),
+        # The sequencer's ordering key: never below the writer's own transaction id (commit safety) nor
+        # below the stream's previous events' (stream order).
+        sa.Column("order_xid", XID8(), nullable=False),
         sa.Column("event_id", postgresql.UUID(as_uuid=True), nullable=False, unique=True),
         sa.Column("stream_id", sa.Text, nullable=False),
         sa.Column("stream_version", sa.BigInteger, nullable=False),
@@ -60,7 +64,7 @@ def upgrade() -> None:
         sa.UniqueConstraint("stream_id", "stream_version", name="events_stream_version_key"),
         schema=schema,
     )
-    op.create_index("events_xid_id", "events", ["xid", "id"], schema=schema)
+    op.create_index("events_order_xid_id", "events", ["order_xid", "id"], schema=schema)
     op.create_table(
         "event_order",
         sa.Column("event_number", sa.BigInteger, primary_key=True),

@@ -1,0 +1,129 @@
+"""Appending: expectations, errors that write nothing, joining the caller's transaction."""
+
+from __future__ import annotations
+
+import uuid
+
+import psycopg
+import pytest
+
+from eventstore import (
+    ANY,
+    NO_STREAM,
+    STREAM_EXISTS,
+    DuplicateEvent,
+    EmptyAppend,
+    EventData,
+    InvalidStreamId,
+    PayloadTooLarge,
+    PostgresEventStore,
+    StoreConfig,
+    StreamExists,
+    StreamNotFound,
+    WrongExpectedVersion,
+    migrate,
+)
+from tidings.pytest_plugin import PostgresSchema
+
+
+def _events(*types: str) -> list[EventData]:
+    return [EventData(t, f'{{"n": {i}}}'.encode()) for i, t in enumerate(types)]
+
+
+def test_append_then_read_back_everything_recorded(event_store: PostgresEventStore) -> None:
+    causation, correlation = uuid.uuid4(), uuid.uuid4()
+    first = EventData("AccountOpened", b'{"owner": "ada"}', b'{"user": "u-1"}', "json", uuid.uuid4(),
+                      causation, correlation)
+    assert event_store.append_to_stream("account-1", NO_STREAM, [first, *_events("Deposited")]) == 2
+    recorded = event_store.read_stream_forward("account-1")
+    assert [(r.stream_id, r.stream_version, r.event_type) for r in recorded] == [
+        ("account-1", 1, "AccountOpened"),
+        ("account-1", 2, "Deposited"),
+    ]
+    head = recorded[0]
+    assert (head.event_id, head.data, head.metadata, head.schema_id) == (first.event_id, first.data,
+                                                                          first.metadata, "json")
+    assert (head.causation_id, head.correlation_id) == (causation, correlation)
+    assert head.created_at.utcoffset() is not None
+    assert head.created_at.utcoffset().total_seconds() == 0  # type: ignore[union-attr]
+
+
+def test_expected_versions(event_store: PostgresEventStore) -> None:
+    store = event_store
+    assert store.append_to_stream("s", 0, _events("A")) == 1
+    assert store.append_to_stream("s", 1, _events("B", "C")) == 3
+    assert store.append_to_stream("s", STREAM_EXISTS, _events("D")) == 4
+    assert store.append_to_stream("s", ANY, _events("E")) == 5
+    with pytest.raises(WrongExpectedVersion) as wrong:
+        store.append_to_stream("s", 3, _events("X"))
+    assert (wrong.value.expected, wrong.value.actual) == (3, 5)
+    with pytest.raises(WrongExpectedVersion) as zero:
+        store.append_to_stream("s", 0, _events("X"))
+    assert zero.value.actual == 5
+    with pytest.raises(StreamExists):
+        store.append_to_stream("s", NO_STREAM, _events("X"))
+    with pytest.raises(StreamNotFound):
+        store.append_to_stream("missing", STREAM_EXISTS, _events("X"))
+    with pytest.raises(WrongExpectedVersion) as missing:
+        store.append_to_stream("missing", 2, _events("X"))
+    assert missing.value.actual == 0
+    assert store.stream_info("s").stream_version == 5
+    assert len(store.read_stream_forward("s")) == 5
+
+
+@pytest.mark.parametrize("bad", ["", "   ", "$all", "a\x00b", "x" * 256, "tab\there"])
+def test_invalid_stream_ids_write_nothing(event_store: PostgresEventStore, bad: str) -> None:
+    with pytest.raises(InvalidStreamId):
+        event_store.append_to_stream(bad, ANY, _events("A"))
+    assert event_store.list_streams() == []
+
+
+def test_an_oversized_event_fails_the_whole_append(postgres_schema: PostgresSchema) -> None:
+    config = StoreConfig(postgres_schema.server_url, postgres_schema.name, max_event_bytes=1000)
+    migrate(config)
+    with PostgresEventStore(config) as store:
+        with pytest.raises(PayloadTooLarge, match="over the limit of 1000"):
+            store.append_to_stream("s", ANY, [EventData("Small", b"x"), EventData("Big", b"x" * 1001)])
+        assert store.list_streams() == []
+
+
+def test_bad_input_is_typed_and_writes_nothing(event_store: PostgresEventStore) -> None:
+    with pytest.raises(EmptyAppend):
+        event_store.append_to_stream("s", ANY, [])
+    with pytest.raises(TypeError, match="EventData"):
+        event_store.append_to_stream("s", ANY, [{"type": "A"}])  # type: ignore[list-item]
+    with pytest.raises(TypeError, match="bytes"):
+        event_store.append_to_stream("s", ANY, [EventData("A", "not bytes")])  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="expected_version"):
+        event_store.append_to_stream("s", -1, _events("A"))
+    assert event_store.list_streams() == []
+
+
+def test_a_duplicate_event_id_rejects_the_whole_append(event_store: PostgresEventStore) -> None:
+    event = EventData("A", b"1")
+    event_store.append_to_stream("s", NO_STREAM, [event])
+    with pytest.raises(DuplicateEvent):
+        event_store.append_to_stream("s", 1, [EventData("B", b"2"), event])
+    assert event_store.stream_info("s").stream_version == 1
+    assert [e.event_type for e in event_store.read_stream_forward("s")] == ["A"]
+
+
+def test_append_joins_the_callers_transaction(event_store: PostgresEventStore) -> None:
+    with event_store.connection() as conn:
+        event_store.append_to_stream("kept", NO_STREAM, _events("A"), connection=conn)
+        conn.execute("SELECT 1")
+    with pytest.raises(RuntimeError), event_store.connection() as conn:
+        event_store.append_to_stream("dropped", NO_STREAM, _events("A"), connection=conn)
+        raise RuntimeError("the caller's work failed")
+    assert [s.stream_id for s in event_store.list_streams()] == ["kept"]
+    event_store.sequencer.catch_up()
+    assert [e.stream_id for e in event_store.read_all_forward()] == ["kept"]
+
+
+def test_append_through_a_plain_psycopg_connection(event_store: PostgresEventStore) -> None:
+    with psycopg.connect(event_store.config.url) as conn:
+        event_store.append_to_stream("outside", NO_STREAM, _events("A", "B"), connection=conn)
+        conn.rollback()
+        event_store.append_to_stream("outside", NO_STREAM, _events("C"), connection=conn)
+        conn.commit()
+    assert [e.event_type for e in event_store.read_stream_forward("outside")] == ["C"]
