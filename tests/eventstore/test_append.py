@@ -32,8 +32,9 @@ def _events(*types: str) -> list[EventData]:
 
 def test_append_then_read_back_everything_recorded(event_store: PostgresEventStore) -> None:
     causation, correlation = uuid.uuid4(), uuid.uuid4()
-    first = EventData("AccountOpened", b'{"owner": "ada"}', b'{"user": "u-1"}', "json", uuid.uuid4(),
-                      causation, correlation)
+    first = EventData(
+        "AccountOpened", b'{"owner": "ada"}', b'{"user": "u-1"}', "json", uuid.uuid4(), causation, correlation
+    )
     assert event_store.append_to_stream("account-1", NO_STREAM, [first, *_events("Deposited")]) == 2
     recorded = event_store.read_stream_forward("account-1")
     assert [(r.stream_id, r.stream_version, r.event_type) for r in recorded] == [
@@ -41,8 +42,12 @@ def test_append_then_read_back_everything_recorded(event_store: PostgresEventSto
         ("account-1", 2, "Deposited"),
     ]
     head = recorded[0]
-    assert (head.event_id, head.data, head.metadata, head.schema_id) == (first.event_id, first.data,
-                                                                          first.metadata, "json")
+    assert (head.event_id, head.data, head.metadata, head.schema_id) == (
+        first.event_id,
+        first.data,
+        first.metadata,
+        "json",
+    )
     assert (head.causation_id, head.correlation_id) == (causation, correlation)
     assert head.created_at.utcoffset() is not None
     assert head.created_at.utcoffset().total_seconds() == 0  # type: ignore[union-attr]

@@ -26,7 +26,9 @@ def _append(store: PostgresEventStore, stream: str, *payloads: bytes) -> None:
     store.append_to_stream(stream, ANY, [EventData("E", p) for p in payloads])
 
 
-def test_soft_delete_refuses_appends_and_reads_but_keeps_the_global_order(event_store: PostgresEventStore) -> None:
+def test_soft_delete_refuses_appends_and_reads_but_keeps_the_global_order(
+    event_store: PostgresEventStore,
+) -> None:
     _append(event_store, "keep", b"1")
     _append(event_store, "gone", b"2", b"3")
     _append(event_store, "keep", b"4")
@@ -53,7 +55,9 @@ def test_hard_delete_is_off_by_default(event_store: PostgresEventStore) -> None:
     assert len(event_store.read_stream_forward("s")) == 1
 
 
-def test_hard_delete_removes_the_events_and_leaves_their_numbers_unused(postgres_schema: PostgresSchema) -> None:
+def test_hard_delete_removes_the_events_and_leaves_their_numbers_unused(
+    postgres_schema: PostgresSchema,
+) -> None:
     config = StoreConfig(postgres_schema.server_url, postgres_schema.name, allow_hard_delete=True)
     migrate(config)
     with PostgresEventStore(config) as store:

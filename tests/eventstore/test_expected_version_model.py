@@ -19,7 +19,9 @@ from eventstore import (
     WrongExpectedVersion,
 )
 
-expectations = st.one_of(st.sampled_from([ANY, NO_STREAM, STREAM_EXISTS]), st.integers(min_value=0, max_value=6))
+expectations = st.one_of(
+    st.sampled_from([ANY, NO_STREAM, STREAM_EXISTS]), st.integers(min_value=0, max_value=6)
+)
 operations = st.lists(
     st.tuples(st.sampled_from(["a", "b"]), expectations, st.integers(min_value=1, max_value=3)), max_size=15
 )
@@ -38,7 +40,9 @@ def predict(version: int, expected: ExpectedVersion) -> type[Exception] | None:
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(ops=operations)
-def test_appends_follow_the_model(event_store: PostgresEventStore, ops: list[tuple[str, ExpectedVersion, int]]) -> None:
+def test_appends_follow_the_model(
+    event_store: PostgresEventStore, ops: list[tuple[str, ExpectedVersion, int]]
+) -> None:
     prefix = uuid.uuid4().hex[:8]  # each example gets its own streams in the shared schema
     model: dict[str, int] = {}
     for name, expected, count in ops:
@@ -57,4 +61,6 @@ def test_appends_follow_the_model(event_store: PostgresEventStore, ops: list[tup
             model[stream] = version + count
             assert new_version == model[stream]
     for stream, version in model.items():
-        assert [e.stream_version for e in event_store.read_stream_forward(stream)] == list(range(1, version + 1))
+        assert [e.stream_version for e in event_store.read_stream_forward(stream)] == list(
+            range(1, version + 1)
+        )

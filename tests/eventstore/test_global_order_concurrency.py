@@ -22,8 +22,13 @@ class _Rollback(Exception):
     pass
 
 
-def _writer(store: PostgresEventStore, seed: int, committed: set[uuid.UUID], aborted: set[uuid.UUID],
-            lock: threading.Lock) -> None:
+def _writer(
+    store: PostgresEventStore,
+    seed: int,
+    committed: set[uuid.UUID],
+    aborted: set[uuid.UUID],
+    lock: threading.Lock,
+) -> None:
     rng = random.Random(seed)
     for _ in range(APPENDS_PER_WRITER):
         stream = f"stream-{rng.randrange(6)}"  # shared streams: writers contend on stream rows too

@@ -17,7 +17,9 @@ def test_stream_order_holds_when_an_older_transaction_appends_later(event_store:
 
         def younger_then_older() -> None:
             with store.connection() as younger:
-                store.append_to_stream("account", ANY, [EventData("E", b"v1 (younger xid)")], connection=younger)
+                store.append_to_stream(
+                    "account", ANY, [EventData("E", b"v1 (younger xid)")], connection=younger
+                )
             # Now the older transaction appends to the same stream, after the younger one committed.
             late_appended.set()
 
