@@ -39,24 +39,28 @@ RETURNING stream_version
 # of the new events, or no row when the expectation does not hold (the store then reads the stream to
 # say why). The order_xid is the writer's transaction id raised to the stream's previous one: a
 # transaction that got its id early but appends after a younger one still sorts after it.
-_NEXT_XID = "greatest(t.last_xid, pg_current_xact_id())"
 _STREAM_UPDATE = {
-    "exact": f"""
-        UPDATE {{streams}} t SET stream_version = t.stream_version + %(count)s, last_xid = {_NEXT_XID}
+    "exact": """
+        UPDATE {streams} t
+        SET stream_version = t.stream_version + %(count)s,
+            last_xid = greatest(t.last_xid, pg_current_xact_id())
         WHERE stream_id = %(stream_id)s AND t.stream_version = %(expected)s AND t.deleted_at IS NULL
         RETURNING t.stream_version, t.last_xid""",
     "create": """
         INSERT INTO {streams} (stream_id, stream_version) VALUES (%(stream_id)s, %(count)s)
         ON CONFLICT (stream_id) DO NOTHING
         RETURNING stream_version, last_xid""",
-    "any": f"""
-        INSERT INTO {{streams}} AS t (stream_id, stream_version) VALUES (%(stream_id)s, %(count)s)
+    "any": """
+        INSERT INTO {streams} AS t (stream_id, stream_version) VALUES (%(stream_id)s, %(count)s)
         ON CONFLICT (stream_id) DO UPDATE
-        SET stream_version = t.stream_version + %(count)s, last_xid = {_NEXT_XID}
+        SET stream_version = t.stream_version + %(count)s,
+            last_xid = greatest(t.last_xid, pg_current_xact_id())
         WHERE t.deleted_at IS NULL
         RETURNING t.stream_version, t.last_xid""",
-    "exists": f"""
-        UPDATE {{streams}} t SET stream_version = t.stream_version + %(count)s, last_xid = {_NEXT_XID}
+    "exists": """
+        UPDATE {streams} t
+        SET stream_version = t.stream_version + %(count)s,
+            last_xid = greatest(t.last_xid, pg_current_xact_id())
         WHERE stream_id = %(stream_id)s AND t.deleted_at IS NULL
         RETURNING t.stream_version, t.last_xid""",
 }

@@ -117,9 +117,14 @@ def test_append_joins_the_callers_transaction(event_store: PostgresEventStore) -
     with event_store.connection() as conn:
         event_store.append_to_stream("kept", NO_STREAM, _events("A"), connection=conn)
         conn.execute("SELECT 1")
-    with pytest.raises(RuntimeError), event_store.connection() as conn:
-        event_store.append_to_stream("dropped", NO_STREAM, _events("A"), connection=conn)
-        raise RuntimeError("the caller's work failed")
+
+    def fails_after_appending() -> None:
+        with event_store.connection() as conn:
+            event_store.append_to_stream("dropped", NO_STREAM, _events("A"), connection=conn)
+            raise RuntimeError("the caller's work failed")
+
+    with pytest.raises(RuntimeError):
+        fails_after_appending()
     assert [s.stream_id for s in event_store.list_streams()] == ["kept"]
     event_store.sequencer.catch_up()
     assert [e.stream_id for e in event_store.read_all_forward()] == ["kept"]

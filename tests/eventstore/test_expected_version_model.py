@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -50,16 +51,15 @@ def test_appends_follow_the_model(
         version = model.get(stream, 0)
         error = predict(version, expected)
         events = [EventData("E", b"x") for _ in range(count)]
-        try:
-            new_version = event_store.append_to_stream(stream, expected, events)
-        except (WrongExpectedVersion, StreamExists, StreamNotFound) as exc:
-            assert type(exc) is error, f"{stream} at {version}, expected {expected!r}: got {exc!r}"
-            if isinstance(exc, WrongExpectedVersion | StreamExists):
-                assert exc.actual == version
-        else:
-            assert error is None, f"{stream} at {version}, expected {expected!r}: should raise {error}"
+        if error is None:
+            assert event_store.append_to_stream(stream, expected, events) == version + count
             model[stream] = version + count
-            assert new_version == model[stream]
+            continue
+        with pytest.raises(error) as refused:
+            event_store.append_to_stream(stream, expected, events)
+        assert type(refused.value) is error
+        if isinstance(refused.value, WrongExpectedVersion | StreamExists):
+            assert refused.value.actual == version
     for stream, version in model.items():
         assert [e.stream_version for e in event_store.read_stream_forward(stream)] == list(
             range(1, version + 1)
