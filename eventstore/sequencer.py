@@ -28,7 +28,7 @@ import psycopg
 from psycopg_pool import ConnectionPool
 
 from eventstore import metrics
-from eventstore.postgres.statements import Statements
+from eventstore.postgres.statements import Statements, notification_channel
 
 __all__ = ["Sequencer", "SequencerStatus"]
 
@@ -78,6 +78,7 @@ class Sequencer:
         self._pool = pool
         self._sql = statements
         self._schema = schema
+        self._channel = notification_channel(schema)
         self._batch_size = batch_size
         self._poll_interval = poll_interval
         self._wake = threading.Event()
@@ -89,7 +90,9 @@ class Sequencer:
     def step(self) -> int:
         """Number one batch of committed events; return how many were numbered."""
         with self._pool.connection() as conn:
-            row = conn.execute(self._sql.sequence, {"batch_size": self._batch_size}).fetchone()
+            row = conn.execute(
+                self._sql.sequence, {"batch_size": self._batch_size, "channel": self._channel}
+            ).fetchone()
             numbered = int(row[1]) if row else 0
             if numbered:
                 metrics.NUMBERED.labels(self._schema).inc(numbered)

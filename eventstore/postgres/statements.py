@@ -7,11 +7,12 @@ transaction: the statement is the transaction.
 
 from __future__ import annotations
 
+import zlib
 from dataclasses import dataclass
 
 from psycopg import sql
 
-__all__ = ["Statements"]
+__all__ = ["Statements", "notification_channel"]
 
 # Columns in RecordedEvent's field order. Stream reads see events before they are numbered (LEFT JOIN);
 # reads of the global order see numbered events only.
@@ -66,7 +67,8 @@ _STREAM_UPDATE = {
 }
 
 # One batch of sequencing, as one statement: take the cursor (skip if another sequencer holds it),
-# number the committed events after it that lie below the oldest running transaction, move the cursor.
+# number the committed events after it that lie below the oldest running transaction, move the cursor,
+# and tell listeners (a hint, delivered only if the batch commits; one per batch, never per append).
 _SEQUENCE = """
 WITH state AS (
     SELECT last_event_number, cursor_xid, cursor_id FROM {sequencer} WHERE singleton FOR UPDATE SKIP LOCKED
@@ -88,7 +90,7 @@ SET last_event_number = q.last_event_number + last.rn, cursor_xid = last.order_x
     updated_at = now()
 FROM last
 WHERE q.singleton
-RETURNING q.last_event_number, last.rn
+RETURNING q.last_event_number, last.rn, pg_notify(%(channel)s, q.last_event_number::text)
 """
 
 # Committed events that wait for the horizon to pass them: their count and the oldest one's age.
@@ -107,6 +109,12 @@ ON CONFLICT (source_type, source_id) DO UPDATE
 SET source_version = EXCLUDED.source_version, snapshot_version = EXCLUDED.snapshot_version,
     schema_id = EXCLUDED.schema_id, data = EXCLUDED.data, metadata = EXCLUDED.metadata, created_at = now()
 """
+
+
+def notification_channel(schema: str) -> str:
+    """The LISTEN/NOTIFY channel on which the sequencer announces newly numbered events."""
+    channel = f"tidings_numbered_{schema}"
+    return channel if len(channel) <= 63 else f"tidings_numbered_{zlib.crc32(schema.encode()):08x}"
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,7 @@ Spans (names are part of the API, for OpenTelemetry when it lands): ``eventstore
 from __future__ import annotations
 
 import contextlib
+import time
 import uuid
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -26,7 +27,7 @@ from eventstore.errors import (
     StreamNotFound,
     WrongExpectedVersion,
 )
-from eventstore.postgres.statements import Statements
+from eventstore.postgres.statements import Statements, notification_channel
 from eventstore.records import (
     ANY,
     NO_STREAM,
@@ -84,6 +85,7 @@ class PostgresEventStore:
     ) -> None:
         self.config = config
         self._sql = Statements.for_schema(config.schema)
+        self._channel = notification_channel(config.schema)
         self._pool = ConnectionPool(
             config.url,
             min_size=1,
@@ -266,6 +268,23 @@ class PostgresEventStore:
             if len(batch) < batch_size:
                 return
             start_number = batch[-1].event_number + 1  # type: ignore[operator]  # numbered: read from $all
+
+    def wait_for_numbered(self, after: int, timeout: float, poll_interval: float = 0.25) -> int:
+        """Wait until an event numbered above ``after`` exists, or ``timeout`` passes; return the last number.
+
+        The sequencer's NOTIFY wakes the wait early; polling every ``poll_interval`` is what makes it
+        correct, so a lost notification (a listener reconnecting, say) costs latency, never events.
+        """
+        deadline = time.monotonic() + timeout
+        with translate_db_errors(), psycopg.connect(self.config.url, autocommit=True) as listener:
+            listener.execute(psycopg.sql.SQL("LISTEN {}").format(psycopg.sql.Identifier(self._channel)))
+            while True:
+                last = self.last_event_number()
+                remaining = deadline - time.monotonic()
+                if last > after or remaining <= 0:
+                    return last
+                for _ in listener.notifies(timeout=min(poll_interval, remaining), stop_after=1):
+                    pass
 
     def last_event_number(self) -> int:
         """The highest event_number handed out so far (0 for an empty store)."""
