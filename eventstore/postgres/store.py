@@ -20,6 +20,7 @@ from eventstore import metrics
 from eventstore.config import StoreConfig, redact_url
 from eventstore.errors import (
     DuplicateEvent,
+    EventStoreError,
     HardDeleteDisabled,
     StoreUnavailable,
     StreamDeleted,
@@ -50,13 +51,23 @@ END = -1
 
 @contextlib.contextmanager
 def translate_db_errors() -> Iterator[None]:
-    """Re-raise driver errors that mean "PostgreSQL is not there for us" as StoreUnavailable."""
+    """Re-raise driver errors as the store's own, so that callers never need to catch psycopg.
+
+    Unreachable servers, ended sessions and timed-out statements become StoreUnavailable; anything
+    else the driver raises becomes EventStoreError with the driver's error as its cause.
+    """
     try:
         yield
-    except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
-        raise StoreUnavailable(f"PostgreSQL is unavailable: {exc}") from exc
-    except pg_errors.IdleInTransactionSessionTimeout as exc:
-        raise StoreUnavailable(f"the session was ended by PostgreSQL: {exc}") from exc
+    except (
+        psycopg.OperationalError,
+        psycopg.InterfaceError,
+        pg_errors.IdleInTransactionSessionTimeout,
+        pg_errors.QueryCanceled,
+        pg_errors.AdminShutdown,
+    ) as exc:
+        raise StoreUnavailable(f"PostgreSQL is unavailable or ended the session: {exc}") from exc
+    except psycopg.Error as exc:
+        raise EventStoreError(f"unexpected database error ({type(exc).__name__}): {exc}") from exc
 
 
 def _session_options(config: StoreConfig) -> str:

@@ -18,11 +18,13 @@ from eventstore import (
     PayloadTooLarge,
     PostgresEventStore,
     StoreConfig,
+    StoreUnavailable,
     StreamExists,
     StreamNotFound,
     WrongExpectedVersion,
     migrate,
 )
+from tidings.devservices.runs import free_port
 from tidings.pytest_plugin import PostgresSchema
 
 
@@ -137,3 +139,14 @@ def test_append_through_a_plain_psycopg_connection(event_store: PostgresEventSto
         event_store.append_to_stream("outside", NO_STREAM, _events("C"), connection=conn)
         conn.commit()
     assert [e.event_type for e in event_store.read_stream_forward("outside")] == ["C"]
+
+
+def test_an_unreachable_database_is_a_typed_error(postgres_schema: PostgresSchema) -> None:
+    config = StoreConfig(
+        f"postgresql://nobody:secret-pw@127.0.0.1:{free_port()}/none",
+        postgres_schema.name,
+        statement_timeout=2,
+    )
+    with pytest.raises(StoreUnavailable) as caught:
+        PostgresEventStore(config)
+    assert "secret-pw" not in str(caught.value)
