@@ -10,14 +10,16 @@ from __future__ import annotations
 
 import threading
 from pathlib import Path
-
-import sqlalchemy as sa
-from alembic import command
-from alembic.config import Config
-from alembic.runtime.migration import MigrationContext
-from alembic.script import ScriptDirectory
+from typing import TYPE_CHECKING
 
 from eventstore.config import StoreConfig, sqlalchemy_url
+
+if TYPE_CHECKING:
+    import sqlalchemy as sa
+    from alembic.config import Config
+
+# SQLAlchemy and Alembic are imported inside the functions: they cost ~0.3 s at import, and only the
+# migration path needs them, not every process that merely appends or reads.
 
 __all__ = ["current_revision", "head_revision", "migrate"]
 
@@ -26,6 +28,8 @@ _ALEMBIC_IN_USE = threading.Lock()
 
 
 def _alembic_config(store: StoreConfig, connection: sa.Connection | None = None) -> Config:
+    from alembic.config import Config
+
     config = Config()
     config.set_main_option("script_location", str(SCRIPTS))
     config.attributes["schema"] = store.schema
@@ -39,6 +43,9 @@ def migrate(store: StoreConfig, revision: str = "head") -> str:
     Raises:
         sqlalchemy.exc.OperationalError: the database does not answer.
     """
+    import sqlalchemy as sa
+    from alembic import command
+
     engine = sa.create_engine(sqlalchemy_url(store.url), poolclass=sa.pool.NullPool)
     try:
         with _ALEMBIC_IN_USE, engine.begin() as connection:
@@ -50,6 +57,9 @@ def migrate(store: StoreConfig, revision: str = "head") -> str:
 
 def current_revision(store: StoreConfig, engine: sa.Engine | None = None) -> str | None:
     """The revision applied to the store's schema, or None when it was never migrated."""
+    import sqlalchemy as sa
+    from alembic.runtime.migration import MigrationContext
+
     own = engine is None
     engine = engine or sa.create_engine(sqlalchemy_url(store.url), poolclass=sa.pool.NullPool)
     try:
@@ -63,6 +73,8 @@ def current_revision(store: StoreConfig, engine: sa.Engine | None = None) -> str
 
 def head_revision() -> str:
     """The newest revision this version of tidings ships."""
+    from alembic.script import ScriptDirectory
+
     head = ScriptDirectory.from_config(_alembic_config(StoreConfig("postgresql://unused"))).get_current_head()
     assert head is not None, "the migrations directory has no revision"
     return head
