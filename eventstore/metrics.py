@@ -3,7 +3,7 @@
 - ``tidings_sequencer_lag_seconds{schema}``: age of the oldest committed event still waiting for its
   event_number; it grows while a long or idle transaction holds the sequencing horizon back.
 - ``tidings_sequencer_waiting_events{schema}``: committed events waiting for an event_number.
-- ``tidings_sequencer_stalled{schema}``: 1 while events wait and the last batch could number none.
+- ``tidings_sequencer_stalled{schema}``: 1 while committed events have waited over a second for a number.
 - ``tidings_sequencer_numbered_events_total{schema}``: events numbered.
 - ``tidings_events_appended_total{schema}``: events appended (committed or not: the store cannot know).
 """

@@ -34,7 +34,8 @@ __all__ = ["Sequencer", "SequencerStatus"]
 
 log = logging.getLogger("eventstore.sequencer")
 
-STALL_LOG_AFTER_SECONDS = 1.0
+# Events wait briefly behind writers in flight all the time; waiting longer than this is a stall.
+STALLED_AFTER_SECONDS = 1.0
 
 _BLOCKER = """
 SELECT pid, datname, usename, state, extract(epoch FROM now() - xact_start), left(query, 200)
@@ -88,29 +89,32 @@ class Sequencer:
         self.status = SequencerStatus(0, 0, 0.0, False)
 
     def step(self) -> int:
-        """Number one batch of committed events; return how many were numbered."""
+        """Number one batch of committed events; return how many were numbered.
+
+        When nothing was numbered, also look at what waits: status, metrics, the stall log line.
+        """
         with self._pool.connection() as conn:
-            row = conn.execute(
-                self._sql.sequence, {"batch_size": self._batch_size, "channel": self._channel}
-            ).fetchone()
-            numbered = int(row[1]) if row else 0
-            if numbered:
-                metrics.NUMBERED.labels(self._schema).inc(numbered)
-            if numbered < self._batch_size:
-                self._observe(conn, numbered)
+            params = {"batch_size": self._batch_size, "channel": self._channel}
+            row = conn.execute(self._sql.sequence, params).fetchone()
+            if row is None:
+                self._observe(conn)
+                return 0
+        numbered = int(row[1])
+        metrics.NUMBERED.labels(self._schema).inc(numbered)
+        self.status = SequencerStatus(int(row[0]), self.status.waiting, self.status.lag_seconds, False)
         return numbered
 
-    def _observe(self, conn: psycopg.Connection[Any], numbered: int) -> None:
-        waiting_row = conn.execute(self._sql.waiting).fetchone()
-        waiting = int(waiting_row[0]) if waiting_row else 0
-        lag = float(waiting_row[1]) if waiting_row and waiting_row[1] is not None else 0.0
-        last_row = conn.execute(self._sql.last_event_number).fetchone()
-        stalled = waiting > 0 and numbered == 0
-        self.status = SequencerStatus(int(last_row[0]) if last_row else 0, waiting, lag, stalled)
+    def _observe(self, conn: psycopg.Connection[Any]) -> None:
+        row = conn.execute(self._sql.waiting).fetchone()
+        assert row is not None, "the sequencer row is missing: run `tidings migrate`"
+        waiting, lag, last = int(row[0]), float(row[1] or 0.0), int(row[2])
+        # Committed events have waited too long while batches number none: a transaction holds the horizon.
+        stalled = waiting > 0 and lag > STALLED_AFTER_SECONDS
+        self.status = SequencerStatus(last, waiting, lag, stalled)
         metrics.SEQUENCER_WAITING.labels(self._schema).set(waiting)
         metrics.SEQUENCER_LAG.labels(self._schema).set(lag)
         metrics.SEQUENCER_STALLED.labels(self._schema).set(1 if stalled else 0)
-        if stalled and lag > STALL_LOG_AFTER_SECONDS and not self._stall_logged:
+        if stalled and not self._stall_logged:
             self._stall_logged = True
             blocker = conn.execute(_BLOCKER).fetchone()
             log.warning(
@@ -137,7 +141,7 @@ class Sequencer:
         """
         deadline = time.monotonic() + timeout
         while True:
-            while self.step() == self._batch_size:
+            while self.step() > 0:
                 pass
             if self.status.waiting == 0:
                 return self.status.last_event_number

@@ -93,11 +93,12 @@ WHERE q.singleton
 RETURNING q.last_event_number, last.rn, pg_notify(%(channel)s, q.last_event_number::text)
 """
 
-# Committed events that wait for the horizon to pass them: their count and the oldest one's age.
+# Committed events that wait for the horizon to pass them (their count and the oldest one's age), and
+# the last number handed out.
 _WAITING = """
-SELECT count(*), extract(epoch FROM now() - min(e.created_at))
-FROM {events} e, {sequencer} q
-WHERE (e.order_xid, e.id) > (q.cursor_xid, q.cursor_id)
+SELECT count(e.id), extract(epoch FROM now() - min(e.created_at)), q.last_event_number
+FROM {sequencer} q LEFT JOIN {events} e ON (e.order_xid, e.id) > (q.cursor_xid, q.cursor_id)
+GROUP BY q.last_event_number
 """
 
 
