@@ -1,27 +1,32 @@
-"""Run benchmarks: ``python -m bench all`` or ``python -m bench services [--repeat N]``.
+"""Run benchmarks: ``python -m bench all`` or ``python -m bench services|store [--repeat N]``.
 
 Services are provided as for the tests (``DATABASE_URL`` / ``KAFKA_BOOTSTRAP_SERVERS``, Docker, or local
-processes). Each benchmark prints a table and writes ``bench/results/<benchmark>.json``.
+processes). Each benchmark prints a table and writes ``bench/results/<benchmark>.json``. Without
+``--repeat`` each benchmark repeats its timed cases as often as it sees fit (services: 3, store: 1).
 """
 
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 
-from bench import bench_services
-from bench.results import show, write
+from bench import bench_services, bench_store
+from bench.results import Row, show, write
 
-BENCHMARKS = {bench_services.NAME: bench_services.run}
+BENCHMARKS: dict[str, Callable[..., list[Row]]] = {
+    bench_services.NAME: bench_services.run,
+    bench_store.NAME: bench_store.run,
+}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench")
     parser.add_argument("which", choices=["all", *BENCHMARKS])
-    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--repeat", type=int)
     args = parser.parse_args()
     for name, run in BENCHMARKS.items():
         if args.which in ("all", name):
-            rows = run(repeat=args.repeat)
+            rows = run() if args.repeat is None else run(repeat=args.repeat)
             show(rows)
             print(f"wrote {write(name, rows)}")
 
