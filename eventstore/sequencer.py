@@ -36,6 +36,8 @@ log = logging.getLogger("eventstore.sequencer")
 
 # Events wait briefly behind writers in flight all the time; waiting longer than this is a stall.
 STALLED_AFTER_SECONDS = 1.0
+# Metrics are refreshed at least this often while batches keep numbering events.
+LOOK_EVERY_SECONDS = 1.0
 
 _BLOCKER = """
 SELECT pid, datname, usename, state, extract(epoch FROM now() - xact_start), left(query, 200)
@@ -75,6 +77,7 @@ class Sequencer:
         *,
         batch_size: int = 5000,
         poll_interval: float = 0.05,
+        linger: float = 0.002,
     ) -> None:
         self._pool = pool
         self._sql = statements
@@ -82,6 +85,7 @@ class Sequencer:
         self._channel = notification_channel(schema)
         self._batch_size = batch_size
         self._poll_interval = poll_interval
+        self._linger = linger
         self._wake = threading.Event()
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
@@ -89,28 +93,32 @@ class Sequencer:
         self.status = SequencerStatus(0, 0, 0.0, False)
 
     def step(self) -> int:
-        """Number one batch of committed events; return how many were numbered.
-
-        When nothing was numbered, also look at what waits: status, metrics, the stall log line.
-        """
+        """Number one batch of committed events; return how many were numbered."""
         with self._pool.connection() as conn:
             params = {"batch_size": self._batch_size, "channel": self._channel}
             row = conn.execute(self._sql.sequence, params).fetchone()
-            if row is None:
-                self._observe(conn)
-                return 0
+        if row is None:
+            return 0
         numbered = int(row[1])
         metrics.NUMBERED.labels(self._schema).inc(numbered)
         self.status = SequencerStatus(int(row[0]), self.status.waiting, self.status.lag_seconds, False)
         return numbered
 
-    def _observe(self, conn: psycopg.Connection[Any]) -> None:
-        row = conn.execute(self._sql.waiting).fetchone()
-        assert row is not None, "the sequencer row is missing: run `tidings migrate`"
-        waiting, lag, last = int(row[0]), float(row[1] or 0.0), int(row[2])
-        # Committed events have waited too long while batches number none: a transaction holds the horizon.
-        stalled = waiting > 0 and lag > STALLED_AFTER_SECONDS
-        self.status = SequencerStatus(last, waiting, lag, stalled)
+    def look(self) -> SequencerStatus:
+        """Look at what waits for a number: update the status and metrics, log a stall once."""
+        with self._pool.connection() as conn:
+            row = conn.execute(self._sql.waiting).fetchone()
+            assert row is not None, "the sequencer row is missing: run `tidings migrate`"
+            waiting, held_back, held_lag = int(row[0]), int(row[1]), float(row[2] or 0.0)
+            lag, last = float(row[3] or 0.0), int(row[4])
+            # A stall is a transaction holding the horizon over committed events for too long; events
+            # that are numberable but not yet numbered only mean the sequencer is busy.
+            stalled = held_back > 0 and held_lag > STALLED_AFTER_SECONDS
+            self.status = SequencerStatus(last, waiting, lag, stalled)
+            self._report(conn, waiting, lag, stalled)
+        return self.status
+
+    def _report(self, conn: psycopg.Connection[Any], waiting: int, lag: float, stalled: bool) -> None:
         metrics.SEQUENCER_WAITING.labels(self._schema).set(waiting)
         metrics.SEQUENCER_LAG.labels(self._schema).set(lag)
         metrics.SEQUENCER_STALLED.labels(self._schema).set(1 if stalled else 0)
@@ -143,7 +151,7 @@ class Sequencer:
         while True:
             while self.step() > 0:
                 pass
-            if self.status.waiting == 0:
+            if self.look().waiting == 0:
                 return self.status.last_event_number
             if time.monotonic() > deadline:
                 raise TimeoutError(
@@ -169,20 +177,25 @@ class Sequencer:
             self._thread = None
 
     def _run(self) -> None:
-        backoff = self._poll_interval
+        backoff, timeout, last_look = self._poll_interval, self._poll_interval, 0.0
         while not self._stopping.is_set():
+            woken = self._wake.wait(timeout)
+            self._wake.clear()
+            if woken and self._linger:
+                # Like a producer's linger: let a burst of appends gather into one batch.
+                self._stopping.wait(self._linger)
             try:
-                full = self.step() == self._batch_size
+                numbered = self.step()
+                while numbered == self._batch_size:
+                    numbered = self.step()
+                if numbered == 0 or time.monotonic() - last_look > LOOK_EVERY_SECONDS:
+                    self.look()
+                    last_look = time.monotonic()
                 backoff = self._poll_interval
             except psycopg.Error as exc:
                 log.warning(
                     "sequencer step failed; retrying", extra={"schema": self._schema, "error": str(exc)}
                 )
                 backoff = min(backoff * 2, 5.0)
-                full = False
-            if full:
-                continue
-            # Committed events that wait on the horizon need another look soon even without a wake-up.
-            timeout = min(self._poll_interval, 0.01) if self.status.waiting else backoff
-            self._wake.wait(timeout)
-            self._wake.clear()
+            # Events waiting on the horizon need another look soon even without a wake-up.
+            timeout = min(backoff, 0.01) if self.status.waiting else backoff

@@ -36,6 +36,17 @@ FROM s, unnest(%(event_ids)s::uuid[], %(event_types)s::text[], %(schema_ids)s::t
 RETURNING stream_version
 """
 
+# The common case, one event, without the arrays: cheaper to send and to plan.
+_INSERT_EVENT = """
+INSERT INTO {events} (order_xid, event_id, stream_id, stream_version, event_type, schema_id, data, metadata,
+                      causation_id, correlation_id)
+SELECT s.last_xid, %(event_id)s::uuid, %(stream_id)s, s.stream_version, %(event_type)s::text,
+       %(schema_id)s::text, %(data)s::bytea, %(metadata)s::bytea, %(causation_id)s::uuid,
+       %(correlation_id)s::uuid
+FROM s
+RETURNING stream_version
+"""
+
 # How the stream row moves for each kind of expectation; each returns the new version and the order_xid
 # of the new events, or no row when the expectation does not hold (the store then reads the stream to
 # say why). The order_xid is the writer's transaction id raised to the stream's previous one: a
@@ -73,12 +84,16 @@ _SEQUENCE = """
 WITH state AS (
     SELECT last_event_number, cursor_xid, cursor_id FROM {sequencer} WHERE singleton FOR UPDATE SKIP LOCKED
 ), batch AS (
-    SELECT e.id, e.order_xid, row_number() OVER (ORDER BY e.order_xid, e.id) AS rn
-    FROM {events} e, state
-    WHERE (e.order_xid, e.id) > (state.cursor_xid, state.cursor_id)
-      AND e.order_xid < pg_snapshot_xmin(pg_current_snapshot())
-    ORDER BY e.order_xid, e.id
-    LIMIT %(batch_size)s
+    -- LATERAL makes the cursor an index condition: the scan starts at the cursor instead of reading
+    -- every event already numbered.
+    SELECT b.id, b.order_xid, row_number() OVER (ORDER BY b.order_xid, b.id) AS rn
+    FROM state CROSS JOIN LATERAL (
+        SELECT e.id, e.order_xid FROM {events} e
+        WHERE (e.order_xid, e.id) > (state.cursor_xid, state.cursor_id)
+          AND e.order_xid < pg_snapshot_xmin(pg_current_snapshot())
+        ORDER BY e.order_xid, e.id
+        LIMIT %(batch_size)s
+    ) b
 ), numbered AS (
     INSERT INTO {event_order} (event_number, id)
     SELECT state.last_event_number + batch.rn, batch.id FROM batch, state
@@ -93,14 +108,22 @@ WHERE q.singleton
 RETURNING q.last_event_number, last.rn, pg_notify(%(channel)s, q.last_event_number::text)
 """
 
-# Committed events that wait for the horizon to pass them (their count and the oldest one's age), and
-# the last number handed out.
+# What waits for a number: all committed events after the cursor, and those of them held back by the
+# horizon (a transaction still running); the oldest held-back event's age; the last number handed out.
 _WAITING = """
-SELECT count(e.id), extract(epoch FROM now() - min(e.created_at)), q.last_event_number
-FROM {sequencer} q LEFT JOIN {events} e ON (e.order_xid, e.id) > (q.cursor_xid, q.cursor_id)
+SELECT count(e.id),
+       count(e.id) FILTER (WHERE e.order_xid >= h.xmin),
+       extract(epoch FROM now() - min(e.created_at) FILTER (WHERE e.order_xid >= h.xmin)),
+       extract(epoch FROM now() - min(e.created_at)),
+       q.last_event_number
+FROM {sequencer} q
+CROSS JOIN (SELECT pg_snapshot_xmin(pg_current_snapshot()) AS xmin) h
+LEFT JOIN LATERAL (
+    SELECT id, order_xid, created_at FROM {events} e
+    WHERE (e.order_xid, e.id) > (q.cursor_xid, q.cursor_id)
+) e ON true
 GROUP BY q.last_event_number
 """
-
 
 _RECORD_SNAPSHOT = """
 INSERT INTO {snapshots} (source_type, source_id, source_version, snapshot_version, schema_id, data, metadata)
@@ -122,23 +145,25 @@ def notification_channel(schema: str) -> str:
 class Statements:
     """Every statement of one store schema."""
 
-    insert_events: dict[str, sql.Composed]
-    sequence: sql.Composed
-    waiting: sql.Composed
-    stream_state: sql.Composed
-    last_event_number: sql.Composed
-    read_stream_forward: sql.Composed
-    read_stream_backward: sql.Composed
-    read_all_forward: sql.Composed
-    read_all_backward: sql.Composed
-    stream_info: sql.Composed
-    list_streams: sql.Composed
-    soft_delete: sql.Composed
-    hard_delete_events: sql.Composed
-    hard_delete_stream: sql.Composed
-    record_snapshot: sql.Composed
-    read_snapshot: sql.Composed
-    delete_snapshot: sql.Composed
+    insert_events: dict[str, bytes]
+    insert_event: dict[str, bytes]
+    sequence: bytes
+    waiting: bytes
+    stream_state: bytes
+    lock_stream: bytes
+    last_event_number: bytes
+    read_stream_forward: bytes
+    read_stream_backward: bytes
+    read_all_forward: bytes
+    read_all_backward: bytes
+    stream_info: bytes
+    list_streams: bytes
+    soft_delete: bytes
+    hard_delete_events: bytes
+    hard_delete_stream: bytes
+    record_snapshot: bytes
+    read_snapshot: bytes
+    delete_snapshot: bytes
 
     @classmethod
     def for_schema(cls, schema: str) -> Statements:
@@ -147,8 +172,9 @@ class Statements:
             for name in ("streams", "events", "event_order", "sequencer", "snapshots")
         }
 
-        def q(text: str) -> sql.Composed:
-            return sql.SQL(text).format(**tables)
+        def q(text: str) -> bytes:
+            # Rendered once: composing on every execution costs more than the statement's parameters.
+            return sql.SQL(text).format(**tables).as_string(None).encode()
 
         read = _READ_STREAM
         read_all = _READ_ALL
@@ -156,10 +182,16 @@ class Statements:
             insert_events={
                 kind: q(f"WITH s AS ({update}) {_INSERT_EVENTS}") for kind, update in _STREAM_UPDATE.items()
             },
+            insert_event={
+                kind: q(f"WITH s AS ({update}) {_INSERT_EVENT}") for kind, update in _STREAM_UPDATE.items()
+            },
             sequence=q(_SEQUENCE),
             waiting=q(_WAITING),
             stream_state=q(
                 "SELECT stream_version, deleted_at IS NOT NULL FROM {streams} WHERE stream_id = %s"
+            ),
+            lock_stream=q(
+                "SELECT stream_version, deleted_at IS NOT NULL FROM {streams} WHERE stream_id = %s FOR UPDATE"
             ),
             last_event_number=q("SELECT last_event_number FROM {sequencer}"),
             read_stream_forward=q(
