@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -52,10 +53,10 @@ def show(rows: list[Row]) -> None:
         table.add_column(column)
     for row in rows:
         table.add_row(
-            row.case,
+            escape(row.case),
             f"{row.metric} ({row.unit})",
             f"{row.tidings:.2f}",
-            f"{row.reference:.2f} [{row.reference_name}]",
+            escape(f"{row.reference:.2f} [{row.reference_name}]"),
             f"{row.ratio:.2f}",
         )
     Console(width=120).print(table)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import time
-import uuid
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -262,9 +261,8 @@ class PostgresEventStore:
     def _read_stream(self, statement: Any, stream_id: str, start: int, count: int) -> list[RecordedEvent]:
         validate_stream_id(stream_id)
         with translate_db_errors(), self._pool.connection() as conn:
-            rows = conn.execute(
-                statement, {"stream_id": stream_id, "start": start, "count": count}
-            ).fetchall()
+            params = {"stream_id": stream_id, "start": start, "count": count}
+            rows = conn.execute(statement, params, binary=True).fetchall()
             state = conn.execute(self._sql.stream_state, (stream_id,)).fetchone()
         if state is None:
             raise StreamNotFound(stream_id)
@@ -281,16 +279,16 @@ class PostgresEventStore:
         event numbered below N can appear later.
         """
         with translate_db_errors(), self._pool.connection() as conn:
-            rows = conn.execute(
-                self._sql.read_all_forward, {"start": start_number, "count": count}
-            ).fetchall()
+            params = {"start": start_number, "count": count}
+            rows = conn.execute(self._sql.read_all_forward, params, binary=True).fetchall()
         return [_recorded(row) for row in rows]
 
     def read_all_backward(self, start_number: int = END, count: int = 1000) -> list[RecordedEvent]:
         """Up to ``count`` numbered events from ``start_number`` (END: the newest) back."""
         start = start_number if start_number != END else 2**62
         with translate_db_errors(), self._pool.connection() as conn:
-            rows = conn.execute(self._sql.read_all_backward, {"start": start, "count": count}).fetchall()
+            params = {"start": start, "count": count}
+            rows = conn.execute(self._sql.read_all_backward, params, binary=True).fetchall()
         return [_recorded(row) for row in rows]
 
     def stream_all_forward(self, start_number: int = 1, batch_size: int = 1000) -> Iterator[RecordedEvent]:
@@ -436,16 +434,6 @@ def _using(pool: ConnectionPool, connection: Connection | None) -> Iterator[Conn
 
 
 def _recorded(row: tuple[Any, ...]) -> RecordedEvent:
-    return RecordedEvent(
-        event_id=row[0] if isinstance(row[0], uuid.UUID) else uuid.UUID(str(row[0])),
-        event_number=row[1],
-        stream_id=row[2],
-        stream_version=int(row[3]),
-        event_type=row[4],
-        data=bytes(row[5]),
-        metadata=bytes(row[6]),
-        schema_id=row[7],
-        causation_id=row[8],
-        correlation_id=row[9],
-        created_at=row[10],
-    )
+    # The SELECT lists the columns in RecordedEvent's field order, and binary results already carry
+    # the right Python types (UUID, int, bytes, aware datetime): no per-field conversion on hot reads.
+    return RecordedEvent(*row)
