@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 
 from eventstore.errors import EmptyAppend, InvalidStreamId, PayloadTooLarge
@@ -10,6 +11,7 @@ from eventstore.records import EventData
 __all__ = ["MAX_STREAM_ID_LENGTH", "validate_events", "validate_stream_id"]
 
 MAX_STREAM_ID_LENGTH = 255
+_CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f]")
 
 
 def validate_stream_id(stream_id: str) -> str:
@@ -25,7 +27,7 @@ def validate_stream_id(stream_id: str) -> str:
         raise InvalidStreamId(
             f"stream id is {len(stream_id)} characters, over the limit of {MAX_STREAM_ID_LENGTH}"
         )
-    if any(ord(ch) < 32 or ord(ch) == 127 for ch in stream_id):
+    if _CONTROL_CHARACTERS.search(stream_id):
         raise InvalidStreamId(f"stream id {stream_id!r} contains control characters")
     if stream_id.startswith("$"):
         raise InvalidStreamId(
