@@ -28,6 +28,7 @@ from eventstore.errors import (
     StreamNotFound,
     WrongExpectedVersion,
 )
+from eventstore.ids import new_event_id
 from eventstore.migrate import current_revision, head_revision, migrate
 from eventstore.postgres import END, PostgresEventStore
 from eventstore.records import (
@@ -58,6 +59,7 @@ __all__ = [
     "RecordedEvent",
     "SnapshotData",
     "StreamInfo",
+    "new_event_id",
     "validate_stream_id",
     # configuration
     "DEFAULT_SCHEMA",

@@ -11,6 +11,8 @@ import uuid
 from dataclasses import dataclass, field
 from datetime import datetime
 
+from eventstore.ids import new_event_id
+
 __all__ = [
     "ANY",
     "NO_STREAM",
@@ -55,7 +57,7 @@ class EventData:
     data: bytes
     metadata: bytes = b"{}"
     schema_id: str = ""
-    event_id: uuid.UUID = field(default_factory=uuid.uuid4)
+    event_id: uuid.UUID = field(default_factory=new_event_id)
     causation_id: uuid.UUID | None = None
     correlation_id: uuid.UUID | None = None
 

@@ -11,6 +11,7 @@ import uuid
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from eventstore.ids import new_event_id
 from eventstore.records import EventData, RecordedEvent
 from tidings.codec import Codec, DocumentCodec
 from tidings.errors import CodecError
@@ -52,7 +53,7 @@ class EventMapper:
             data=encoded.data,
             metadata=self.codec.encode_metadata(metadata or {}),
             schema_id=encoded.schema_id,
-            event_id=event_id if event_id is not None else uuid.uuid4(),
+            event_id=event_id if event_id is not None else new_event_id(),
             causation_id=causation_id,
             correlation_id=correlation_id,
         )
