@@ -94,7 +94,12 @@ class PostgresEventStore:
     """
 
     def __init__(
-        self, config: StoreConfig, *, sequencer: bool = True, sequencer_poll_interval: float = 0.05
+        self,
+        config: StoreConfig,
+        *,
+        sequencer: bool = True,
+        sequencer_poll_interval: float = 0.05,
+        sequencer_linger: float = 0.005,
     ) -> None:
         self.config = config
         self._sql = Statements.for_schema(config.schema)
@@ -116,7 +121,11 @@ class PostgresEventStore:
             except Exception as exc:  # psycopg_pool raises PoolTimeout, not a psycopg error
                 raise StoreUnavailable(f"cannot connect to {redact_url(config.url)}: {exc}") from exc
         self.sequencer = Sequencer(
-            self._pool, self._sql, config.schema, poll_interval=sequencer_poll_interval
+            self._pool,
+            self._sql,
+            config.schema,
+            poll_interval=sequencer_poll_interval,
+            linger=sequencer_linger,
         )
         self._run_sequencer = sequencer
         if sequencer:
