@@ -147,6 +147,8 @@ class Statements:
 
     insert_events: dict[str, bytes]
     insert_event: dict[str, bytes]
+    move_stream: dict[str, bytes]
+    copy_events: bytes
     sequence: bytes
     waiting: bytes
     stream_state: bytes
@@ -185,6 +187,12 @@ class Statements:
             insert_event={
                 kind: q(f"WITH s AS ({update}) {_INSERT_EVENT}") for kind, update in _STREAM_UPDATE.items()
             },
+            # COPY cannot join a CTE: large appends move the stream row first, then copy the events.
+            move_stream={kind: q(update) for kind, update in _STREAM_UPDATE.items()},
+            copy_events=q(
+                "COPY {events} (order_xid, event_id, stream_id, stream_version, event_type, schema_id, data, "
+                "metadata, causation_id, correlation_id) FROM STDIN"
+            ),
             sequence=q(_SEQUENCE),
             waiting=q(_WAITING),
             stream_state=q(

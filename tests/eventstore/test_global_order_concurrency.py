@@ -12,6 +12,7 @@ import time
 import uuid
 
 from eventstore import ANY, EventData, PostgresEventStore, RecordedEvent
+from eventstore.postgres.store import COPY_AT
 
 WRITERS = 8
 APPENDS_PER_WRITER = 60
@@ -32,7 +33,9 @@ def _writer(
     rng = random.Random(seed)
     for _ in range(APPENDS_PER_WRITER):
         stream = f"stream-{rng.randrange(6)}"  # shared streams: writers contend on stream rows too
-        events = [EventData("E", str(seed).encode()) for _ in range(rng.randint(1, 3))]
+        # Mostly small appends (one statement), sometimes large ones (the COPY path).
+        size = rng.choice([1, 1, 2, 3, COPY_AT])
+        events = [EventData("E", str(seed).encode()) for _ in range(size)]
         ids = {e.event_id for e in events}
         if rng.random() < 0.5:
             store.append_to_stream(stream, ANY, events)
