@@ -57,24 +57,24 @@ _STREAM_UPDATE = {
         SET stream_version = t.stream_version + %(count)s,
             last_xid = greatest(t.last_xid, pg_current_xact_id())
         WHERE stream_id = %(stream_id)s AND t.stream_version = %(expected)s AND t.deleted_at IS NULL
-        RETURNING t.stream_version, t.last_xid""",
+        RETURNING t.stream_version, {order_xid}""",
     "create": """
-        INSERT INTO {streams} (stream_id, stream_version) VALUES (%(stream_id)s, %(count)s)
+        INSERT INTO {streams} AS t (stream_id, stream_version) VALUES (%(stream_id)s, %(count)s)
         ON CONFLICT (stream_id) DO NOTHING
-        RETURNING stream_version, last_xid""",
+        RETURNING t.stream_version, {order_xid}""",
     "any": """
         INSERT INTO {streams} AS t (stream_id, stream_version) VALUES (%(stream_id)s, %(count)s)
         ON CONFLICT (stream_id) DO UPDATE
         SET stream_version = t.stream_version + %(count)s,
             last_xid = greatest(t.last_xid, pg_current_xact_id())
         WHERE t.deleted_at IS NULL
-        RETURNING t.stream_version, t.last_xid""",
+        RETURNING t.stream_version, {order_xid}""",
     "exists": """
         UPDATE {streams} t
         SET stream_version = t.stream_version + %(count)s,
             last_xid = greatest(t.last_xid, pg_current_xact_id())
         WHERE stream_id = %(stream_id)s AND t.deleted_at IS NULL
-        RETURNING t.stream_version, t.last_xid""",
+        RETURNING t.stream_version, {order_xid}""",
 }
 
 # One batch of sequencing, as one statement: take the cursor (skip if another sequencer holds it),
@@ -174,9 +174,9 @@ class Statements:
             for name in ("streams", "events", "event_order", "sequencer", "snapshots")
         }
 
-        def q(text: str) -> bytes:
+        def q(text: str, order_xid: str = "t.last_xid") -> bytes:
             # Rendered once: composing on every execution costs more than the statement's parameters.
-            return sql.SQL(text).format(**tables).as_string(None).encode()
+            return sql.SQL(text).format(order_xid=sql.SQL(order_xid), **tables).as_string(None).encode()
 
         read = _READ_STREAM
         read_all = _READ_ALL
@@ -188,10 +188,13 @@ class Statements:
                 kind: q(f"WITH s AS ({update}) {_INSERT_EVENT}") for kind, update in _STREAM_UPDATE.items()
             },
             # COPY cannot join a CTE: large appends move the stream row first, then copy the events.
-            move_stream={kind: q(update) for kind, update in _STREAM_UPDATE.items()},
+            # The order_xid as bigint: binary COPY sends it as int8, whose wire format xid8 shares.
+            move_stream={
+                kind: q(update, "t.last_xid::text::bigint") for kind, update in _STREAM_UPDATE.items()
+            },
             copy_events=q(
                 "COPY {events} (order_xid, event_id, stream_id, stream_version, event_type, schema_id, data, "
-                "metadata, causation_id, correlation_id) FROM STDIN"
+                "metadata, causation_id, correlation_id) FROM STDIN (FORMAT BINARY)"
             ),
             sequence=q(_SEQUENCE),
             waiting=q(_WAITING),
