@@ -1,8 +1,4 @@
-"""The PostgreSQL event store.
-
-Spans (names are part of the API, for OpenTelemetry when it lands): ``eventstore.append``,
-``eventstore.read``.
-"""
+"""The PostgreSQL event store: appends, reads, deletes and snapshots over a pool of bounded sessions."""
 
 from __future__ import annotations
 
@@ -13,6 +9,7 @@ from typing import Any
 
 import psycopg
 from psycopg import errors as pg_errors
+from psycopg.conninfo import conninfo_to_dict
 from psycopg_pool import ConnectionPool
 
 from eventstore import metrics
@@ -75,7 +72,10 @@ def translate_db_errors() -> Iterator[None]:
 
 
 def _session_options(config: StoreConfig) -> str:
+    # Options given in the URL (a search_path, say) are kept; the store's own come after and win.
+    given = conninfo_to_dict(config.url).get("options") or ""
     return (
+        f"{given} "
         f"-c idle_in_transaction_session_timeout={int(config.idle_in_transaction_timeout * 1000)} "
         f"-c statement_timeout={int(config.statement_timeout * 1000)} "
         # Short OLTP statements never gain from JIT, and a fresh table's missing statistics can make
@@ -118,13 +118,12 @@ class PostgresEventStore:
             name=f"eventstore-{config.schema}",
             open=False,
         )
-        with translate_db_errors():
-            try:
-                self._pool.open(wait=True, timeout=config.statement_timeout)
-            except psycopg.errors.Error as exc:
-                raise StoreUnavailable(f"cannot connect to {redact_url(config.url)}: {exc}") from exc
-            except Exception as exc:  # psycopg_pool raises PoolTimeout, not a psycopg error
-                raise StoreUnavailable(f"cannot connect to {redact_url(config.url)}: {exc}") from exc
+        try:
+            self._pool.open(wait=True, timeout=config.statement_timeout)
+        except Exception as exc:  # psycopg_pool's PoolTimeout, or the driver's own error
+            # A pool left open would go on trying to connect in the background.
+            self._pool.close()
+            raise StoreUnavailable(f"cannot connect to {redact_url(config.url)}: {exc}") from exc
         self.sequencer = Sequencer(
             self._pool,
             self._sql,

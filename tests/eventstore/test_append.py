@@ -150,3 +150,24 @@ def test_an_unreachable_database_is_a_typed_error(postgres_schema: PostgresSchem
     with pytest.raises(StoreUnavailable) as caught:
         PostgresEventStore(config)
     assert "secret-pw" not in str(caught.value)
+
+
+def test_the_stores_sessions_are_bounded_and_keep_options_from_the_url(
+    postgres_schema: PostgresSchema,
+) -> None:
+    # postgres_schema.url carries its own options (a search_path); the store adds its timeouts.
+    config = StoreConfig(
+        postgres_schema.url, postgres_schema.name, idle_in_transaction_timeout=7, statement_timeout=9
+    )
+    migrate(config)
+    with PostgresEventStore(config, sequencer=False) as store, store.connection() as conn:
+        settings = {
+            name: conn.execute(f"SHOW {name}").fetchone()  # type: ignore[call-overload]
+            for name in ("idle_in_transaction_session_timeout", "statement_timeout", "search_path", "jit")
+        }
+    assert settings == {
+        "idle_in_transaction_session_timeout": ("7s",),
+        "statement_timeout": ("9s",),
+        "search_path": (postgres_schema.name,),
+        "jit": ("off",),
+    }
