@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from urllib.parse import urlsplit
 
 from hypothesis import given
 from hypothesis import strategies as st
@@ -35,6 +36,7 @@ def test_a_schema_name_is_accepted_exactly_when_it_is_a_plain_identifier(name: s
 def test_redaction_never_shows_the_password(user: str, password: str) -> None:
     url = f"postgresql://{user}:{password}@db.example:5432/app"
     redacted = redact_url(url)
-    assert password not in redacted.replace(user, "", 1).replace("db.example", "").replace("postgresql", "")
+    # Structural checks: a plain substring test would trip over passwords such as "post" or "5432".
     assert redacted == f"postgresql://{user}:***@db.example:5432/app"
-    assert password not in repr(StoreConfig(url)).replace(user, "", 1).replace("db.example", "")
+    assert urlsplit(redacted).password == "***"
+    assert repr(StoreConfig(url)) == f"StoreConfig(url={redacted!r}, schema='tidings')"
