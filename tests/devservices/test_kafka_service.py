@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
+import pytest
 from confluent_kafka import Consumer, KafkaError, Message, Producer, TopicPartition
 
 from tidings.pytest_plugin import KafkaNamespace
@@ -108,3 +110,17 @@ def test_namespaces_separate_topics(kafka_namespace: KafkaNamespace) -> None:
     topic = kafka_namespace.create_topic("mine")
     assert topic.startswith(kafka_namespace.prefix)
     assert kafka_namespace.group("g").startswith(kafka_namespace.prefix)
+
+
+def test_a_cluster_id_that_looks_like_an_option_still_formats(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    # One id in 64 starts with "-"; the storage tool must not take it for an option.
+    import tidings.devservices.local_kafka as local_kafka
+
+    monkeypatch.setattr(local_kafka, "_cluster_id", lambda: "-AAAAAAAAAAAAAAAAAAAAA")
+    broker = local_kafka.LocalKafka(run_dir=tmp_path)
+    broker.port, broker.controller_port = local_kafka.free_port(), local_kafka.free_port()
+    config = broker._write_config()
+    broker._format(local_kafka.kafka_jars(), config)
+    assert (broker.data_dir / "meta.properties").read_text().count("cluster.id=-AAAAAAAAAAAAAAAAAAAAA") == 1

@@ -218,8 +218,8 @@ class LocalKafka:
             *self._jvm(lib, "256m"),
             "kafka.tools.StorageTool",
             "format",
-            "-t",
-            _cluster_id(),
+            # One argument, "--cluster-id=...": a base64 id may start with "-" and pass for an option.
+            f"--cluster-id={_cluster_id()}",
             "-c",
             str(config),
             "--ignore-formatted",
