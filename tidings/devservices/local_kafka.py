@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import functools
 import os
 import re
 import shutil
@@ -41,8 +42,9 @@ REMEDY_JAVA = (
 )
 
 
+@functools.cache
 def check_java() -> str:
-    """The path of a ``java`` of version 17 or newer.
+    """The path of a ``java`` of version 17 or newer (checked once per process: it starts a JVM).
 
     Raises:
         MissingPrerequisite: no ``java`` on PATH, or one that is too old.
