@@ -34,13 +34,19 @@ def validate_schema(name: str) -> str:
     return name
 
 
+_PASSWORD_PARAMETER = re.compile(r"""(\bpassword\s*=\s*)('(?:[^'\\]|\\.)*'|[^\s&]+)""")
+
+
 def redact_url(url: str) -> str:
-    """The URL with any password replaced, fit for logs and error messages."""
+    """The URL (or key=value conninfo) with any password replaced, fit for logs and error messages."""
+    if "://" not in url:
+        return _PASSWORD_PARAMETER.sub(r"\1***", url)
     parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
-    return urlunsplit(parts._replace(netloc=netloc))
+    # A password may also come as a query parameter (?password=...).
+    parts = parts._replace(query=_PASSWORD_PARAMETER.sub(r"\1***", parts.query))
+    if parts.password is not None:
+        parts = parts._replace(netloc=parts.netloc.replace(f":{parts.password}@", ":***@", 1))
+    return urlunsplit(parts)
 
 
 def sqlalchemy_url(url: str) -> str:

@@ -25,9 +25,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import psycopg
-from psycopg_pool import ConnectionPool
 
 from eventstore import metrics
+from eventstore.postgres.pool import SessionPool
 from eventstore.postgres.statements import Statements, notification_channel
 
 __all__ = ["Sequencer", "SequencerStatus"]
@@ -71,7 +71,7 @@ class Sequencer:
 
     def __init__(
         self,
-        pool: ConnectionPool,
+        pool: SessionPool,
         statements: Statements,
         schema: str,
         *,
@@ -162,7 +162,9 @@ class Sequencer:
 
     def wake(self) -> None:
         """Ask the background thread for a batch now (called after local appends)."""
-        self._wake.set()
+        # Appends call this every time; a wake-up already pending needs no lock.
+        if not self._wake.is_set():
+            self._wake.set()
 
     def start(self) -> None:
         if self._thread is None:

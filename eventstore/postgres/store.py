@@ -10,10 +10,9 @@ from typing import Any
 import psycopg
 from psycopg import errors as pg_errors
 from psycopg.conninfo import conninfo_to_dict
-from psycopg_pool import ConnectionPool
 
 from eventstore import metrics
-from eventstore.config import StoreConfig, redact_url
+from eventstore.config import StoreConfig
 from eventstore.errors import (
     DuplicateEvent,
     EventStoreError,
@@ -24,6 +23,7 @@ from eventstore.errors import (
     StreamNotFound,
     WrongExpectedVersion,
 )
+from eventstore.postgres.pool import SessionPool
 from eventstore.postgres.statements import Statements, notification_channel
 from eventstore.records import (
     ANY,
@@ -46,29 +46,38 @@ COPY_AT = 10
 COPY_TYPES = ["int8", "uuid", "text", "int8", "text", "text", "bytea", "bytea", "uuid", "uuid"]
 
 Connection = psycopg.Connection[Any]
+Cursor = psycopg.Cursor[Any]
 END = -1
 """``read_stream_backward`` / ``read_all_backward`` from the newest event."""
 
 
-@contextlib.contextmanager
-def translate_db_errors() -> Iterator[None]:
-    """Re-raise driver errors as the store's own, so that callers never need to catch psycopg.
+_UNAVAILABLE = (
+    psycopg.OperationalError,
+    psycopg.InterfaceError,
+    pg_errors.IdleInTransactionSessionTimeout,
+    pg_errors.QueryCanceled,
+    pg_errors.AdminShutdown,
+)
+
+
+def _store_error(exc: psycopg.Error) -> EventStoreError:
+    """The store's own error for a driver error, so that callers never need to catch psycopg.
 
     Unreachable servers, ended sessions and timed-out statements become StoreUnavailable; anything
-    else the driver raises becomes EventStoreError with the driver's error as its cause.
+    else becomes EventStoreError (raise it ``from`` the driver's error to keep the cause).
     """
+    if isinstance(exc, _UNAVAILABLE):
+        return StoreUnavailable(f"PostgreSQL is unavailable or ended the session: {exc}")
+    return EventStoreError(f"unexpected database error ({type(exc).__name__}): {exc}")
+
+
+@contextlib.contextmanager
+def translate_db_errors() -> Iterator[None]:
+    """Re-raise driver errors inside the block as the store's own (see ``_store_error``)."""
     try:
         yield
-    except (
-        psycopg.OperationalError,
-        psycopg.InterfaceError,
-        pg_errors.IdleInTransactionSessionTimeout,
-        pg_errors.QueryCanceled,
-        pg_errors.AdminShutdown,
-    ) as exc:
-        raise StoreUnavailable(f"PostgreSQL is unavailable or ended the session: {exc}") from exc
     except psycopg.Error as exc:
-        raise EventStoreError(f"unexpected database error ({type(exc).__name__}): {exc}") from exc
+        raise _store_error(exc) from exc
 
 
 def _session_options(config: StoreConfig) -> str:
@@ -110,20 +119,13 @@ class PostgresEventStore:
         self._sql = Statements.for_schema(config.schema)
         self._channel = notification_channel(config.schema)
         self._appended = metrics.APPENDED.labels(config.schema)
-        self._pool = ConnectionPool(
+        self._pool = SessionPool(
             config.url,
-            min_size=1,
             max_size=config.pool_size,
-            kwargs={"autocommit": True, "options": _session_options(config)},
-            name=f"eventstore-{config.schema}",
-            open=False,
+            options=_session_options(config),
+            timeout=config.statement_timeout,
         )
-        try:
-            self._pool.open(wait=True, timeout=config.statement_timeout)
-        except Exception as exc:  # psycopg_pool's PoolTimeout, or the driver's own error
-            # A pool left open would go on trying to connect in the background.
-            self._pool.close()
-            raise StoreUnavailable(f"cannot connect to {redact_url(config.url)}: {exc}") from exc
+        self._pool.open()
         self.sequencer = Sequencer(
             self._pool,
             self._sql,
@@ -182,18 +184,25 @@ class PostgresEventStore:
         validate_events(events, self.config.max_event_bytes)
         kind = _expectation_kind(expected_version)
         expected = expected_version if isinstance(expected_version, int) else 0
-        with translate_db_errors(), _using(self._pool, connection) as conn:
-            try:
-                if len(events) >= COPY_AT:
-                    version = self._append_by_copy(conn, stream_id, expected_version, kind, expected, events)
-                else:
-                    version = self._append_by_statement(
-                        conn, stream_id, expected_version, kind, expected, events
-                    )
-            except pg_errors.UniqueViolation as exc:
-                raise DuplicateEvent(
-                    f"an event of this append is already stored in {stream_id!r}: {exc.diag.message_detail}"
-                ) from exc
+        # The hot path of the store: a lent session and its cursor, no generator-based context managers.
+        session = self._pool.acquire() if connection is None else None
+        cursor = session.cursor if session is not None else connection.cursor()  # type: ignore[union-attr]
+        try:
+            if len(events) >= COPY_AT:
+                version = self._append_by_copy(cursor, stream_id, expected_version, kind, expected, events)
+            else:
+                version = self._append_by_statement(
+                    cursor, stream_id, expected_version, kind, expected, events
+                )
+        except pg_errors.UniqueViolation as exc:
+            raise DuplicateEvent(
+                f"an event of this append is already stored in {stream_id!r}: {exc.diag.message_detail}"
+            ) from exc
+        except psycopg.Error as exc:
+            raise _store_error(exc) from exc
+        finally:
+            if session is not None:
+                self._pool.release(session)
         self._appended.inc(len(events))
         if self._run_sequencer and connection is None:
             self.sequencer.wake()
@@ -201,7 +210,7 @@ class PostgresEventStore:
 
     def _append_by_statement(
         self,
-        conn: Connection,
+        cursor: Cursor,
         stream_id: str,
         expected_version: ExpectedVersion,
         kind: str,
@@ -238,14 +247,14 @@ class PostgresEventStore:
                 "causation_ids": [e.causation_id for e in events],
                 "correlation_ids": [e.correlation_id for e in events],
             }
-        rows = conn.execute(statement, params).fetchall()
+        rows = cursor.execute(statement, params).fetchall()
         if not rows:
-            self._explain_refusal(conn, stream_id, expected_version, kind)
-        return int(max(row[0] for row in rows))
+            self._explain_refusal(cursor, stream_id, expected_version, kind)
+        return int(max(row[0] for row in rows)) if len(rows) > 1 else int(rows[0][0])
 
     def _append_by_copy(
         self,
-        conn: Connection,
+        cursor: Cursor,
         stream_id: str,
         expected_version: ExpectedVersion,
         kind: str,
@@ -257,14 +266,14 @@ class PostgresEventStore:
         Three more round trips than a statement, but binary COPY spends far less server time per row
         than an INSERT over unnested arrays (about 1.5-1.9x the rows per second at 100 events an append).
         """
-        with conn.transaction():
+        with cursor.connection.transaction():
             params = {"stream_id": stream_id, "count": len(events), "expected": expected}
-            row = conn.execute(self._sql.move_stream[kind], params).fetchone()
+            row = cursor.execute(self._sql.move_stream[kind], params).fetchone()
             if row is None:
-                self._explain_refusal(conn, stream_id, expected_version, kind)
+                self._explain_refusal(cursor, stream_id, expected_version, kind)
             version, order_xid = int(row[0]), row[1]  # type: ignore[index]
             first = version - len(events) + 1
-            with conn.cursor().copy(self._sql.copy_events) as copy:
+            with cursor.copy(self._sql.copy_events) as copy:
                 copy.set_types(COPY_TYPES)
                 for offset, e in enumerate(events):
                     copy.write_row(
@@ -283,10 +292,8 @@ class PostgresEventStore:
                     )
         return version
 
-    def _explain_refusal(
-        self, conn: Connection, stream_id: str, expected: ExpectedVersion, kind: str
-    ) -> None:
-        row = conn.execute(self._sql.stream_state, (stream_id,)).fetchone()
+    def _explain_refusal(self, cursor: Cursor, stream_id: str, expected: ExpectedVersion, kind: str) -> None:
+        row = cursor.execute(self._sql.stream_state, (stream_id,)).fetchone()
         if row is not None and row[1]:
             raise StreamDeleted(stream_id)
         actual = int(row[0]) if row else 0
@@ -493,15 +500,6 @@ def _expectation_kind(expected: ExpectedVersion) -> str:
             f"expected_version must be ANY, NO_STREAM, STREAM_EXISTS or an int >= 0, got {expected!r}"
         )
     return "create" if expected == 0 else "exact"
-
-
-@contextlib.contextmanager
-def _using(pool: ConnectionPool, connection: Connection | None) -> Iterator[Connection]:
-    if connection is not None:
-        yield connection
-    else:
-        with pool.connection() as conn:
-            yield conn
 
 
 def _recorded(row: tuple[Any, ...]) -> RecordedEvent:

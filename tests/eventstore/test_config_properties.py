@@ -40,3 +40,21 @@ def test_redaction_never_shows_the_password(user: str, password: str) -> None:
     assert redacted == f"postgresql://{user}:***@db.example:5432/app"
     assert urlsplit(redacted).password == "***"
     assert repr(StoreConfig(url)) == f"StoreConfig(url={redacted!r}, schema='tidings')"
+
+
+@given(
+    password=st.text(
+        alphabet=st.characters(blacklist_characters="'\\ &#", blacklist_categories=("Cs", "Cc", "Z")),
+        min_size=4,
+        max_size=30,
+    ),
+    quoted=st.booleans(),
+)
+def test_redaction_covers_key_value_conninfo_and_query_parameters(password: str, quoted: bool) -> None:
+    value = f"'{password}'" if quoted else password
+    assert redact_url(f"host=db user=app password={value} dbname=app") == (
+        "host=db user=app password=*** dbname=app"
+    )
+    assert redact_url(f"postgresql://app@db/app?password={password}&sslmode=require") == (
+        "postgresql://app@db/app?password=***&sslmode=require"
+    )
