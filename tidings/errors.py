@@ -2,10 +2,13 @@
 
     CodecError
     ├── SerializationError    an event (or metadata) holds a value JSON cannot carry; names the field path
-    ├── DeserializationError  stored bytes are not valid JSON, or miss or add fields; names the event type
+    ├── DeserializationError  stored bytes cannot be decoded, or miss or add fields; names the event type
+    │   └── UnknownSchema     the bytes name a schema (fingerprint or registry id) nobody knows
     ├── UnknownEventType      no class is registered under a type name (or a class has no name)
     ├── DuplicateEventType    a type name is taken twice, or one class is registered under two names
-    └── UpcastLoop            the upcasters kept changing an event for more than 16 steps
+    ├── UpcastLoop            the upcasters kept changing an event for more than 16 steps
+    ├── SchemaFileError       a file under schemas/ is misplaced, not JSON or not Avro
+    └── SchemaMismatch        an event class and its Avro schema disagree (found at start-up)
 
 Errors raised while reading a recorded event also say which stream and event number it came from.
 """
@@ -18,8 +21,11 @@ __all__ = [
     "CodecError",
     "DeserializationError",
     "DuplicateEventType",
+    "SchemaFileError",
+    "SchemaMismatch",
     "SerializationError",
     "UnknownEventType",
+    "UnknownSchema",
     "UpcastLoop",
 ]
 
@@ -71,6 +77,31 @@ class DeserializationError(CodecError, ValueError):
     def __init__(self, where: str, problem: str) -> None:
         self.where, self.problem = where, problem
         super().__init__(f"{where}: {problem}")
+
+
+class UnknownSchema(DeserializationError):
+    """The stored bytes were written with a schema this codec cannot find."""
+
+
+class SchemaFileError(CodecError, ValueError):
+    """A schema file cannot be used; ``where`` is its path."""
+
+    def __init__(self, where: str, problem: str) -> None:
+        self.where, self.problem = where, problem
+        super().__init__(f"{where}: {problem}")
+
+
+class SchemaMismatch(CodecError, TypeError):
+    """An event class and the latest version of its schema disagree; ``differences`` lists how."""
+
+    def __init__(self, event_type: str, differences: list[str]) -> None:
+        self.event_type, self.differences = event_type, differences
+        listed = "\n  - ".join(differences)
+        super().__init__(
+            f"the class registered as {event_type!r} does not match its schema:\n  - {listed}\n"
+            "change the class, or add a new schema version (schemas/<namespace>/<Name>/vN.avsc) and check "
+            "it with `tidings schemas check`"
+        )
 
 
 class UnknownEventType(CodecError, LookupError):

@@ -71,7 +71,8 @@ class EventMapper:
             raise
 
     def _decode(self, recorded: RecordedEvent, metadata: dict[str, Any]) -> object:
-        if self._documents is None:
+        if self._documents is None or not self.upcasters.handles(recorded.event_type):
+            # Nothing to rewrite: the codec's direct path (for Avro, schema resolution while decoding).
             return self.codec.decode(recorded.event_type, recorded.data, recorded.schema_id)
         document = self._documents.parse(recorded.event_type, recorded.data, recorded.schema_id)
         # The upcasters see a copy: what the caller gets back is the metadata as it was stored.

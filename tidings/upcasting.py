@@ -71,6 +71,10 @@ class Upcasters:
     def __len__(self) -> int:
         return sum(len(group) for group in self._by_type.values())
 
+    def handles(self, event_type: str) -> bool:
+        """Whether an upcaster starts from ``event_type``; if none does, such events are read as stored."""
+        return event_type in self._by_type
+
     def upcast(
         self, event_type: str, data: dict[str, Any], metadata: dict[str, Any]
     ) -> tuple[str, dict[str, Any]]:

@@ -1,0 +1,1 @@
+"""Avro event contracts: schema files, compatibility, binding to classes, the codec."""
