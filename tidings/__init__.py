@@ -3,7 +3,7 @@
 The programming model and the write side live here; the PostgreSQL store is ``eventstore`` and the
 Kafka runtime is ``workers``. ``tidings.devservices`` provides real services for development and tests.
 The codec boundary (``TypeRegistry``, ``JsonCodec``, upcasters, ``EventMapper``) turns domain events into
-the bytes the store keeps and back: see docs/serialization.md.
+the bytes the store keeps and back: see docs/serialization.md. Avro contracts are ``tidings.avro``.
 """
 
 from tidings.codec import Codec, DocumentCodec, Encoded, JsonCodec
@@ -11,8 +11,11 @@ from tidings.errors import (
     CodecError,
     DeserializationError,
     DuplicateEventType,
+    SchemaFileError,
+    SchemaMismatch,
     SerializationError,
     UnknownEventType,
+    UnknownSchema,
     UpcastLoop,
 )
 from tidings.mapper import EventMapper
@@ -41,7 +44,10 @@ __all__ = [
     "CodecError",
     "DeserializationError",
     "DuplicateEventType",
+    "SchemaFileError",
+    "SchemaMismatch",
     "SerializationError",
     "UnknownEventType",
+    "UnknownSchema",
     "UpcastLoop",
 ]

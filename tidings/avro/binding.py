@@ -115,7 +115,10 @@ def _type_schema(hint: Any, seen: set[type]) -> Any:
 
 def differences(cls: type, schema: dict[str, Any]) -> list[str]:
     """How the dataclass ``cls`` and the record ``schema`` disagree; empty when they agree."""
-    return _compare_record(cls, schema, schema.get("name", cls.__name__), _named_types(schema), set())
+    name = str(schema.get("name", cls.__name__))
+    namespace = schema.get("namespace")
+    path = name if "." in name or not namespace else f"{namespace}.{name}"
+    return _compare_record(cls, schema, path, _named_types(schema), set())
 
 
 def _compare_record(
