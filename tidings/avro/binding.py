@@ -233,30 +233,19 @@ class Binding:
         fields = _fields(cls)
         self._fields = [f.name for f, _ in fields]
         nodes = {f["name"]: f for f in schema.get("fields", [])}
-        self._to = [(f.name, _plan_to(hint, nodes[f.name]["type"], named, f.name)) for f, hint in fields]
-        self._from = [(f.name, _plan_from(hint, nodes[f.name]["type"], named)) for f, hint in fields]
+        to = [(f.name, _plan_to(hint, nodes[f.name]["type"], named, f.name)) for f, hint in fields]
+        from_ = [(f.name, _plan_from(hint, nodes[f.name]["type"], named)) for f, hint in fields]
+        nullable = {f.name for f, hint in fields if _unwrap_optional(hint)[1]}
+        self.to_datum: Callable[[object], dict[str, Any]] = _compile_to_datum(to, nullable)
+        """The dict fastavro writes, with the physical schema, for an event."""
+        self.from_datum: Callable[[dict[str, Any]], object] = _compile_from_datum(cls, from_, nullable)
+        """The event for a dict fastavro read with this binding's physical schema as the reader."""
         self._from_logical = [(f.name, _from_logical(hint)) for f, hint in fields]
         # For documents that upcasters have handled: where each field may come from if not by name.
         self._fallbacks = {
             n: (tuple(node.get("aliases", ())), node.get("default", _NO_DEFAULT), _deref(node["type"], named))
             for n, node in nodes.items()
         }
-
-    def to_datum(self, event: object) -> dict[str, Any]:
-        """The dict fastavro writes, with the physical schema, for ``event``."""
-        datum = {}
-        for name, convert in self._to:
-            value = getattr(event, name)
-            datum[name] = value if convert is None or value is None else convert(value)
-        return datum
-
-    def from_datum(self, datum: dict[str, Any]) -> object:
-        """The event for a dict fastavro read with this binding's physical schema as the reader."""
-        values = {}
-        for name, convert in self._from:
-            value = datum[name]
-            values[name] = value if convert is None or value is None else convert(value)
-        return self.cls(**values)
 
     def from_document(self, document: dict[str, Any], where: str) -> object:
         """The event for a document (logical values) in any older shape: fields by name, alias or default.
@@ -286,6 +275,42 @@ class Binding:
             raise DeserializationError(
                 where, f"the document does not fit {self.cls.__qualname__}: {err}"
             ) from None
+
+
+def _compile_to_datum(plan: list[tuple[str, Convert | None]], nullable: set[str]) -> Callable[[object], Any]:
+    # Generated once per class, as dataclasses generate __init__: one expression per event instead of a
+    # loop over fields, which is a third of the conversion time for small events.
+    scope: dict[str, Any] = {}
+    items = []
+    for index, (name, convert) in enumerate(plan):
+        value = f"event.{name}"
+        if convert is not None:
+            scope[f"c{index}"] = convert
+            value = f"c{index}({value})" if name not in nullable else f"_or_none(c{index}, {value})"
+        items.append(f"{name!r}: {value}")
+    return _compile("event", "{" + ", ".join(items) + "}", scope)
+
+
+def _compile_from_datum(
+    cls: type, plan: list[tuple[str, Convert | None]], nullable: set[str]
+) -> Callable[[dict[str, Any]], object]:
+    scope: dict[str, Any] = {"cls": cls}
+    arguments = []
+    for index, (name, convert) in enumerate(plan):
+        value = f"datum[{name!r}]"
+        if convert is not None:
+            scope[f"c{index}"] = convert
+            value = f"c{index}({value})" if name not in nullable else f"_or_none(c{index}, {value})"
+        arguments.append(f"{name}={value}")
+    return _compile("datum", f"cls({', '.join(arguments)})", scope)
+
+
+def _compile(argument: str, expression: str, scope: dict[str, Any]) -> Callable[[Any], Any]:
+    # Field names are Python identifiers (they are a dataclass's), and dict keys are repr()-quoted.
+    namespace = {**scope, "_or_none": _or_none}
+    exec(f"def convert({argument}):\n    return {expression}\n", namespace)  # noqa: S102
+    function: Callable[[Any], Any] = namespace["convert"]
+    return function
 
 
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
@@ -355,7 +380,7 @@ def _plan_from(hint: Any, node: Any, named: dict[str, Any]) -> Convert | None:
     if logical == "uuid":
         return uuid.UUID
     if logical == "timestamp-micros":
-        return lambda value: _EPOCH + dt.timedelta(microseconds=value)
+        return lambda value: _EPOCH + dt.timedelta(0, 0, value)
     if logical == "timestamp-millis":
         return lambda value: _EPOCH + dt.timedelta(milliseconds=value)
     if logical == "date":

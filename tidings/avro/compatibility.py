@@ -86,7 +86,9 @@ def can_read(reader: Schema, writer: Schema) -> list[Incompatibility]:
         ValueError: a schema is not Avro, or refers to a type it does not define.
     """
     reader_node, writer_node = _parse(reader), _parse(writer)
-    comparison = _Comparison("the reader's schema", "the writer's schema", True, _root_path(reader_node))
+    comparison = _Comparison(
+        "the reader's schema", "the writer's schema", reader_is_new=True, root=_root_path(reader_node)
+    )
     return comparison.compare(reader_node, writer_node, comparison.root)
 
 
@@ -123,7 +125,7 @@ def _directed(reader: _Node, writer: _Node, number: int, *, backward: bool) -> l
         direction, reader_label, writer_label = "BACKWARD", "the new schema", version
     else:
         direction, reader_label, writer_label = "FORWARD", version, "the new schema"
-    comparison = _Comparison(reader_label, writer_label, backward, _root_path(reader))
+    comparison = _Comparison(reader_label, writer_label, reader_is_new=backward, root=_root_path(reader))
     prefix = (
         f"{direction} against {version}: events written with {writer_label} "
         f"could not be read with {reader_label}: "
@@ -236,11 +238,13 @@ class _Parser:
     def _reference(self, name: str, namespace: str) -> _Node:
         if name in _PRIMITIVES:
             return _Primitive(name)
-        # A name in the null namespace stays reachable from inside a namespace, as fastavro and Java allow.
-        for full_name in (_qualify(name, namespace), name):
-            if full_name in self._named:
-                return self._named[full_name]
-        raise ValueError(f"unknown type {name!r}: a named type must be defined before it is referenced")
+        full_name = _qualify(name, namespace)
+        if full_name not in self._named:
+            raise ValueError(
+                f"unknown type {full_name!r}: a named type must be defined before it is referenced, "
+                "and a name without a dot is looked up in the enclosing namespace"
+            )
+        return self._named[full_name]
 
     def _complex(self, schema: dict[str, Any], namespace: str) -> _Node:
         kind = _required(schema, "type")
@@ -334,9 +338,9 @@ def _decimal(schema: dict[str, Any]) -> _Decimal | None:
         return None
     precision, scale = schema.get("precision"), schema.get("scale", 0)
     # The spec reads an invalid decimal as its underlying type, so it is no decimal here either.
-    if not isinstance(precision, int) or not isinstance(scale, int) or not 0 <= scale <= precision:
-        return None
-    return precision, scale
+    if isinstance(precision, int) and isinstance(scale, int) and 0 <= scale <= precision and precision > 0:
+        return precision, scale
+    return None
 
 
 def _root_path(node: _Node) -> str:
