@@ -18,6 +18,7 @@ from rich.table import Table
 from eventstore import DEFAULT_SCHEMA, ConfigurationError, StoreConfig, migrate
 from tidings import devservices
 from workers.health import HealthReport, check_health
+from workers.schemas_cli import schemas_app
 
 __all__ = ["app"]
 
@@ -35,6 +36,7 @@ dev_app = typer.Typer(
     help="Local PostgreSQL and Kafka for development, kept running between commands.", no_args_is_help=True
 )
 app.add_typer(dev_app, name="dev")
+app.add_typer(schemas_app, name="schemas")
 
 out = Console()
 err = Console(stderr=True)
