@@ -250,7 +250,7 @@ class PostgresEventStore:
         rows = cursor.execute(statement, params).fetchall()
         if not rows:
             self._explain_refusal(cursor, stream_id, expected_version, kind)
-        return int(max(row[0] for row in rows)) if len(rows) > 1 else int(rows[0][0])
+        return int(max(row[0] for row in rows))
 
     def _append_by_copy(
         self,

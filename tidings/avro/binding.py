@@ -35,6 +35,7 @@ from collections.abc import Callable
 from decimal import Decimal
 from typing import Any
 
+from tidings.avro.schemas import full_name
 from tidings.errors import DeserializationError, SerializationError
 
 __all__ = ["Binding", "differences", "schema_for"]
@@ -68,7 +69,7 @@ def schema_for(cls: type, name: str) -> dict[str, Any]:
     namespace, _, short = name.rpartition(".")
     schema = _record_schema(cls, short, set())
     if namespace:
-        schema = {"type": "record", "name": short, "namespace": namespace, **{"fields": schema["fields"]}}
+        schema = {"type": "record", "name": short, "namespace": namespace, "fields": schema["fields"]}
     return schema
 
 
@@ -115,10 +116,7 @@ def _type_schema(hint: Any, seen: set[type]) -> Any:
 
 def differences(cls: type, schema: dict[str, Any]) -> list[str]:
     """How the dataclass ``cls`` and the record ``schema`` disagree; empty when they agree."""
-    name = str(schema.get("name", cls.__name__))
-    namespace = schema.get("namespace")
-    path = name if "." in name or not namespace else f"{namespace}.{name}"
-    return _compare_record(cls, schema, path, _named_types(schema), set())
+    return _compare_record(cls, schema, full_name(schema), _named_types(schema), set())
 
 
 def _compare_record(
@@ -228,10 +226,8 @@ class Binding:
 
     def __init__(self, cls: type, schema: dict[str, Any]) -> None:
         self.cls = cls
-        self.name = str(schema.get("name", cls.__name__))
         named = _named_types(schema)
         fields = _fields(cls)
-        self._fields = [f.name for f, _ in fields]
         nodes = {f["name"]: f for f in schema.get("fields", [])}
         to = [(f.name, _plan_to(hint, nodes[f.name]["type"], named, f.name)) for f, hint in fields]
         from_ = [(f.name, _plan_from(hint, nodes[f.name]["type"], named)) for f, hint in fields]
@@ -271,7 +267,7 @@ class Binding:
             values[name] = value if convert is None or value is None else convert(value)
         try:
             return self.cls(**values)
-        except (TypeError, ValueError, KeyError) as err:
+        except (TypeError, ValueError, KeyError, ArithmeticError) as err:
             raise DeserializationError(
                 where, f"the document does not fit {self.cls.__qualname__}: {err}"
             ) from None
@@ -281,28 +277,30 @@ def _compile_to_datum(plan: list[tuple[str, Convert | None]], nullable: set[str]
     # Generated once per class, as dataclasses generate __init__: one expression per event instead of a
     # loop over fields, which is a third of the conversion time for small events.
     scope: dict[str, Any] = {}
-    items = []
-    for index, (name, convert) in enumerate(plan):
-        value = f"event.{name}"
-        if convert is not None:
-            scope[f"c{index}"] = convert
-            value = f"c{index}({value})" if name not in nullable else f"_or_none(c{index}, {value})"
-        items.append(f"{name!r}: {value}")
-    return _compile("event", "{" + ", ".join(items) + "}", scope)
+    items = _converted(plan, nullable, "event.{}", scope)
+    return _compile("event", "{" + ", ".join(f"{name!r}: {value}" for name, value in items) + "}", scope)
 
 
 def _compile_from_datum(
     cls: type, plan: list[tuple[str, Convert | None]], nullable: set[str]
 ) -> Callable[[dict[str, Any]], object]:
     scope: dict[str, Any] = {"cls": cls}
-    arguments = []
+    items = _converted(plan, nullable, "datum[{!r}]", scope)
+    return _compile("datum", f"cls({', '.join(f'{name}={value}' for name, value in items)})", scope)
+
+
+def _converted(
+    plan: list[tuple[str, Convert | None]], nullable: set[str], read: str, scope: dict[str, Any]
+) -> list[tuple[str, str]]:
+    """Each field's name and the expression for its value: ``read`` passed through its converter."""
+    items = []
     for index, (name, convert) in enumerate(plan):
-        value = f"datum[{name!r}]"
+        value = read.format(name)
         if convert is not None:
             scope[f"c{index}"] = convert
             value = f"c{index}({value})" if name not in nullable else f"_or_none(c{index}, {value})"
-        arguments.append(f"{name}={value}")
-    return _compile("datum", f"cls({', '.join(arguments)})", scope)
+        items.append((name, value))
+    return items
 
 
 def _compile(argument: str, expression: str, scope: dict[str, Any]) -> Callable[[Any], Any]:

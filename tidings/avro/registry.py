@@ -19,7 +19,7 @@ from typing import Any, cast
 from fastavro.schema import parse_schema
 
 from tidings.avro.codec import WriterSchema
-from tidings.avro.schemas import SchemaSet, SchemaVersion, physical_schema
+from tidings.avro.schemas import SchemaSet, SchemaVersion, full_name, physical_schema
 from tidings.errors import DeserializationError, SchemaFileError, UnknownSchema
 
 __all__ = ["RegistryFraming", "record_name", "topic_record_name"]
@@ -114,9 +114,7 @@ class RegistryFraming:
             raise UnknownSchema(
                 event_type, f"the Schema Registry's schema {schema_id} is not usable Avro: {err}"
             ) from None
-        name = str(schema.get("name", "")) if isinstance(schema, dict) else ""
-        namespace = schema.get("namespace") if isinstance(schema, dict) else None
-        subject = name if "." in name or not namespace else f"{namespace}.{name}"
+        subject = full_name(schema) if isinstance(schema, dict) else ""
         return WriterSchema(
             f"avro-registry:{schema_id}",
             cast(dict[str, Any], parsed),

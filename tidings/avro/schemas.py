@@ -24,7 +24,7 @@ from fastavro.schema import fingerprint, parse_schema, to_parsing_canonical_form
 
 from tidings.errors import SchemaFileError
 
-__all__ = ["Schema", "SchemaSet", "SchemaVersion", "physical_schema", "schema_fingerprint"]
+__all__ = ["Schema", "SchemaSet", "SchemaVersion", "full_name", "physical_schema", "schema_fingerprint"]
 
 Schema = dict[str, Any] | list[Any] | str
 """A schema as the JSON of an ``.avsc`` file."""
@@ -160,24 +160,25 @@ def _read_version(path: str, text: str) -> SchemaVersion:
         raise SchemaFileError(
             path, "an event's schema is a record: {'type': 'record', 'name': ..., 'fields': [...]}"
         )
-    full_name = _full_name(schema)
-    if full_name != f"{namespace}.{name}":
+    subject = full_name(schema)
+    if subject != f"{namespace}.{name}":
         raise SchemaFileError(
             path,
-            f"the record is named {full_name!r} but its path says {namespace}.{name}: set "
+            f"the record is named {subject!r} but its path says {namespace}.{name}: set "
             f"'namespace': {namespace!r} and 'name': {name!r}, or move the file",
         )
     try:
-        fp = schema_fingerprint(schema)
-        parse_schema(schema)
+        version = SchemaVersion(subject, int(match.group(1)), schema, schema_fingerprint(schema), path)
+        version.parsed  # noqa: B018  # parsed now (and kept) so that a bad schema fails at load
     except SchemaFileError as err:
         raise SchemaFileError(path, err.problem) from None
     except Exception as err:  # noqa: BLE001  # fastavro raises several types for a bad schema
         raise SchemaFileError(path, f"not a valid Avro schema: {err}") from None
-    return SchemaVersion(full_name, int(match.group(1)), schema, fp, path)
+    return version
 
 
-def _full_name(schema: dict[str, Any]) -> str:
+def full_name(schema: dict[str, Any]) -> str:
+    """The full name of a named schema: its name, qualified by its namespace unless it has a dot."""
     name = str(schema.get("name", ""))
     namespace = schema.get("namespace")
     return name if "." in name or not namespace else f"{namespace}.{name}"
