@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import enum
+import io
 import shutil
 import uuid
 from dataclasses import dataclass, field
@@ -511,3 +512,16 @@ def test_the_projects_schemas_load_with_every_released_version(tmp_path: Path) -
     assert set(schemas.subjects()) == set(bank.events.names())
     for version in schemas:
         assert schemas.by_fingerprint(version.fingerprint) is not None
+
+
+def test_a_value_out_of_pythons_range_is_a_typed_error(bank_codec: AvroCodec) -> None:
+    # Found by the mutation test: a long that Avro carries but no datetime can hold.
+    from fastavro import schemaless_writer
+
+    version = bank_codec.schemas.latest("bank.TransferCompleted")
+    assert version is not None
+    body = io.BytesIO()
+    schemaless_writer(body, version.physical, {"transfer_id": str(uuid.uuid4()), "completed_at": 2**62})
+    data = SINGLE_OBJECT_MARKER + version.fingerprint + body.getvalue()
+    with pytest.raises(DeserializationError, match="does not fit"):
+        bank_codec.decode("bank.TransferCompleted", data, f"avro:{version.fingerprint.hex()}")

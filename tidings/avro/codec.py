@@ -172,7 +172,7 @@ class AvroCodec:
         datum = _read(data, start, writer.physical, writer.key, resolve, event_type)
         try:
             return reader.binding.from_datum(datum)
-        except (TypeError, ValueError, KeyError) as err:
+        except (TypeError, ValueError, KeyError, ArithmeticError) as err:
             raise DeserializationError(
                 event_type, f"the decoded value does not fit the class: {err}"
             ) from None
