@@ -13,6 +13,7 @@
     ├── StreamDeleted             the stream was soft-deleted: no more appends or stream reads
     ├── HardDeleteDisabled        hard deletion was asked for but the store does not allow it
     └── StoreUnavailable          PostgreSQL could not be reached or the session was ended by the server
+        └── PoolExhausted         every session of the store stayed busy for the statement timeout
 
 Nothing is written when any of these is raised during an append.
 """
@@ -26,6 +27,7 @@ __all__ = [
     "EmptyAppend",
     "EventStoreError",
     "HardDeleteDisabled",
+    "PoolExhausted",
     "InvalidStreamId",
     "PayloadTooLarge",
     "StoreUnavailable",
@@ -108,3 +110,7 @@ class HardDeleteDisabled(EventStoreError):
 
 class StoreUnavailable(EventStoreError):
     """PostgreSQL did not answer, or ended the session (for example an idle transaction timed out)."""
+
+
+class PoolExhausted(StoreUnavailable):
+    """Every session of the store stayed in use for the whole wait: raise ``StoreConfig.pool_size``."""

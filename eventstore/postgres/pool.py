@@ -26,15 +26,11 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg.pq import TransactionStatus
 
 from eventstore.config import redact_url
-from eventstore.errors import StoreUnavailable
+from eventstore.errors import PoolExhausted, StoreUnavailable
 
-__all__ = ["PoolExhausted", "Session", "SessionPool"]
+__all__ = ["Session", "SessionPool"]
 
 Connection = psycopg.Connection[Any]
-
-
-class PoolExhausted(StoreUnavailable):
-    """Every session of the store stayed in use for the whole wait."""
 
 
 class Session:

@@ -8,8 +8,8 @@ import time
 import psycopg
 import pytest
 
-from eventstore import NO_STREAM, EventData, PostgresEventStore, StoreUnavailable
-from eventstore.postgres.pool import PoolExhausted, SessionPool
+from eventstore import NO_STREAM, EventData, PoolExhausted, PostgresEventStore, StoreUnavailable
+from eventstore.postgres.pool import SessionPool
 from tidings.pytest_plugin import PostgresSchema
 
 
