@@ -20,6 +20,7 @@ from typing import Any, Protocol
 from fastavro import schemaless_reader, schemaless_writer
 
 from tidings.avro.binding import Binding, differences
+from tidings.avro.decoder import Decoder, compile_decoder
 from tidings.avro.schemas import SchemaSet, SchemaVersion
 from tidings.codec import Encoded, JsonCodec
 from tidings.errors import (
@@ -108,6 +109,8 @@ class _Reader:
     version: SchemaVersion
     header: bytes
     schema_id: str
+    read_body: Decoder
+    """The event from an Avro body written with ``version`` itself (see ``tidings.avro.decoder``)."""
 
 
 class AvroCodec:
@@ -145,7 +148,9 @@ class AvroCodec:
             if found:
                 raise SchemaMismatch(name, found)
             header, schema_id = self.framing.header(version)
-            self._readers[name] = _Reader(Binding(cls, version.schema), version, header, schema_id)
+            binding = Binding(cls, version.schema)
+            read_body = compile_decoder(version.physical, build=binding.build)
+            self._readers[name] = _Reader(binding, version, header, schema_id, read_body)
 
     def encode(self, event: object) -> Encoded:
         event_type = self.registry.name_of(event)
@@ -164,12 +169,16 @@ class AvroCodec:
 
     def decode(self, event_type: str, data: bytes, schema_id: str) -> object:
         reader = self._reader(event_type)
+        header = reader.header
+        if data[: len(header)] == header:
+            # Written with today's schema, as nearly every event is: read by the decoder generated for it.
+            return _read_event(reader, data, len(header), event_type)
         writer, start = self.framing.writer(data, event_type)
         if writer.subject != reader.version.subject:
             # Written as another type (a rename): only an upcaster can say what it means now.
             return self.build(event_type, self.parse(event_type, data, schema_id))
-        resolve = None if writer.key == reader.schema_id else reader.version.physical
-        datum = _read(data, start, writer.physical, writer.key, resolve, event_type)
+        # Written with another version of the schema: fastavro resolves it to today's.
+        datum = _read(data, start, writer.physical, writer.key, reader.version.physical, event_type)
         try:
             return reader.binding.from_datum(datum)
         except (TypeError, ValueError, KeyError, ArithmeticError) as err:
@@ -198,6 +207,25 @@ class AvroCodec:
         if reader is None:
             raise UnknownEventType(event_type)
         return reader
+
+
+def _read_event(reader: _Reader, data: bytes, start: int, event_type: str) -> object:
+    try:
+        event, end = reader.read_body(data, start)
+    except Exception as err:  # noqa: BLE001  # damaged bytes surface as many exception types
+        raise DeserializationError(
+            event_type,
+            f"the bytes do not decode with schema {reader.schema_id} into {reader.binding.cls.__qualname__} "
+            f"({type(err).__name__}: {err}): they were damaged or truncated, or hold a value that does not "
+            "fit the class",
+        ) from None
+    if end != len(data):
+        raise DeserializationError(
+            event_type,
+            f"{len(data) - end} bytes left over after decoding with schema {reader.schema_id}: "
+            "they were damaged, or written with another schema than their header says",
+        )
+    return event
 
 
 def _read(
