@@ -13,6 +13,7 @@ from decimal import Decimal
 from pathlib import Path
 
 import pytest
+from fastavro import schemaless_reader
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -31,6 +32,7 @@ from tidings import (
     UnknownSchema,
 )
 from tidings.avro import SINGLE_OBJECT_MARKER, AvroCodec, SchemaSet, schema_fingerprint, schema_for
+from tidings.avro.binding import Binding
 
 # --- every Avro type the project maps -----------------------------------------------------------------
 
@@ -145,6 +147,18 @@ def test_every_mapped_avro_type_round_trips(everything_codec: AvroCodec, event: 
     encoded = everything_codec.encode(event)
     assert encoded.data.startswith(SINGLE_OBJECT_MARKER)
     assert everything_codec.decode(encoded.event_type, encoded.data, encoded.schema_id) == event
+
+
+@given(event=everything)
+def test_the_generated_decoder_reads_what_fastavro_reads(
+    everything_codec: AvroCodec, event: Everything
+) -> None:
+    encoded = everything_codec.encode(event)
+    version = everything_codec.schemas.latest(encoded.event_type)
+    assert version is not None
+    datum = schemaless_reader(io.BytesIO(encoded.data[10:]), version.physical, None)
+    through_fastavro = Binding(Everything, version.schema).from_datum(datum)
+    assert everything_codec.decode(encoded.event_type, encoded.data, encoded.schema_id) == through_fastavro
 
 
 @given(event=bank_events)

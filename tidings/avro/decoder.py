@@ -53,19 +53,29 @@ def compile_decoder(schema: Any, *, build: tuple[str, dict[str, Any]] | None = N
 
 def read_long(data: bytes, position: int) -> tuple[int, int]:
     """A zig-zag varint (Avro's int and long) at ``position``, and the position after it."""
-    # Unrolled for the first bytes: a timestamp in microseconds takes eight.
-    byte = data[position]
-    accumulated = byte & 0x7F
-    shift = 7
-    position += 1
-    while byte >= 0x80:
+    word = _from_bytes(data[position : position + 8], "little")
+    if word & _CONTINUATION_BITS == _EIGHT_BYTES:
+        # Eight bytes, as every timestamp-micros from 1979 to 3111 takes: their 7-bit groups are packed
+        # in three steps instead of a loop over the bytes, which takes twice as long.
+        word = (word & 0x007F007F007F007F) | ((word & 0x7F007F007F007F00) >> 1)
+        word = (word & 0x00003FFF00003FFF) | ((word & 0x3FFF00003FFF0000) >> 2)
+        word = (word & 0x000000000FFFFFFF) | ((word & 0x0FFFFFFF00000000) >> 4)
+        return (word >> 1) ^ -(word & 1), position + 8
+    accumulated = shift = 0
+    while True:
         byte = data[position]
-        accumulated |= (byte & 0x7F) << shift
         position += 1
+        accumulated |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return (accumulated >> 1) ^ -(accumulated & 1), position
         shift += 7
-        if shift > 70:
+        if shift > 63:
             raise MalformedAvro(f"a varint longer than 10 bytes ends at byte {position}")
-    return (accumulated >> 1) ^ -(accumulated & 1), position
+
+
+_from_bytes = int.from_bytes
+_CONTINUATION_BITS = 0x8080808080808080
+_EIGHT_BYTES = 0x0080808080808080  # the first seven bytes say "more follows", the eighth does not
 
 
 def read_boolean(data: bytes, position: int) -> tuple[bool, int]:
