@@ -6,8 +6,10 @@ Confluent framing (``00``, a 4-byte Schema Registry id, the body) is in ``tiding
 way the same bytes are stored in PostgreSQL and sent to Kafka; the store's ``schema_id`` column repeats
 the fingerprint (``avro:<hex>``) or the id (``avro-registry:<id>``) for operators.
 
-Reading resolves the writer's schema to today's (the latest version in ``schemas/``) with Avro's rules:
-added fields take their defaults, removed ones are skipped, aliases follow renames, ints widen.
+Bytes written with today's schema (the latest version in ``schemas/``) are read by a decoder generated
+for it (``tidings.avro.decoder``). Bytes written with another version go through fastavro, which resolves
+the writer's schema to today's with Avro's rules: added fields take their defaults, removed ones are
+skipped, aliases follow renames, ints widen.
 """
 
 from __future__ import annotations
