@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import itertools
 from collections.abc import Callable
 from typing import Any
 
@@ -13,6 +12,7 @@ from fastavro.read import SchemaResolutionError
 from hypothesis import given
 from hypothesis import strategies as st
 
+from tests.tidings.avro_support import SIMPLE, avro_values, enum, field, fixed, record_schemas
 from tidings.avro.compatibility import Compatibility, Incompatibility, Schema, can_read, check
 
 # --- Building schemas ------------------------------------------------------------------------------------
@@ -20,14 +20,6 @@ from tidings.avro.compatibility import Compatibility, Incompatibility, Schema, c
 
 def record(*fields: dict[str, Any], name: str = "AccountOpened", **extra: Any) -> dict[str, Any]:
     return {"type": "record", "name": name, "namespace": "bank", "fields": list(fields), **extra}
-
-
-def field(name: str, type_: Any, **extra: Any) -> dict[str, Any]:
-    return {"name": name, "type": type_, **extra}
-
-
-def enum(*symbols: str, name: str = "Kind", **extra: Any) -> dict[str, Any]:
-    return {"type": "enum", "name": name, "symbols": list(symbols), **extra}
 
 
 def with_field(type_: Any, **extra: Any) -> dict[str, Any]:
@@ -284,10 +276,6 @@ def test_a_renamed_enum_needs_an_alias() -> None:
 
 
 # --- Fixed, arrays, maps ---------------------------------------------------------------------------------
-
-
-def fixed(size: int, name: str = "Hash") -> dict[str, Any]:
-    return {"type": "fixed", "name": name, "size": size}
 
 
 def test_fixed_needs_the_same_name_and_size() -> None:
@@ -563,9 +551,10 @@ def test_scenario_union_with_null_added() -> None:
 
 
 # --- Properties ------------------------------------------------------------------------------------------
-# Small generated record schemas, each named type inline and uniquely named, and values for them.
 
-SIMPLE = ["boolean", "int", "long", "float", "double", "string", "bytes"]
+# The spec promotes bytes to string whatever they hold, and fastavro then decodes them: UTF-8 only.
+UTF8_BYTES = st.text(max_size=4).map(str.encode)
+
 PROMOTABLE = {
     "int": ["long", "float", "double"],
     "long": ["float", "double"],
@@ -573,80 +562,6 @@ PROMOTABLE = {
     "string": ["bytes"],
     "bytes": ["string"],
 }
-
-
-@st.composite
-def avro_types(draw: st.DrawFn, fresh: Callable[[str], str], depth: int) -> Any:
-    kinds = ["simple", "simple", "enum", "fixed", "nullable"] + (
-        ["array", "map", "record"] if depth > 0 else []
-    )
-    kind = draw(st.sampled_from(kinds))
-    if kind == "simple":
-        return draw(st.sampled_from(SIMPLE))
-    if kind == "enum":
-        symbols = draw(st.lists(st.sampled_from("ABCDE"), min_size=1, max_size=4, unique=True))
-        schema = enum(*symbols, name=fresh("E"))
-        if draw(st.booleans()):
-            schema["default"] = symbols[0]
-        return schema
-    if kind == "fixed":
-        return fixed(draw(st.integers(1, 4)), fresh("F"))
-    if kind == "nullable":
-        inner = draw(st.sampled_from([*SIMPLE, "enum"]))
-        branch = enum("A", "B", name=fresh("E")) if inner == "enum" else inner
-        return draw(st.sampled_from([["null", branch], [branch, "null"]]))
-    if kind == "array":
-        return {"type": "array", "items": draw(avro_types(fresh, depth - 1))}
-    if kind == "map":
-        return {"type": "map", "values": draw(avro_types(fresh, depth - 1))}
-    return draw(records(fresh, depth - 1))
-
-
-@st.composite
-def records(draw: st.DrawFn, fresh: Callable[[str], str], depth: int) -> dict[str, Any]:
-    name = fresh("R")
-    count = draw(st.integers(1, 4))
-    fields = [field(f"f{i}", draw(avro_types(fresh, depth))) for i in range(count)]
-    return {"type": "record", "name": name, "fields": fields}
-
-
-@st.composite
-def record_schemas(draw: st.DrawFn) -> dict[str, Any]:
-    counter = itertools.count()
-
-    def fresh(prefix: str) -> str:
-        return f"{prefix}{next(counter)}"
-
-    return {**draw(records(fresh, depth=2)), "namespace": "gen"}
-
-
-def values(schema: Any) -> st.SearchStrategy[Any]:
-    """Values fastavro writes under ``schema`` (which holds no references to named types)."""
-    if isinstance(schema, list):
-        return st.one_of([values(branch) for branch in schema])
-    kind = schema if isinstance(schema, str) else schema["type"]
-    simple: dict[str, st.SearchStrategy[Any]] = {
-        "null": st.none(),
-        "boolean": st.booleans(),
-        "int": st.integers(-(2**31), 2**31 - 1),
-        "long": st.integers(-(2**63), 2**63 - 1),
-        "float": st.floats(width=32, allow_nan=False),
-        "double": st.floats(allow_nan=False),
-        "string": st.text(max_size=4),
-        # UTF-8, because the spec promotes bytes to string whatever they hold, and fastavro then decodes them.
-        "bytes": st.text(max_size=4).map(str.encode),
-    }
-    if kind in simple:
-        return simple[kind]
-    if kind == "enum":
-        return st.sampled_from(schema["symbols"])
-    if kind == "fixed":
-        return st.binary(min_size=schema["size"], max_size=schema["size"])
-    if kind == "array":
-        return st.lists(values(schema["items"]), max_size=2)
-    if kind == "map":
-        return st.dictionaries(st.text(max_size=2), values(schema["values"]), max_size=2)
-    return st.fixed_dictionaries({f["name"]: values(f["type"]) for f in schema["fields"]})
 
 
 # Field types with a default value that fastavro hands back as it is.
@@ -731,7 +646,7 @@ def test_what_is_called_readable_fastavro_reads(data: st.DataObject) -> None:
     for reader, writer in ((mutated, original), (original, mutated)):
         if can_read(reader, writer):
             continue
-        datum = data.draw(values(writer), label="datum")
+        datum = data.draw(avro_values(writer, binary=UTF8_BYTES), label="datum")
         read = round_trip(datum, writer, reader)
         assert set(read) == {f["name"] for f in reader["fields"]}
         unchanged = [f["name"] for f in reader["fields"] if f in writer["fields"]]
@@ -743,5 +658,6 @@ def test_what_is_called_readable_fastavro_reads(data: st.DataObject) -> None:
         assert can_read(original, mutated) == []
     if mutation == "add_without_default":
         assert paths(can_read(mutated, original)) == ["gen.R0.added"]
+        old_datum = data.draw(avro_values(original, binary=UTF8_BYTES), label="old datum")
         with pytest.raises(SchemaResolutionError, match="added"):
-            round_trip(data.draw(values(original), label="old datum"), original, mutated)
+            round_trip(old_datum, original, mutated)

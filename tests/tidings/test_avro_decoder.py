@@ -12,6 +12,7 @@ from fastavro import parse_schema, schemaless_reader, schemaless_writer
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
+from tests.tidings.avro_support import avro_values, record_schemas
 from tidings.avro.decoder import MAX_EMPTY_ITEMS, MalformedAvro, compile_decoder, read_long
 
 # What damaged bytes may raise from the generated code (the codec turns each into a DeserializationError).
@@ -61,42 +62,6 @@ LINKED = parse_schema(
 NOT_A_RECORD = parse_schema({"type": "array", "items": ["null", "string", "double"]})
 
 
-def values(schema: Any, named: dict[str, Any]) -> st.SearchStrategy[Any]:
-    """Datums of a parsed schema, as fastavro writes them and reads them back."""
-    if isinstance(schema, list):
-        return st.one_of(*(values(branch, named) for branch in schema))
-    if isinstance(schema, str) and schema in named:
-        return st.deferred(lambda: values(named[schema], named))
-    kind = schema["type"] if isinstance(schema, dict) else schema
-    if isinstance(kind, dict | list):
-        return values(kind, named)
-    primitives: dict[str, st.SearchStrategy[Any]] = {
-        "null": st.none(),
-        "boolean": st.booleans(),
-        "int": st.integers(-(2**31), 2**31 - 1),
-        "long": st.integers(-(2**63), 2**63 - 1),
-        "float": st.floats(width=32, allow_nan=False),
-        "double": st.floats(allow_nan=False),
-        "bytes": st.binary(max_size=300),
-        "string": st.text(max_size=300),
-    }
-    if kind in primitives:
-        return primitives[kind]
-    if kind in ("record", "enum", "fixed"):
-        named[schema["name"]] = schema
-    if kind == "record":
-        return st.fixed_dictionaries({f["name"]: values(f["type"], named) for f in schema["fields"]})
-    if kind == "enum":
-        return st.sampled_from(schema["symbols"])
-    if kind == "fixed":
-        return st.binary(min_size=schema["size"], max_size=schema["size"])
-    if kind == "array":
-        return st.lists(values(schema["items"], named), max_size=5)
-    if kind == "map":
-        return st.dictionaries(st.text(max_size=10), values(schema["values"], named), max_size=5)
-    raise AssertionError(kind)
-
-
 def encode(schema: Any, datum: Any) -> bytes:
     buffer = io.BytesIO()
     schemaless_writer(buffer, schema, datum)
@@ -108,10 +73,19 @@ def fastavro_reads(schema: Any, data: bytes) -> Any:
 
 
 def case(schema: Any) -> st.SearchStrategy[tuple[Any, bytes]]:
-    return values(schema, {}).map(lambda datum: (schema, encode(schema, datum)))
+    datums = avro_values(schema, binary=st.binary(max_size=300), text=st.text(max_size=300), items=5)
+    return datums.map(lambda datum: (schema, encode(schema, datum)))
 
 
 encodings = st.one_of(case(EVERYTHING), case(LINKED), case(NOT_A_RECORD))
+
+
+@settings(suppress_health_check=[HealthCheck.too_slow], max_examples=200)
+@given(data=st.data())
+def test_every_generated_schema_reads_as_fastavro_reads_it(data: st.DataObject) -> None:
+    schema = parse_schema(data.draw(record_schemas(), label="schema"))
+    _, encoded = data.draw(case(schema), label="encoding")
+    assert compile_decoder(schema)(encoded, 0) == (fastavro_reads(schema, encoded), len(encoded))
 
 
 @settings(suppress_health_check=[HealthCheck.too_slow], max_examples=300)
