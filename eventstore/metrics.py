@@ -6,13 +6,33 @@
 - ``tidings_sequencer_stalled{schema}``: 1 while committed events have waited over a second for a number.
 - ``tidings_sequencer_numbered_events_total{schema}``: events numbered.
 - ``tidings_events_appended_total{schema}``: events appended (committed or not: the store cannot know).
+- ``tidings_relay_leader{schema,relay}``: 1 while this process is the relay's leader.
+- ``tidings_relay_lag_events{schema,relay}``: numbered events the relay has not published yet.
+- ``tidings_relay_lag_seconds{schema,relay}``: age of the newest published event while more wait, else 0.
+- ``tidings_relay_last_published_event_number{schema,relay}``: the last event_number committed to Kafka.
+- ``tidings_relay_published_events_total{schema,relay}``: events committed to Kafka.
+- ``tidings_relay_transactions_total{schema,relay}``: Kafka transactions committed.
+- ``tidings_relay_errors_total{schema,relay,kind}``: failures the relay retried or recovered from.
 """
 
 from __future__ import annotations
 
 from prometheus_client import Counter, Gauge
 
-__all__ = ["APPENDED", "NUMBERED", "SEQUENCER_LAG", "SEQUENCER_STALLED", "SEQUENCER_WAITING"]
+__all__ = [
+    "APPENDED",
+    "NUMBERED",
+    "RELAY_ERRORS",
+    "RELAY_LAG_EVENTS",
+    "RELAY_LAG_SECONDS",
+    "RELAY_LAST_PUBLISHED",
+    "RELAY_LEADER",
+    "RELAY_PUBLISHED",
+    "RELAY_TRANSACTIONS",
+    "SEQUENCER_LAG",
+    "SEQUENCER_STALLED",
+    "SEQUENCER_WAITING",
+]
 
 SEQUENCER_LAG = Gauge(
     "tidings_sequencer_lag_seconds", "Age of the oldest committed event without an event_number", ["schema"]
@@ -27,3 +47,18 @@ SEQUENCER_STALLED = Gauge(
 )
 NUMBERED = Counter("tidings_sequencer_numbered_events", "Events given an event_number", ["schema"])
 APPENDED = Counter("tidings_events_appended", "Events appended by this process", ["schema"])
+
+_RELAY = ["schema", "relay"]
+RELAY_LEADER = Gauge("tidings_relay_leader", "1 while this process leads the relay", _RELAY)
+RELAY_LAG_EVENTS = Gauge("tidings_relay_lag_events", "Numbered events not yet published to Kafka", _RELAY)
+RELAY_LAG_SECONDS = Gauge(
+    "tidings_relay_lag_seconds", "Age of the newest published event while more wait to be published", _RELAY
+)
+RELAY_LAST_PUBLISHED = Gauge(
+    "tidings_relay_last_published_event_number", "The last event_number committed to Kafka", _RELAY
+)
+RELAY_PUBLISHED = Counter("tidings_relay_published_events", "Events committed to Kafka", _RELAY)
+RELAY_TRANSACTIONS = Counter("tidings_relay_transactions", "Kafka transactions committed", _RELAY)
+RELAY_ERRORS = Counter(
+    "tidings_relay_errors", "Failures the relay retried or recovered from", [*_RELAY, "kind"]
+)

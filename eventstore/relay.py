@@ -1,0 +1,587 @@
+"""The outbox relay: numbered events from PostgreSQL to Kafka, in order, exactly once.
+
+One relay leads per store and relay name (an advisory lock, ``eventstore.leadership``); the others
+stand by and take over within ``standby_poll`` seconds of the leader's death. The leader reads events
+in event_number order and publishes each batch in one Kafka transaction, keyed and routed by
+``eventstore.routing``; the message value is the stored bytes, the headers carry the event's identity
+and place (``headers``).
+
+Exactly once, as a ``read_committed`` consumer sees it (docs/decisions/0006-exactly-once-relay.md):
+
+- every relay of a store shares one ``transactional.id``, so a new leader's ``init_transactions``
+  fences the previous leader, even one that still runs, and settles its open transaction;
+- the new leader then reads the committed tail of its topics (``eventstore.kafka_tail``) and resumes
+  after the highest event_number there: batches are committed whole and in order, so everything below
+  it is published and nothing above it is;
+- a batch that fails is aborted and published again from PostgreSQL, which still has it.
+
+Kafka being down stops nothing but publication: appends go on, the relay retries with backoff holding
+one batch, and catches up when Kafka answers.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import threading
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import psycopg
+from confluent_kafka import KafkaError, KafkaException, Producer
+from confluent_kafka.admin import AdminClient
+from confluent_kafka.cimpl import NewTopic
+from psycopg import sql
+
+from eventstore import metrics
+from eventstore.errors import ConfigurationError, EventStoreError
+from eventstore.kafka_tail import EVENT_NUMBER_HEADER, last_published
+from eventstore.leadership import Leadership
+from eventstore.postgres.statements import notification_channel
+from eventstore.postgres.store import PostgresEventStore
+from eventstore.records import RecordedEvent
+from eventstore.routing import Routing, validate_topic
+
+__all__ = ["Relay", "RelayConfig", "RelayStatus", "TopicMissing", "headers", "relay_status"]
+
+log = logging.getLogger("eventstore.relay")
+
+# Settings that make the relay's guarantees; configuration may not change them.
+_FIXED = {"enable.idempotence", "acks", "transactional.id", "isolation.level", "enable.auto.commit"}
+MAX_BACKOFF_SECONDS = 5.0
+CHECK_LEADERSHIP_EVERY_SECONDS = 1.0
+
+
+class TopicMissing(EventStoreError):
+    """A topic the relay publishes to does not exist, and creating topics is turned off."""
+
+    def __init__(self, topics: list[str]) -> None:
+        super().__init__(
+            f"the relay's topics {', '.join(topics)} do not exist and topic creation is off: create them "
+            "(with the partition count the key mapping is planned for), or run the relay with "
+            "create_topics=True (`tidings relay --create-topics`)"
+        )
+        self.topics = topics
+
+
+@dataclass(frozen=True)
+class RelayConfig:
+    """How a relay reaches Kafka and what it publishes where.
+
+    Example::
+
+        RelayConfig("kafka-0:9092", app="bank", kafka={"security.protocol": "SASL_SSL", ...})
+
+    Attributes:
+        bootstrap_servers: the Kafka cluster.
+        app: names the default topic, ``<app>.events`` (default: the store's schema).
+        routing: topics and keys per event type or stream category (default: everything to the app's
+            topic, keyed by stream id).
+        name: the relay's name; relays of one store with one name elect one leader and share one
+            ``transactional.id`` and position.
+        kafka: further librdkafka settings (security, SASL, SSL, ``batch.size``, timeouts...), except
+            those the guarantees rest on (idempotence, ``acks``, ``transactional.id``).
+        create_topics: create missing topics (else a missing topic is a ``TopicMissing`` error).
+        partitions, replication_factor: for created topics (-1: the broker's defaults).
+        topic_config: for created topics; by default they keep every event (``retention.ms=-1``), so a
+            handler added later can replay from the origin.
+        batch_size: events per Kafka transaction at most.
+        compression: ``compression.type`` (none, gzip, snappy, lz4, zstd).
+        linger_ms: how long the producer gathers messages into a request.
+        leader_url: a session-mode PostgreSQL URL for the leadership lock (default: the store's).
+        standby_poll: seconds between a standby's attempts to lead.
+        poll_interval: seconds between reads of the store when no notification arrives.
+        transaction_timeout: ``transaction.timeout.ms`` in seconds: how long a silent leader's open
+            transaction may hold back ``read_committed`` consumers before the broker aborts it.
+    """
+
+    bootstrap_servers: str
+    app: str | None = None
+    routing: Routing | None = None
+    name: str = "default"
+    kafka: Mapping[str, str] = field(default_factory=dict)
+    create_topics: bool = True
+    partitions: int = -1
+    replication_factor: int = -1
+    topic_config: Mapping[str, str] = field(default_factory=lambda: {"retention.ms": "-1"})
+    batch_size: int = 1000
+    compression: str = "lz4"
+    linger_ms: float = 5.0
+    leader_url: str | None = None
+    standby_poll: float = 1.0
+    poll_interval: float = 0.5
+    transaction_timeout: float = 60.0
+
+    def __post_init__(self) -> None:
+        if not self.bootstrap_servers:
+            raise ConfigurationError("the relay needs Kafka's bootstrap servers (KAFKA_BOOTSTRAP_SERVERS)")
+        fixed = sorted(_FIXED & set(self.kafka))
+        if fixed:
+            raise ConfigurationError(
+                f"the relay sets {', '.join(fixed)} itself (its exactly-once publication rests on them): "
+                "remove them from the Kafka settings"
+            )
+        if self.batch_size < 1:
+            raise ConfigurationError(f"batch_size must be at least 1, got {self.batch_size}")
+        if (
+            self.partitions == 0
+            or self.partitions < -1
+            or self.replication_factor in (0,)
+            or self.replication_factor < -1
+        ):
+            raise ConfigurationError(
+                "partitions and replication_factor must be positive, or -1 for the broker's"
+            )
+        if min(self.standby_poll, self.poll_interval, self.transaction_timeout) <= 0:
+            raise ConfigurationError("standby_poll, poll_interval and transaction_timeout must be positive")
+        if not self.name or not all(c.isalnum() or c in "._-" for c in self.name):
+            raise ConfigurationError(f"{self.name!r} is not a relay name: use letters, digits, . _ -")
+        if self.app is not None:
+            validate_topic(f"{self.app}.events")
+
+    def routing_for(self, schema: str) -> Routing:
+        return self.routing if self.routing is not None else Routing(f"{self.app or schema}.events")
+
+
+@dataclass(frozen=True, slots=True)
+class RelayStatus:
+    """A relay's position and leader, as recorded in PostgreSQL."""
+
+    name: str
+    last_published: int
+    last_numbered: int
+    leader: str | None
+    lag_events: int
+
+
+Headers = list[tuple[str, str | bytes | None]]
+
+
+def headers(event: RecordedEvent) -> Headers:
+    """The Kafka headers of ``event``'s message (its value is the stored bytes)."""
+    found: Headers = [
+        ("event_id", str(event.event_id).encode()),
+        ("event_type", event.event_type.encode()),
+        (EVENT_NUMBER_HEADER, b"%d" % (event.event_number or 0)),  # events of the global order are numbered
+        ("stream_id", event.stream_id.encode()),
+        ("stream_version", b"%d" % event.stream_version),
+        ("created_at", event.created_at.isoformat().encode()),
+        ("schema_id", event.schema_id.encode()),
+        ("metadata", event.metadata),
+    ]
+    if event.causation_id is not None:
+        found.append(("causation_id", str(event.causation_id).encode()))
+    if event.correlation_id is not None:
+        found.append(("correlation_id", str(event.correlation_id).encode()))
+    if b"traceparent" in event.metadata:
+        found.extend(_trace_context(event.metadata))
+    return found
+
+
+def _trace_context(metadata: bytes) -> Headers:
+    # W3C trace context kept in the metadata by the writer, repeated where tracing tools look for it.
+    try:
+        document = json.loads(metadata)
+    except ValueError:
+        return []
+    if not isinstance(document, dict):
+        return []
+    return [
+        (name, str(document[name]).encode()) for name in ("traceparent", "tracestate") if name in document
+    ]
+
+
+class _ProducerFailed(Exception):
+    """The producer cannot go on (fenced, or a fatal error): make a new one and find the tail again."""
+
+
+class _Stopped(Exception):
+    """Asked to stop, or the leadership is gone: leave the batch unpublished (it is aborted or fenced)."""
+
+
+class Relay:
+    """Publishes a store's numbered events to Kafka while it leads; stands by otherwise.
+
+    Example::
+
+        store = PostgresEventStore(StoreConfig(os.environ["DATABASE_URL"], schema="bank"))
+        relay = Relay(store, RelayConfig(os.environ["KAFKA_BOOTSTRAP_SERVERS"]))
+        relay.start()          # in a thread; or relay.run() in the foreground until relay.stop()
+    """
+
+    def __init__(self, store: PostgresEventStore, config: RelayConfig) -> None:
+        self.store = store
+        self.config = config
+        self.schema = store.config.schema
+        self.routing = config.routing_for(self.schema)
+        self.identity = f"tidings-relay.{self.schema}.{config.name}"
+        self.whoami = f"{socket.gethostname()}:{os.getpid()}"
+        self.last_published = 0
+        self.leading = threading.Event()
+        self._stopping = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._leadership = Leadership(config.leader_url or store.config.url, self.identity)
+        self._labels = (self.schema, config.name)
+        self._sql = _Statements(self.schema)
+        self._connection: dict[str, str | int | float | bool] = {
+            "bootstrap.servers": config.bootstrap_servers,
+            **config.kafka,
+        }
+
+    # --- running ---------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Run in a background thread (``stop()`` ends it)."""
+        if self._thread is None:
+            self._thread = threading.Thread(target=self.run, name=f"relay-{self.identity}", daemon=True)
+            self._thread.start()
+
+    def stop(self, timeout: float = 30.0) -> None:
+        self._stopping.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+            self._thread = None
+
+    def run(self) -> None:
+        """Lead when the leadership is free, stand by when it is not, until ``stop()``.
+
+        Raises:
+            TopicMissing: a topic is missing and creating topics is off (nothing was published).
+        """
+        self._ensure_row()
+        while not self._stopping.is_set():
+            if self._leadership.try_acquire():
+                try:
+                    self._lead()
+                finally:
+                    self._leadership.release()
+                    self.leading.clear()
+                    metrics.RELAY_LEADER.labels(*self._labels).set(0)
+                    log.info("relay stepped down", extra={"relay": self.identity, "leader": self.whoami})
+            else:
+                self._stopping.wait(self.config.standby_poll)
+
+    # --- leading ---------------------------------------------------------------------------------
+
+    def _lead(self) -> None:
+        log.info("relay leads", extra={"relay": self.identity, "leader": self.whoami})
+        self.leading.set()
+        metrics.RELAY_LEADER.labels(*self._labels).set(1)
+        self._record_leader()
+        self._ensure_topics()
+        listener = self._leadership.connection
+        listener.execute(sql.SQL("LISTEN {}").format(sql.Identifier(notification_channel(self.schema))))
+        while not self._stopping.is_set():
+            try:
+                producer = self._producer()
+                self.last_published = self._resume_point()
+                self._publish_until_stopped(producer)
+            except _ProducerFailed as exc:
+                metrics.RELAY_ERRORS.labels(*self._labels, "producer").inc()
+                log.warning(
+                    "relay producer failed; starting a new one",
+                    extra={"relay": self.identity, "error": str(exc)},
+                )
+            except _Stopped:
+                return
+            if not self._leadership.check():
+                return
+
+    def _publish_until_stopped(self, producer: Producer) -> None:
+        checked = time.monotonic()
+        while True:
+            if self._stopping.is_set():
+                raise _Stopped
+            if time.monotonic() - checked > CHECK_LEADERSHIP_EVERY_SECONDS:
+                if not self._leadership.check():
+                    log.warning("relay lost its leadership", extra={"relay": self.identity})
+                    raise _Stopped
+                checked = time.monotonic()
+            events = self._read(self.last_published + 1)
+            if not events:
+                self._report_lag(caught_up=True)
+                self._wait()
+                continue
+            self._publish(producer, events)
+            self.last_published = events[-1].event_number  # type: ignore[assignment]  # numbered events
+            metrics.RELAY_PUBLISHED.labels(*self._labels).inc(len(events))
+            metrics.RELAY_TRANSACTIONS.labels(*self._labels).inc()
+            metrics.RELAY_LAST_PUBLISHED.labels(*self._labels).set(self.last_published)
+            self._checkpoint()
+            if len(events) == self.config.batch_size:
+                self._report_lag(caught_up=False, newest=events[-1])
+
+    def _read(self, start: int) -> list[RecordedEvent]:
+        backoff = 0.1
+        while True:
+            try:
+                return self.store.read_all_forward(start, self.config.batch_size)
+            except EventStoreError as exc:
+                metrics.RELAY_ERRORS.labels(*self._labels, "postgres").inc()
+                log.warning(
+                    "relay cannot read the store; retrying", extra={"relay": self.identity, "error": str(exc)}
+                )
+                backoff = self._pause(backoff)
+
+    def _wait(self) -> None:
+        """Until the sequencer announces new events, or ``poll_interval`` passes.
+
+        Notifications that arrived while the relay was busy wait in psycopg's backlog and end the wait at
+        once: a read too many, never a late one.
+        """
+        try:
+            for _ in self._leadership.connection.notifies(timeout=self.config.poll_interval, stop_after=1):
+                pass
+        except psycopg.Error:
+            pass  # the leadership check that follows finds out whether the session is gone
+
+    def _publish(self, producer: Producer, events: list[RecordedEvent]) -> None:
+        """Publish ``events`` in one transaction; retry until committed, or raise."""
+        backoff = 0.1
+        while True:
+            try:
+                producer.begin_transaction()
+                for event in events:
+                    topic, key = self.routing.route(event)
+                    self._produce(producer, topic, key, event)
+                self._commit(producer)
+                return
+            except KafkaException as exc:
+                error: KafkaError = exc.args[0]
+                if error.fatal():
+                    raise _ProducerFailed(str(error)) from exc
+                metrics.RELAY_ERRORS.labels(*self._labels, "kafka").inc()
+                log.warning(
+                    "relay batch failed; aborting it and publishing it again",
+                    extra={"relay": self.identity, "error": str(error), "first": events[0].event_number},
+                )
+                self._abort(producer)
+                backoff = self._pause(backoff)
+
+    def _produce(self, producer: Producer, topic: str, key: bytes, event: RecordedEvent) -> None:
+        while True:
+            try:
+                producer.produce(topic, event.data, key, headers=headers(event))
+                return
+            except BufferError:
+                producer.poll(0.05)  # the local queue is full: let requests drain
+
+    def _commit(self, producer: Producer) -> None:
+        backoff = 0.1
+        while True:
+            try:
+                producer.commit_transaction(self.config.transaction_timeout)
+                return
+            except KafkaException as exc:
+                error: KafkaError = exc.args[0]
+                if not error.retriable() or error.txn_requires_abort() or error.fatal():
+                    raise
+                metrics.RELAY_ERRORS.labels(*self._labels, "kafka_unavailable").inc()
+                log.warning(
+                    "relay cannot commit its batch yet; retrying",
+                    extra={"relay": self.identity, "error": str(error)},
+                )
+                backoff = self._pause(backoff)
+
+    def _abort(self, producer: Producer) -> None:
+        backoff = 0.1
+        while True:
+            try:
+                producer.abort_transaction(self.config.transaction_timeout)
+                return
+            except KafkaException as exc:
+                error: KafkaError = exc.args[0]
+                if error.fatal() or not error.retriable():
+                    raise _ProducerFailed(str(error)) from exc
+                backoff = self._pause(backoff)
+
+    def _pause(self, backoff: float) -> float:
+        """Wait ``backoff`` seconds (less if asked to stop, then raise); return the next backoff."""
+        if self._stopping.wait(backoff):
+            raise _Stopped
+        return min(backoff * 2, MAX_BACKOFF_SECONDS)
+
+    # --- starting ---------------------------------------------------------------------------------
+
+    def _producer(self) -> Producer:
+        """A transactional producer that has fenced every earlier one of this relay."""
+        producer = Producer(
+            {
+                "linger.ms": self.config.linger_ms,
+                "compression.type": self.config.compression,
+                "partitioner": "murmur2_random",  # the Java client's: keys land where JVM producers put them
+                **self._connection,
+                "enable.idempotence": True,
+                "acks": "all",
+                "transactional.id": self.identity,
+                "transaction.timeout.ms": int(self.config.transaction_timeout * 1000),
+            }
+        )
+        backoff = 0.1
+        while True:
+            try:
+                producer.init_transactions(self.config.transaction_timeout)
+                return producer
+            except KafkaException as exc:
+                error: KafkaError = exc.args[0]
+                if error.fatal() or not error.retriable():
+                    raise _ProducerFailed(str(error)) from exc
+                metrics.RELAY_ERRORS.labels(*self._labels, "kafka_unavailable").inc()
+                log.warning(
+                    "relay cannot reach Kafka yet; retrying",
+                    extra={"relay": self.identity, "error": str(error)},
+                )
+                backoff = self._pause(backoff)
+
+    def _resume_point(self) -> int:
+        """The last event published: from the topics' committed tail, else the recorded position."""
+        backoff = 0.1
+        while True:
+            try:
+                tail = last_published(
+                    self._connection, self.routing.topics(), self.config.transaction_timeout
+                )
+                break
+            except KafkaException as exc:
+                metrics.RELAY_ERRORS.labels(*self._labels, "kafka_unavailable").inc()
+                log.warning(
+                    "relay cannot read the topics' tails yet; retrying",
+                    extra={"relay": self.identity, "error": str(exc)},
+                )
+                backoff = self._pause(backoff)
+        recorded = self._recorded_position()
+        if tail.last_event_number is not None:
+            if recorded > tail.last_event_number:
+                log.warning(
+                    "Kafka holds fewer events than the relay recorded publishing (a topic recreated, or the "
+                    "routing changed); publishing again after the last one Kafka holds",
+                    extra={"relay": self.identity, "kafka": tail.last_event_number, "recorded": recorded},
+                )
+            position = tail.last_event_number
+        elif tail.ever_written:
+            # The topics held messages but none is left to read (retention removed them).
+            position = recorded
+        else:
+            if recorded:
+                log.warning(
+                    "the relay's topics are empty: publishing every event again",
+                    extra={"relay": self.identity, "recorded": recorded},
+                )
+            position = 0
+        log.info("relay resumes", extra={"relay": self.identity, "after_event_number": position})
+        metrics.RELAY_LAST_PUBLISHED.labels(*self._labels).set(position)
+        return position
+
+    def _ensure_topics(self) -> None:
+        admin = AdminClient(self._connection)
+        wanted = self.routing.topics()
+        backoff = 0.1
+        while True:
+            try:
+                existing = admin.list_topics(timeout=self.config.transaction_timeout).topics
+                break
+            except KafkaException as exc:
+                metrics.RELAY_ERRORS.labels(*self._labels, "kafka_unavailable").inc()
+                log.warning(
+                    "relay cannot list topics yet; retrying",
+                    extra={"relay": self.identity, "error": str(exc)},
+                )
+                backoff = self._pause(backoff)
+        missing = [topic for topic in wanted if topic not in existing]
+        if not missing:
+            return
+        if not self.config.create_topics:
+            raise TopicMissing(missing)
+        futures = admin.create_topics(
+            [
+                NewTopic(
+                    topic,
+                    self.config.partitions,
+                    self.config.replication_factor,
+                    config=dict(self.config.topic_config),
+                )
+                for topic in missing
+            ],
+            operation_timeout=self.config.transaction_timeout,
+        )
+        for topic, future in futures.items():
+            try:
+                future.result()
+                log.info("relay created a topic", extra={"relay": self.identity, "topic": topic})
+            except KafkaException as exc:
+                if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:  # another relay was quicker
+                    raise
+
+    # --- the position in PostgreSQL ------------------------------------------------------------------
+
+    def _ensure_row(self) -> None:
+        with self.store.connection() as conn:
+            conn.execute(self._sql.ensure, {"name": self.config.name})
+
+    def _record_leader(self) -> None:
+        with self.store.connection() as conn:
+            conn.execute(self._sql.lead, {"name": self.config.name, "leader": self.whoami})
+
+    def _recorded_position(self) -> int:
+        with self.store.connection() as conn:
+            row = conn.execute(self._sql.position, {"name": self.config.name}).fetchone()
+        return int(row[0]) if row else 0
+
+    def _checkpoint(self) -> None:
+        # Only a hint for operators and for topics emptied by retention: Kafka's tail is the truth.
+        try:
+            with self.store.connection() as conn:
+                conn.execute(
+                    self._sql.checkpoint, {"name": self.config.name, "position": self.last_published}
+                )
+        except EventStoreError as exc:
+            metrics.RELAY_ERRORS.labels(*self._labels, "postgres").inc()
+            log.warning(
+                "relay could not record its position", extra={"relay": self.identity, "error": str(exc)}
+            )
+
+    def _report_lag(self, *, caught_up: bool, newest: RecordedEvent | None = None) -> None:
+        if caught_up:
+            metrics.RELAY_LAG_EVENTS.labels(*self._labels).set(0)
+            metrics.RELAY_LAG_SECONDS.labels(*self._labels).set(0)
+            return
+        try:
+            last = self.store.last_event_number()
+        except EventStoreError:
+            return
+        metrics.RELAY_LAG_EVENTS.labels(*self._labels).set(max(0, last - self.last_published))
+        if newest is not None:
+            metrics.RELAY_LAG_SECONDS.labels(*self._labels).set(
+                max(0.0, time.time() - newest.created_at.timestamp())
+            )
+
+
+class _Statements:
+    def __init__(self, schema: str) -> None:
+        relays = sql.Identifier(schema, "relays")
+        self.ensure = sql.SQL("INSERT INTO {} (name) VALUES (%(name)s) ON CONFLICT (name) DO NOTHING").format(
+            relays
+        )
+        self.lead = sql.SQL(
+            "UPDATE {} SET leader = %(leader)s, leader_since = now(), updated_at = now() "
+            "WHERE name = %(name)s"
+        ).format(relays)
+        self.position = sql.SQL("SELECT last_event_number FROM {} WHERE name = %(name)s").format(relays)
+        self.checkpoint = sql.SQL(
+            "UPDATE {} SET last_event_number = %(position)s, updated_at = now() WHERE name = %(name)s"
+        ).format(relays)
+        self.status = sql.SQL("SELECT name, last_event_number, leader FROM {} ORDER BY name").format(relays)
+
+
+def relay_status(store: PostgresEventStore) -> list[RelayStatus]:
+    """Every relay of ``store``: its recorded position, last leader and lag behind the sequencer."""
+    last = store.last_event_number()
+    with store.connection() as conn:
+        rows = conn.execute(_Statements(store.config.schema).status).fetchall()
+    return [
+        RelayStatus(name, int(position), last, leader, max(0, last - int(position)))
+        for name, position, leader in rows
+    ]

@@ -1,0 +1,173 @@
+"""Where the relay sends each event: its Kafka topic and its message key.
+
+By default every event goes to one topic per application (``<app>.events``), keyed by its stream id, so
+a stream's events stay in order on one partition. Rules per event type, then per stream category (the
+stream id up to its first ``-``: ``account`` for ``account-42``), choose another topic, another key, or
+both.
+
+Example::
+
+    routing = Routing(
+        "bank.events",
+        by_category={"transfer": Route(key="correlation_id")},
+        by_event_type={"bank.AuditNoted": Route(topic="bank.audit")},
+    )
+    topic, key = routing.route(recorded_event)
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+from eventstore.errors import ConfigurationError
+from eventstore.records import RecordedEvent
+
+__all__ = ["KEY_SOURCES", "KeySource", "Route", "Routing", "stream_category", "validate_topic"]
+
+log = logging.getLogger("eventstore.relay")
+
+KeySource = str | Callable[[RecordedEvent], "str | bytes | None"]
+"""What the key is made of: one of ``KEY_SOURCES``, ``metadata.<field>``, or a function of the event."""
+
+KEY_SOURCES = ("stream_id", "category", "event_type", "event_id", "correlation_id", "causation_id")
+
+_TOPIC = re.compile(r"[A-Za-z0-9._-]{1,249}")
+
+
+def validate_topic(name: str) -> str:
+    """``name`` if Kafka accepts it as a topic name; a ``ConfigurationError`` saying why if not."""
+    if not _TOPIC.fullmatch(name) or name in (".", ".."):
+        raise ConfigurationError(
+            f"{name!r} is not a Kafka topic name: use 1 to 249 of the characters A-Z a-z 0-9 . _ -"
+        )
+    return name
+
+
+def stream_category(stream_id: str) -> str:
+    """The stream's category: its id up to the first ``-`` (the whole id if it has none)."""
+    return stream_id.partition("-")[0]
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """A routing rule's answer: the topic (None: the default one) and where the key comes from."""
+
+    topic: str | None = None
+    key: KeySource | None = None
+    """None: the routing's default key."""
+
+    def __post_init__(self) -> None:
+        if self.topic is not None:
+            validate_topic(self.topic)
+        if self.key is not None:
+            _key_function(self.key)
+
+
+class Routing:
+    """Chooses each event's topic and key; rules for an event type win over rules for a category."""
+
+    def __init__(
+        self,
+        default_topic: str,
+        *,
+        key: KeySource = "stream_id",
+        by_event_type: Mapping[str, Route] | None = None,
+        by_category: Mapping[str, Route] | None = None,
+    ) -> None:
+        self.default_topic = validate_topic(default_topic)
+        self._default_key = _key_function(key)
+        self._by_event_type = {
+            name: (
+                route.topic or self.default_topic,
+                _key_function(route.key) if route.key else self._default_key,
+            )
+            for name, route in (by_event_type or {}).items()
+        }
+        self._by_category = {
+            name: (
+                route.topic or self.default_topic,
+                _key_function(route.key) if route.key else self._default_key,
+            )
+            for name, route in (by_category or {}).items()
+        }
+
+    def topics(self) -> list[str]:
+        """Every topic some event may go to, default first."""
+        found = [self.default_topic]
+        for topic, _ in (*self._by_event_type.values(), *self._by_category.values()):
+            if topic not in found:
+                found.append(topic)
+        return found
+
+    def route(self, event: RecordedEvent) -> tuple[str, bytes]:
+        """The event's topic and message key."""
+        rule = self._by_event_type.get(event.event_type)
+        if rule is None and self._by_category:
+            rule = self._by_category.get(stream_category(event.stream_id))
+        topic, key = rule if rule is not None else (self.default_topic, self._default_key)
+        return topic, key(event)
+
+
+def _key_function(source: KeySource) -> Callable[[RecordedEvent], bytes]:
+    if callable(source):
+        return _from_function(source)
+    if source == "stream_id":
+        return _by_stream_id
+    if source == "category":
+        return lambda event: stream_category(event.stream_id).encode()
+    if source == "event_type":
+        return lambda event: event.event_type.encode()
+    if source in ("event_id", "correlation_id", "causation_id"):
+        return _from_attribute(source)
+    if isinstance(source, str) and source.startswith("metadata.") and len(source) > len("metadata."):
+        return _from_metadata(source.removeprefix("metadata."))
+    raise ConfigurationError(
+        f"unknown key source {source!r}: use one of {', '.join(KEY_SOURCES)}, metadata.<field>, "
+        "or a function of the recorded event"
+    )
+
+
+def _by_stream_id(event: RecordedEvent) -> bytes:
+    return event.stream_id.encode()
+
+
+def _from_attribute(name: str) -> Callable[[RecordedEvent], bytes]:
+    def key(event: RecordedEvent) -> bytes:
+        value = getattr(event, name)
+        # An event without a correlation (or causation) id keeps its stream's order.
+        return str(value).encode() if value is not None else event.stream_id.encode()
+
+    return key
+
+
+def _from_metadata(field: str) -> Callable[[RecordedEvent], bytes]:
+    def key(event: RecordedEvent) -> bytes:
+        try:
+            value = json.loads(event.metadata).get(field)
+        except (ValueError, AttributeError):
+            value = None
+        if value is None:
+            log.warning(
+                "an event's metadata has no key field; keyed by its stream id",
+                extra={"field": field, "event_id": str(event.event_id), "stream_id": event.stream_id},
+            )
+            return event.stream_id.encode()
+        return str(value).encode()
+
+    return key
+
+
+def _from_function(
+    function: Callable[[RecordedEvent], str | bytes | None],
+) -> Callable[[RecordedEvent], bytes]:
+    def key(event: RecordedEvent) -> bytes:
+        value = function(event)
+        if value is None:
+            return event.stream_id.encode()
+        return value if isinstance(value, bytes) else value.encode()
+
+    return key

@@ -1,0 +1,228 @@
+"""The outbox relay on the real PostgreSQL and the real Kafka, in process."""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import Iterator
+
+import pytest
+from confluent_kafka.admin import AdminClient
+
+from eventstore import ANY, EventData, PostgresEventStore
+from eventstore.errors import ConfigurationError
+from eventstore.relay import Relay, RelayConfig, TopicMissing, relay_status
+from eventstore.routing import Route, Routing
+from tests.eventstore.relay_support import append_events, assert_exactly_once_in_order, read_committed
+from tidings.pytest_plugin import KafkaNamespace
+
+
+@pytest.fixture
+def relays() -> Iterator[list[Relay]]:
+    """Relays started by the test, stopped at its end whatever happens."""
+    started: list[Relay] = []
+    yield started
+    for relay in started:
+        relay.stop()
+
+
+def test_events_reach_a_multi_partition_topic_once_each_in_per_key_order(
+    event_store: PostgresEventStore, kafka_namespace: KafkaNamespace, relays: list[Relay]
+) -> None:
+    topic = kafka_namespace.topic("events")
+    relay = Relay(
+        event_store,
+        RelayConfig(kafka_namespace.bootstrap_servers, routing=Routing(topic), partitions=4, batch_size=50),
+    )
+    relays.append(relay)
+    appended = append_events(event_store, streams=20, per_stream=5)
+    relay.start()
+    appended += append_events(event_store, streams=20, per_stream=5, prefix="later")
+
+    seen = read_committed(
+        kafka_namespace.bootstrap_servers,
+        [topic],
+        kafka_namespace.group("check"),
+        lambda s: len(s) >= len(appended),
+    )
+    assert_exactly_once_in_order(seen, appended)
+    assert len({m.partition for m in seen}) == 4, "keys spread over every partition"
+    # Each key lives on one partition, and the key is the stream id.
+    for message in seen:
+        assert message.key == message.headers["stream_id"]
+    assert len({(m.key, m.partition) for m in seen}) == len({m.key for m in seen})
+
+
+def test_headers_carry_the_events_identity_and_place(
+    event_store: PostgresEventStore, kafka_namespace: KafkaNamespace, relays: list[Relay]
+) -> None:
+    topic = kafka_namespace.topic("events")
+    cause, correlation = uuid.uuid4(), uuid.uuid4()
+    trace = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+    event = EventData(
+        "bank.AccountOpened",
+        b"\xc3\x01avro-bytes",
+        metadata=json.dumps({"user": "ada", "traceparent": trace}).encode(),
+        schema_id="avro:0011223344556677",
+        causation_id=cause,
+        correlation_id=correlation,
+    )
+    event_store.append_to_stream("account-7", ANY, [event])
+    relay = Relay(event_store, RelayConfig(kafka_namespace.bootstrap_servers, routing=Routing(topic)))
+    relays.append(relay)
+    relay.start()
+
+    (message,) = read_committed(
+        kafka_namespace.bootstrap_servers, [topic], kafka_namespace.group("check"), lambda s: len(s) >= 1
+    )
+    recorded = event_store.read_stream_forward("account-7")[0]
+    assert message.value == b"\xc3\x01avro-bytes"
+    assert message.key == b"account-7"
+    assert message.headers["event_id"] == str(event.event_id).encode()
+    assert message.headers["event_type"] == b"bank.AccountOpened"
+    assert message.headers["event_number"] == str(recorded.event_number).encode()
+    assert message.headers["stream_id"] == b"account-7"
+    assert message.headers["stream_version"] == b"1"
+    assert message.headers["causation_id"] == str(cause).encode()
+    assert message.headers["correlation_id"] == str(correlation).encode()
+    assert message.headers["created_at"] == recorded.created_at.isoformat().encode()
+    assert message.headers["schema_id"] == b"avro:0011223344556677"
+    assert json.loads(message.headers["metadata"]) == {"user": "ada", "traceparent": trace}
+    assert message.headers["traceparent"] == trace.encode()
+
+
+def test_routing_by_event_type_and_category_chooses_topic_and_key(
+    event_store: PostgresEventStore, kafka_namespace: KafkaNamespace, relays: list[Relay]
+) -> None:
+    main, audit = kafka_namespace.topic("events"), kafka_namespace.topic("audit")
+    routing = Routing(
+        main,
+        by_event_type={"AuditNoted": Route(topic=audit, key="event_type")},
+        by_category={"transfer": Route(key="correlation_id")},
+    )
+    correlation = uuid.uuid4()
+    event_store.append_to_stream("account-1", ANY, [EventData("Opened", b"a")])
+    event_store.append_to_stream("account-1", ANY, [EventData("AuditNoted", b"b")])
+    event_store.append_to_stream(
+        "transfer-9", ANY, [EventData("Requested", b"c", correlation_id=correlation)]
+    )
+    relays.append(
+        relay := Relay(event_store, RelayConfig(kafka_namespace.bootstrap_servers, routing=routing))
+    )
+    relay.start()
+
+    seen = read_committed(
+        kafka_namespace.bootstrap_servers,
+        [main, audit],
+        kafka_namespace.group("check"),
+        lambda s: len(s) >= 3,
+    )
+    where = {m.value: (m.topic, m.key) for m in seen}
+    assert where == {
+        b"a": (main, b"account-1"),
+        b"b": (audit, b"AuditNoted"),
+        b"c": (main, str(correlation).encode()),
+    }
+
+
+def test_a_restarted_relay_resumes_after_the_last_event_kafka_holds(
+    event_store: PostgresEventStore, kafka_namespace: KafkaNamespace, relays: list[Relay]
+) -> None:
+    topic = kafka_namespace.topic("events")
+    config = RelayConfig(
+        kafka_namespace.bootstrap_servers, routing=Routing(topic), partitions=3, batch_size=7
+    )
+    appended = append_events(event_store, streams=5, per_stream=4)
+    first = Relay(event_store, config)
+    first.start()
+    read_committed(
+        kafka_namespace.bootstrap_servers,
+        [topic],
+        kafka_namespace.group("a"),
+        lambda s: len(s) >= len(appended),
+    )
+    first.stop()
+    # The position PostgreSQL records is only a hint: wind it back, Kafka's tail still says where to go on.
+    with event_store.connection() as conn:
+        conn.execute(f'UPDATE "{event_store.config.schema}".relays SET last_event_number = 3')
+    appended += append_events(event_store, streams=5, per_stream=2, prefix="more")
+    relays.append(second := Relay(event_store, config))
+    second.start()
+
+    seen = read_committed(
+        kafka_namespace.bootstrap_servers,
+        [topic],
+        kafka_namespace.group("b"),
+        lambda s: len(s) >= len(appended),
+    )
+    _settle(lambda: second.last_published == len(appended))
+    seen = read_committed(
+        kafka_namespace.bootstrap_servers,
+        [topic],
+        kafka_namespace.group("c"),
+        lambda s: len(s) >= len(appended),
+    )
+    assert_exactly_once_in_order(seen, appended)
+    (status,) = relay_status(event_store)
+    assert (status.name, status.last_published, status.lag_events) == ("default", len(appended), 0)
+
+
+def test_a_missing_topic_with_creation_off_is_a_clear_error_and_publishes_nothing(
+    event_store: PostgresEventStore, kafka_namespace: KafkaNamespace
+) -> None:
+    topic = kafka_namespace.topic("absent")
+    append_events(event_store, streams=1, per_stream=1)
+    relay = Relay(
+        event_store,
+        RelayConfig(kafka_namespace.bootstrap_servers, routing=Routing(topic), create_topics=False),
+    )
+    with pytest.raises(TopicMissing, match="do not exist and topic creation is off") as raised:
+        relay.run()
+    assert raised.value.topics == [topic]
+    assert (
+        topic
+        not in AdminClient({"bootstrap.servers": kafka_namespace.bootstrap_servers})
+        .list_topics(timeout=10)
+        .topics
+    )
+    assert relay_status(event_store)[0].last_published == 0
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({"kafka": {"enable.idempotence": "false"}}, "sets enable.idempotence itself"),
+        ({"kafka": {"transactional.id": "mine"}}, "sets transactional.id itself"),
+        ({"batch_size": 0}, "batch_size must be at least 1"),
+        ({"partitions": 0}, "partitions and replication_factor"),
+        ({"name": "a b"}, "not a relay name"),
+        ({"app": "no spaces allowed"}, "not a Kafka topic name"),
+        ({"bootstrap_servers": ""}, "bootstrap servers"),
+    ],
+)
+def test_bad_relay_settings_are_refused_with_what_to_do(settings: dict[str, object], message: str) -> None:
+    arguments: dict[str, object] = {"bootstrap_servers": "localhost:9092", **settings}
+    with pytest.raises(ConfigurationError, match=message):
+        RelayConfig(**arguments)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("build", "message"),
+    [
+        (lambda: Routing("bad topic"), "not a Kafka topic name"),
+        (lambda: Routing("ok", key="nonsense"), "unknown key source 'nonsense'"),
+        (lambda: Routing("ok", by_category={"x": Route(topic="a/b")}), "not a Kafka topic name"),
+        (lambda: Route(key="metadata."), "unknown key source"),
+    ],
+)
+def test_bad_routing_is_refused_with_what_to_do(build: object, message: str) -> None:
+    with pytest.raises(ConfigurationError, match=message):
+        build()  # type: ignore[operator]
+
+
+def _settle(condition: object, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():  # type: ignore[operator]
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.05)
