@@ -142,6 +142,13 @@ class RelayConfig:
         if self.app is not None:
             validate_topic(f"{self.app}.events")
 
+    def __repr__(self) -> str:
+        # Kafka settings hold SASL passwords and SSL keys: only their names are shown.
+        return (
+            f"RelayConfig(bootstrap_servers={self.bootstrap_servers!r}, app={self.app!r}, "
+            f"name={self.name!r}, kafka=[{', '.join(sorted(self.kafka))}])"
+        )
+
     def routing_for(self, schema: str) -> Routing:
         return self.routing if self.routing is not None else Routing(f"{self.app or schema}.events")
 

@@ -95,6 +95,46 @@ class Routing:
             for name, route in (by_category or {}).items()
         }
 
+    @classmethod
+    def from_document(cls, document: Mapping[str, object], *, where: str = "routing") -> Routing:
+        """A routing from its TOML (or JSON) form; errors name ``where`` and the offending entry.
+
+        Example (TOML)::
+
+            default_topic = "bank.events"
+            key = "stream_id"
+            [event_types."bank.AuditNoted"]
+            topic = "bank.audit"
+            [categories.transfer]
+            key = "correlation_id"
+        """
+        known = {"default_topic", "key", "event_types", "categories"}
+        unknown = sorted(set(document) - known)
+        if unknown:
+            raise ConfigurationError(f"{where}: unknown entries {unknown}; expected {sorted(known)}")
+        topic = document.get("default_topic")
+        if not isinstance(topic, str):
+            raise ConfigurationError(f"{where}: default_topic must be a topic name")
+
+        def rules(section: str) -> dict[str, Route]:
+            table = document.get(section, {})
+            if not isinstance(table, Mapping):
+                raise ConfigurationError(f"{where}: [{section}] must be a table")
+            found = {}
+            for name, rule in table.items():
+                if not isinstance(rule, Mapping) or set(rule) - {"topic", "key"}:
+                    raise ConfigurationError(f"{where}: [{section}.{name}] may only set topic and key")
+                try:
+                    found[name] = Route(topic=rule.get("topic"), key=rule.get("key"))
+                except ConfigurationError as exc:
+                    raise ConfigurationError(f"{where}: [{section}.{name}]: {exc}") from None
+            return found
+
+        key = document.get("key", "stream_id")
+        if not isinstance(key, str):
+            raise ConfigurationError(f"{where}: key must be a key source name")
+        return cls(topic, key=key, by_event_type=rules("event_types"), by_category=rules("categories"))
+
     def topics(self) -> list[str]:
         """Every topic some event may go to, default first."""
         found = [self.default_topic]

@@ -18,6 +18,7 @@ from rich.table import Table
 from eventstore import DEFAULT_SCHEMA, ConfigurationError, StoreConfig, migrate
 from tidings import devservices
 from workers.health import HealthReport, check_health
+from workers.relay_cli import relay_app
 from workers.schemas_cli import schemas_app
 
 __all__ = ["app"]
@@ -37,6 +38,7 @@ dev_app = typer.Typer(
 )
 app.add_typer(dev_app, name="dev")
 app.add_typer(schemas_app, name="schemas")
+app.add_typer(relay_app, name="relay")
 
 out = Console()
 err = Console(stderr=True)

@@ -1,0 +1,202 @@
+"""`tidings relay`: publish the store's events to Kafka; `tidings relay status`: where each relay is.
+
+Run as many relay processes as you like (a Deployment with two replicas is usual): one leads, the
+others stand by and take over within ``--standby-poll`` seconds. SIGTERM ends the relay after its
+current batch.
+
+Kafka settings come from ``--kafka name=value`` and from ``TIDINGS_KAFKA_<NAME>`` variables
+(``TIDINGS_KAFKA_SASL_PASSWORD`` sets ``sasl.password``), so secrets can stay in the environment.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import tomllib
+from dataclasses import asdict
+from pathlib import Path
+from types import FrameType
+from typing import Annotated
+
+import typer
+from prometheus_client import start_http_server
+from rich.console import Console
+from rich.table import Table
+
+from eventstore import (
+    DEFAULT_SCHEMA,
+    ConfigurationError,
+    PostgresEventStore,
+    StoreConfig,
+    current_revision,
+    head_revision,
+)
+from eventstore.relay import Relay, RelayConfig, TopicMissing, relay_status
+from eventstore.routing import Routing
+from workers.logs import configure_logging
+
+__all__ = ["relay_app"]
+
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+KAFKA_ENV_PREFIX = "TIDINGS_KAFKA_"
+
+relay_app = typer.Typer(
+    help="Publish the store's committed events to Kafka, exactly once and in order.",
+    invoke_without_command=True,
+)
+out = Console()
+
+DatabaseUrl = Annotated[
+    str,
+    typer.Option(envvar="DATABASE_URL", show_default=False, help="PostgreSQL URL; read from DATABASE_URL."),
+]
+Schema = Annotated[str, typer.Option(envvar="TIDINGS_SCHEMA", help="PostgreSQL schema of the store.")]
+
+
+def kafka_settings(pairs: list[str], environ: dict[str, str]) -> dict[str, str]:
+    """librdkafka settings from ``name=value`` pairs and ``TIDINGS_KAFKA_<NAME>`` variables (pairs win)."""
+    settings = {
+        name[len(KAFKA_ENV_PREFIX) :].lower().replace("_", "."): value
+        for name, value in environ.items()
+        if name.startswith(KAFKA_ENV_PREFIX) and len(name) > len(KAFKA_ENV_PREFIX)
+    }
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        if not sep or not name.strip():
+            raise ConfigurationError(f"--kafka takes name=value (a librdkafka setting), got {pair!r}")
+        settings[name.strip()] = value
+    return settings
+
+
+def load_routing(path: Path) -> Routing:
+    try:
+        document = tomllib.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigurationError(f"cannot read the routing file {path}: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigurationError(f"{path} is not TOML: {exc}") from None
+    return Routing.from_document(document, where=str(path))
+
+
+@relay_app.callback()
+def relay_command(
+    ctx: typer.Context,
+    database_url: DatabaseUrl = "",
+    bootstrap_servers: Annotated[
+        str,
+        typer.Option(envvar="KAFKA_BOOTSTRAP_SERVERS", show_default=False, help="Kafka bootstrap servers."),
+    ] = "",
+    schema: Schema = DEFAULT_SCHEMA,
+    name: Annotated[str, typer.Option(envvar="TIDINGS_RELAY_NAME", help="The relay's name.")] = "default",
+    app_name: Annotated[
+        str | None,
+        typer.Option("--app", envvar="TIDINGS_APP", help="Default topic <app>.events (default: schema)."),
+    ] = None,
+    routing_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--routing",
+            envvar="TIDINGS_RELAY_ROUTING",
+            help="TOML file of topics and keys per event type or category.",
+        ),
+    ] = None,
+    kafka: Annotated[
+        list[str] | None, typer.Option(help="A librdkafka setting, name=value (repeatable).")
+    ] = None,
+    create_topics: Annotated[bool, typer.Option(help="Create missing topics (else: an error).")] = True,
+    partitions: Annotated[int, typer.Option(help="Partitions of created topics (-1: broker default).")] = -1,
+    replication_factor: Annotated[
+        int, typer.Option(help="Replicas of created topics (-1: broker default).")
+    ] = -1,
+    batch_size: Annotated[int, typer.Option(help="Events per Kafka transaction at most.")] = 1000,
+    compression: Annotated[
+        str, typer.Option(help="compression.type: none, gzip, snappy, lz4, zstd.")
+    ] = "lz4",
+    leader_url: Annotated[
+        str | None,
+        typer.Option(envvar="TIDINGS_LEADER_URL", help="Session-mode PostgreSQL URL for the leader lock."),
+    ] = None,
+    standby_poll: Annotated[float, typer.Option(help="Seconds between a standby's attempts to lead.")] = 1.0,
+    metrics_port: Annotated[
+        int,
+        typer.Option(envvar="TIDINGS_METRICS_PORT", help="Serve Prometheus metrics on this port (0: off)."),
+    ] = 0,
+    log_level: Annotated[str, typer.Option(envvar="TIDINGS_LOG_LEVEL")] = "info",
+    log_format: Annotated[str, typer.Option(envvar="TIDINGS_LOG_FORMAT", help="json or text.")] = "json",
+) -> None:
+    """Publish committed events to Kafka until SIGTERM; stand by while another relay leads.
+
+    Example: [bold]DATABASE_URL=... KAFKA_BOOTSTRAP_SERVERS=... tidings relay --schema bank --partitions 12[/]
+    """
+    if ctx.invoked_subcommand is not None:
+        return
+    configure_logging(log_level, log_format)
+    try:
+        config = StoreConfig(_required(database_url, "--database-url / DATABASE_URL"), schema)
+        relay_config = RelayConfig(
+            _required(bootstrap_servers, "--bootstrap-servers / KAFKA_BOOTSTRAP_SERVERS"),
+            app=app_name,
+            routing=load_routing(routing_file) if routing_file else None,
+            name=name,
+            kafka=kafka_settings(kafka or [], dict(os.environ)),
+            create_topics=create_topics,
+            partitions=partitions,
+            replication_factor=replication_factor,
+            batch_size=batch_size,
+            compression=compression,
+            leader_url=leader_url,
+            standby_poll=standby_poll,
+        )
+        if current_revision(config) != head_revision():
+            raise ConfigurationError(
+                f"the store in schema {schema!r} is not migrated: run `tidings migrate` first"
+            )
+    except ConfigurationError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(EXIT_USAGE) from exc
+    if metrics_port:
+        start_http_server(metrics_port)
+    with PostgresEventStore(config) as store:
+        relay = Relay(store, relay_config)
+
+        def stop(signum: int, frame: FrameType | None) -> None:
+            relay.stop()
+
+        signal.signal(signal.SIGTERM, stop)
+        signal.signal(signal.SIGINT, stop)
+        try:
+            relay.run()
+        except TopicMissing as exc:
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(EXIT_FAILED) from exc
+
+
+@relay_app.command("status")
+def status_command(
+    database_url: DatabaseUrl = "",
+    schema: Schema = DEFAULT_SCHEMA,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")] = False,
+) -> None:
+    """Each relay's last published event, lag behind the sequencer and last leader."""
+    try:
+        config = StoreConfig(_required(database_url, "--database-url / DATABASE_URL"), schema)
+    except ConfigurationError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(EXIT_USAGE) from exc
+    with PostgresEventStore(config, sequencer=False) as store:
+        statuses = relay_status(store)
+    if as_json:
+        out.print_json(json.dumps([asdict(s) for s in statuses]))
+        return
+    table = Table("relay", "last published", "last numbered", "lag (events)", "leader")
+    for s in statuses:
+        table.add_row(s.name, str(s.last_published), str(s.last_numbered), str(s.lag_events), s.leader or "-")
+    out.print(table)
+
+
+def _required(value: str, what: str) -> str:
+    if not value:
+        raise ConfigurationError(f"{what} is required")
+    return value
