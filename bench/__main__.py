@@ -1,9 +1,9 @@
-"""Run benchmarks: ``python -m bench all`` or ``python -m bench services|store|codec [--repeat N]``.
+"""Run benchmarks: ``python -m bench all`` or ``python -m bench services|store|codec|relay [--repeat N]``.
 
 Services are provided as for the tests (``DATABASE_URL`` / ``KAFKA_BOOTSTRAP_SERVERS``, Docker, or local
 processes). Each benchmark prints a table and writes ``bench/results/<benchmark>.json``. Without
 ``--repeat`` each benchmark repeats its timed cases as often as it sees fit (services: 3, store: 1,
-codec: 1).
+codec: 1, relay: 1).
 """
 
 from __future__ import annotations
@@ -11,13 +11,14 @@ from __future__ import annotations
 import argparse
 from collections.abc import Callable
 
-from bench import bench_codec, bench_services, bench_store
+from bench import bench_codec, bench_relay, bench_services, bench_store
 from bench.results import Row, show, write
 
 BENCHMARKS: dict[str, Callable[..., list[Row]]] = {
     bench_services.NAME: bench_services.run,
     bench_store.NAME: bench_store.run,
     bench_codec.NAME: bench_codec.run,
+    bench_relay.NAME: bench_relay.run,
 }
 
 

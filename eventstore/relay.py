@@ -53,6 +53,7 @@ log = logging.getLogger("eventstore.relay")
 _FIXED = {"enable.idempotence", "acks", "transactional.id", "isolation.level", "enable.auto.commit"}
 MAX_BACKOFF_SECONDS = 5.0
 CHECK_LEADERSHIP_EVERY_SECONDS = 1.0
+COMMIT_WAIT_SECONDS = 2.0
 
 
 class TopicMissing(EventStoreError):
@@ -354,7 +355,7 @@ class Relay:
                 for event in events:
                     topic, key = self.routing.route(event)
                     self._produce(producer, topic, key, event)
-                self._commit(producer)
+                self._commit(producer, events)
                 return
             except KafkaException as exc:
                 error: KafkaError = exc.args[0]
@@ -376,22 +377,25 @@ class Relay:
             except BufferError:
                 producer.poll(0.05)  # the local queue is full: let requests drain
 
-    def _commit(self, producer: Producer) -> None:
-        backoff = 0.1
+    def _commit(self, producer: Producer, events: list[RecordedEvent]) -> None:
         while True:
             try:
-                producer.commit_transaction(self.config.transaction_timeout)
+                # A short wait per call, so that a Kafka outage shows in logs and metrics while it
+                # lasts; calling again resumes the same commit.
+                producer.commit_transaction(COMMIT_WAIT_SECONDS)
                 return
             except KafkaException as exc:
                 error: KafkaError = exc.args[0]
                 if not error.retriable() or error.txn_requires_abort() or error.fatal():
                     raise
                 metrics.RELAY_ERRORS.labels(*self._labels, "kafka_unavailable").inc()
+                self._report_lag(caught_up=False, newest=events[0])
                 log.warning(
                     "relay cannot commit its batch yet; retrying",
-                    extra={"relay": self.identity, "error": str(error)},
+                    extra={"relay": self.identity, "error": str(error), "first": events[0].event_number},
                 )
-                backoff = self._pause(backoff)
+                if self._stopping.is_set():
+                    raise _Stopped from exc
 
     def _abort(self, producer: Producer) -> None:
         backoff = 0.1

@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
+import signal
+import socket
+import subprocess
+import threading
 import time
 import uuid
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
-from confluent_kafka import Consumer, KafkaError, KafkaException
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Message, TopicPartition
+from psycopg import sql
 
 from eventstore import ANY, EventData, PostgresEventStore
+from tests.support import tidings_script
 
 
 @dataclass(frozen=True)
@@ -81,16 +88,7 @@ def read_committed(
                     if error.code() in (KafkaError._PARTITION_EOF, KafkaError.UNKNOWN_TOPIC_OR_PART):
                         continue  # the end for now, or a topic the relay has not created yet
                     raise KafkaException(error)
-                seen.append(
-                    Seen(
-                        str(message.topic()),
-                        int(message.partition() or 0),
-                        int(message.offset() or 0),
-                        message.key() or b"",
-                        message.value() or b"",
-                        {name: bytes(value or b"") for name, value in message.headers() or []},
-                    )
-                )
+                seen.append(_seen(message))
     finally:
         consumer.close()
     return seen
@@ -112,3 +110,133 @@ def assert_exactly_once_in_order(seen: list[Seen], appended: list[uuid.UUID]) ->
         assert numbers == sorted(numbers), f"key {key!r} out of event_number order: {numbers}"
         versions = [int(m.headers["stream_version"]) for m in messages]
         assert versions == list(range(1, len(versions) + 1)), f"key {key!r} stream versions {versions}"
+
+
+def read_to_end(bootstrap_servers: str, topics: list[str], timeout: float = 120.0) -> list[Seen]:
+    """Every committed message of ``topics``, reading each partition from its start to its end."""
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap_servers,
+            "group.id": "tidings-tests-read-to-end",  # assigned, never committed
+            "isolation.level": "read_committed",
+            "enable.auto.commit": False,
+            "enable.partition.eof": True,
+        }
+    )
+    try:
+        metadata = consumer.list_topics(timeout=30)
+        partitions = [
+            TopicPartition(topic, number, OFFSET_BEGINNING)
+            for topic in topics
+            for number in metadata.topics[topic].partitions
+        ]
+        consumer.assign(partitions)
+        open_partitions = {(tp.topic, tp.partition) for tp in partitions}
+        seen: list[Seen] = []
+        deadline = time.monotonic() + timeout
+        while open_partitions:
+            assert time.monotonic() < deadline, f"partitions {open_partitions} never reached their end"
+            for message in consumer.consume(num_messages=1000, timeout=0.2):
+                error = message.error()
+                where = (str(message.topic()), int(message.partition() or 0))
+                if error is not None:
+                    if error.code() == KafkaError._PARTITION_EOF:
+                        open_partitions.discard(where)
+                        continue
+                    raise KafkaException(error)
+                seen.append(_seen(message))
+        return seen
+    finally:
+        consumer.close()
+
+
+def _seen(message: Message) -> Seen:
+    return Seen(
+        str(message.topic()),
+        int(message.partition() or 0),
+        int(message.offset() or 0),
+        message.key() or b"",
+        message.value() or b"",
+        {name: bytes(value or b"") for name, value in message.headers() or []},
+    )
+
+
+def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> None:
+    """Poll ``condition`` until it holds; fail naming ``what`` after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"{what}: not within {timeout}s"
+        time.sleep(0.05)
+
+
+class Writers:
+    """A thread appending single events round-robin to ``streams`` streams until stopped."""
+
+    def __init__(self, store: PostgresEventStore, streams: int = 30, pause: float = 0.002) -> None:
+        self.store = store
+        self.streams = streams
+        self.pause = pause
+        self.appended: list[uuid.UUID] = []
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="writers", daemon=True)
+        self.error: BaseException | None = None
+
+    def __enter__(self) -> Writers:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.stop()
+
+    def stop(self) -> list[uuid.UUID]:
+        self._stopping.set()
+        self._thread.join(30)
+        assert self.error is None, f"the writers failed: {self.error!r}"
+        return self.appended
+
+    def _run(self) -> None:
+        number = 0
+        try:
+            while not self._stopping.is_set():
+                event = EventData("Noted", b"%d" % number, schema_id="test:1")
+                self.store.append_to_stream(f"account-{number % self.streams}", ANY, [event])
+                self.appended.append(event.event_id)
+                number += 1
+                self._stopping.wait(self.pause)  # a steady trickle, not a flood
+        except BaseException as exc:  # noqa: BLE001  # reported by stop()
+            self.error = exc
+
+
+def relay_row(store: PostgresEventStore, name: str = "default") -> tuple[str | None, int]:
+    """The relay's recorded leader and last published event_number."""
+    with store.connection() as conn:
+        row = conn.execute(
+            sql.SQL("SELECT leader, last_event_number FROM {} WHERE name = %s").format(
+                sql.Identifier(store.config.schema, "relays")
+            ),
+            (name,),
+        ).fetchone()
+    return (row[0], int(row[1])) if row else (None, 0)
+
+
+class RelayProcess:
+    """``tidings relay`` in a process of its own, logging to ``log_path``."""
+
+    def __init__(self, env: dict[str, str], args: list[str], log_path: Path) -> None:
+        self._log = open(log_path, "ab")  # noqa: SIM115  # closed in kill()/terminate()
+        self.process = subprocess.Popen(
+            [tidings_script(), "relay", *args], env=env, stdout=self._log, stderr=subprocess.STDOUT
+        )
+        self.identity = f"{socket.gethostname()}:{self.process.pid}"
+
+    def kill(self) -> None:
+        """kill -9."""
+        self.process.send_signal(signal.SIGKILL)
+        self.process.wait(30)
+        self._log.close()
+
+    def terminate(self) -> int:
+        self.process.send_signal(signal.SIGTERM)
+        code = self.process.wait(60)
+        self._log.close()
+        return code

@@ -167,6 +167,39 @@ class LocalKafka:
         if not keep_logs:
             shutil.rmtree(self.run_dir, ignore_errors=True)
 
+    def pause(self) -> None:
+        """Stop the broker as an outage would (SIGTERM, then SIGKILL), keeping its data and ports.
+
+        For tests of what clients do while Kafka is down; ``resume()`` brings the same broker back.
+        """
+        if self.is_running():
+            os.kill(self.pid, signal.SIGTERM)
+            deadline = time.monotonic() + STOP_TIMEOUT_SECONDS
+            while self.is_running() and time.monotonic() < deadline:
+                _reap(self.pid)
+                time.sleep(0.1)
+            self._kill()
+        _reap(self.pid)
+
+    def resume(self) -> str:
+        """Start a paused broker again, with its data, on its old ports; return the bootstrap address.
+
+        Raises:
+            ServiceStartFailed: the broker exited or did not become ready (its old port taken, say).
+        """
+        config = self.run_dir / "server.properties"
+        if self.is_running() or not config.exists():
+            raise RuntimeError("resume() is for a broker that was started, then paused")
+        # The readiness check looks for the broker's "started" line: keep the earlier run's log aside.
+        self.log_path.replace(self.log_path.with_suffix(".log.previous"))
+        process = self._launch(kafka_jars(), config)
+        self.pid = process.pid
+        RunOwner("kafka", 0 if self.detached else os.getpid(), self.pid, str(self.data_dir)).write(
+            self.run_dir
+        )
+        self._wait_ready(process)
+        return self.bootstrap_servers
+
     def is_running(self) -> bool:
         return bool(self.pid) and service_alive(self.pid, self.run_dir)
 
