@@ -42,6 +42,8 @@ from eventstore.records import (
     SnapshotData,
     StreamInfo,
 )
+from eventstore.relay import Relay, RelayConfig, RelayStatus, TopicMissing, relay_status
+from eventstore.routing import Route, Routing
 from eventstore.sequencer import Sequencer, SequencerStatus
 from eventstore.streams import validate_stream_id
 
@@ -51,6 +53,13 @@ __all__ = [
     "Sequencer",
     "SequencerStatus",
     "END",
+    # the outbox relay to Kafka
+    "Relay",
+    "RelayConfig",
+    "RelayStatus",
+    "Route",
+    "Routing",
+    "relay_status",
     # records
     "ANY",
     "NO_STREAM",
@@ -86,5 +95,6 @@ __all__ = [
     "StreamDeleted",
     "StreamExists",
     "StreamNotFound",
+    "TopicMissing",
     "WrongExpectedVersion",
 ]

@@ -226,3 +226,35 @@ def _settle(condition: object, timeout: float = 30.0) -> None:
     while not condition():  # type: ignore[operator]
         assert time.monotonic() < deadline, "condition not met in time"
         time.sleep(0.05)
+
+
+def test_leadership_and_progress_show_in_the_metrics(
+    event_store: PostgresEventStore, kafka_namespace: KafkaNamespace, relays: list[Relay]
+) -> None:
+    from eventstore import metrics
+
+    labels = (event_store.config.schema, "default")
+    topic = kafka_namespace.topic("events")
+    appended = append_events(event_store, streams=4, per_stream=5)
+    first = Relay(
+        event_store, RelayConfig(kafka_namespace.bootstrap_servers, routing=Routing(topic), batch_size=6)
+    )
+    second = Relay(
+        event_store, RelayConfig(kafka_namespace.bootstrap_servers, routing=Routing(topic), standby_poll=0.1)
+    )
+    relays.extend([first, second])
+    first.start()
+    _settle(lambda: first.last_published == len(appended))
+    second.start()
+
+    assert metrics.RELAY_LEADER.labels(*labels)._value.get() == 1
+    assert metrics.RELAY_PUBLISHED.labels(*labels)._value.get() == len(appended)
+    assert metrics.RELAY_TRANSACTIONS.labels(*labels)._value.get() == 4  # 20 events in batches of 6
+    assert metrics.RELAY_LAST_PUBLISHED.labels(*labels)._value.get() == len(appended)
+    assert metrics.RELAY_LAG_EVENTS.labels(*labels)._value.get() == 0
+    assert not second.leading.is_set(), "one leader at a time"
+
+    first.stop()
+    _settle(lambda: second.leading.is_set())
+    more = append_events(event_store, streams=2, per_stream=1, prefix="more")
+    _settle(lambda: second.last_published == len(appended) + len(more))

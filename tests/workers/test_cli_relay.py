@@ -1,0 +1,150 @@
+"""`tidings relay` and `tidings relay status` on the real services, and their configuration."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from eventstore import ConfigurationError, PostgresEventStore
+from tests.eventstore.relay_support import append_events, read_committed
+from tests.support import tidings_script
+from tidings.pytest_plugin import KafkaNamespace, PostgresSchema
+from workers.relay_cli import kafka_settings, load_routing
+
+
+def _run(*args: str, env: dict[str, str], timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [tidings_script(), "relay", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+def _env(schema: PostgresSchema, kafka: KafkaNamespace) -> dict[str, str]:
+    return {
+        **os.environ,
+        "DATABASE_URL": schema.server_url,
+        "KAFKA_BOOTSTRAP_SERVERS": kafka.bootstrap_servers,
+        "TIDINGS_SCHEMA": schema.name,
+    }
+
+
+def test_a_missing_topic_with_creation_off_exits_1_naming_it(
+    event_store: PostgresEventStore, postgres_schema: PostgresSchema, kafka_namespace: KafkaNamespace
+) -> None:
+    append_events(event_store, streams=1, per_stream=1)
+    result = _run(
+        "--app",
+        kafka_namespace.topic("bank"),
+        "--no-create-topics",
+        env=_env(postgres_schema, kafka_namespace),
+    )
+    assert result.returncode == 1, result.stderr
+    assert f"the relay's topics {kafka_namespace.topic('bank.events')} do not exist" in result.stderr
+    assert "--create-topics" in result.stderr
+
+
+def test_an_unmigrated_store_is_a_usage_error(
+    postgres_schema: PostgresSchema, kafka_namespace: KafkaNamespace
+) -> None:
+    result = _run(env=_env(postgres_schema, kafka_namespace))
+    assert result.returncode == 2
+    assert "run `tidings migrate` first" in result.stderr
+
+
+def test_settings_the_guarantees_rest_on_are_refused(
+    event_store: PostgresEventStore, postgres_schema: PostgresSchema, kafka_namespace: KafkaNamespace
+) -> None:
+    env = {**_env(postgres_schema, kafka_namespace), "TIDINGS_KAFKA_ACKS": "1"}
+    result = _run(env=env)
+    assert result.returncode == 2
+    assert "sets acks itself" in result.stderr
+
+
+def test_the_relay_publishes_and_its_status_shows_it(
+    event_store: PostgresEventStore,
+    postgres_schema: PostgresSchema,
+    kafka_namespace: KafkaNamespace,
+    tmp_path: Path,
+) -> None:
+    env = _env(postgres_schema, kafka_namespace)
+    appended = append_events(event_store, streams=3, per_stream=2)
+    log = tmp_path / "relay.log"
+    with open(log, "wb") as output:
+        relay = subprocess.Popen(
+            [tidings_script(), "relay", "--app", kafka_namespace.topic("bank"), "--partitions", "2"],
+            env=env,
+            stdout=output,
+            stderr=subprocess.STDOUT,
+        )
+        try:
+            seen = read_committed(
+                kafka_namespace.bootstrap_servers,
+                [kafka_namespace.topic("bank.events")],
+                kafka_namespace.group("check"),
+                lambda s: len(s) >= len(appended),
+            )
+        finally:
+            relay.terminate()
+            assert relay.wait(60) == 0
+    assert {m.event_id for m in seen} == set(appended)
+    lines = [json.loads(line) for line in log.read_text().splitlines() if line.startswith("{")]
+    assert any(line["message"] == "relay leads" and line["level"] == "info" for line in lines), lines
+
+    status = _run("status", "--json", env=env)
+    assert status.returncode == 0, status.stderr
+    (row,) = json.loads(status.stdout)
+    assert row["name"] == "default"
+    assert row["last_published"] == len(appended)
+    assert row["lag_events"] == 0
+
+
+def test_kafka_settings_come_from_pairs_and_the_environment() -> None:
+    environ = {
+        "TIDINGS_KAFKA_SASL_PASSWORD": "s3cret",
+        "TIDINGS_KAFKA_SECURITY_PROTOCOL": "SASL_SSL",
+        "HOME": "/x",
+    }
+    settings = kafka_settings(["linger.ms=20", "security.protocol=SSL"], environ)
+    assert settings == {"sasl.password": "s3cret", "security.protocol": "SSL", "linger.ms": "20"}
+    with pytest.raises(ConfigurationError, match="name=value"):
+        kafka_settings(["nonsense"], {})
+
+
+def test_a_relay_config_never_shows_kafka_secrets() -> None:
+    from eventstore import RelayConfig
+
+    config = RelayConfig("kafka:9092", kafka={"sasl.password": "s3cret"})
+    assert "s3cret" not in repr(config)
+    assert "sasl.password" in repr(config)
+
+
+def test_routing_files_are_read_and_bad_ones_say_where(tmp_path: Path) -> None:
+    good = tmp_path / "routing.toml"
+    good.write_text(
+        'default_topic = "bank.events"\n[event_types."bank.AuditNoted"]\ntopic = "bank.audit"\n'
+        '[categories.transfer]\nkey = "correlation_id"\n'
+    )
+    assert load_routing(good).topics() == ["bank.events", "bank.audit"]
+
+    cases = {
+        'default_topic = "a b"\n': "not a Kafka topic name",
+        'default_topic = "x"\nextra = 1\n': r"bad.toml: unknown entries \['extra'\]",
+        'default_topic = "x"\n[categories.t]\nkey = "nope"\n': r"\[categories.t\]: unknown key source",
+        'default_topic = "x"\n[event_types.A]\npartition = 3\n': "may only set topic and key",
+        "not toml at all = = =": "is not TOML",
+    }
+    for text, message in cases.items():
+        bad = tmp_path / "bad.toml"
+        bad.write_text(text)
+        with pytest.raises(ConfigurationError, match=message):
+            load_routing(bad)
+    with pytest.raises(ConfigurationError, match="cannot read the routing file"):
+        load_routing(tmp_path / "missing.toml")
