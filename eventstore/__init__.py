@@ -42,7 +42,7 @@ from eventstore.records import (
     SnapshotData,
     StreamInfo,
 )
-from eventstore.relay import Relay, RelayConfig, RelayStatus, TopicMissing, relay_status
+from eventstore.relay import Relay, RelayConfig, RelayStatus, TopicCreationFailed, TopicMissing, relay_status
 from eventstore.routing import Route, Routing
 from eventstore.sequencer import Sequencer, SequencerStatus
 from eventstore.streams import validate_stream_id
@@ -95,6 +95,7 @@ __all__ = [
     "StreamDeleted",
     "StreamExists",
     "StreamNotFound",
+    "TopicCreationFailed",
     "TopicMissing",
     "WrongExpectedVersion",
 ]

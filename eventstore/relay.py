@@ -45,7 +45,15 @@ from eventstore.postgres.store import PostgresEventStore
 from eventstore.records import RecordedEvent
 from eventstore.routing import Routing, validate_topic
 
-__all__ = ["Relay", "RelayConfig", "RelayStatus", "TopicMissing", "headers", "relay_status"]
+__all__ = [
+    "Relay",
+    "RelayConfig",
+    "RelayStatus",
+    "TopicCreationFailed",
+    "TopicMissing",
+    "headers",
+    "relay_status",
+]
 
 log = logging.getLogger("eventstore.relay")
 
@@ -54,6 +62,18 @@ _FIXED = {"enable.idempotence", "acks", "transactional.id", "isolation.level", "
 MAX_BACKOFF_SECONDS = 5.0
 CHECK_LEADERSHIP_EVERY_SECONDS = 1.0
 COMMIT_WAIT_SECONDS = 2.0
+
+
+class TopicCreationFailed(EventStoreError):
+    """Kafka refused to create the relay's topics (too many replicas for the cluster, no permission...)."""
+
+    def __init__(self, topic: str, reason: str) -> None:
+        super().__init__(
+            f"Kafka refused to create topic {topic}: {reason}. Create it yourself, or change "
+            "partitions / replication_factor / topic_config (`tidings relay --partitions ... "
+            "--replication-factor ...`)"
+        )
+        self.topic = topic
 
 
 class TopicMissing(EventStoreError):
@@ -256,21 +276,36 @@ class Relay:
     def run(self) -> None:
         """Lead when the leadership is free, stand by when it is not, until ``stop()``.
 
+        Outages of PostgreSQL or Kafka are waited out. Configuration that cannot work ends the run.
+
         Raises:
             TopicMissing: a topic is missing and creating topics is off (nothing was published).
+            TopicCreationFailed: Kafka refused to create a topic.
+            ConfigurationError: Kafka refused the relay's settings.
         """
-        self._ensure_row()
+        backoff = 0.1
         while not self._stopping.is_set():
-            if self._leadership.try_acquire():
-                try:
-                    self._lead()
-                finally:
-                    self._leadership.release()
-                    self.leading.clear()
-                    metrics.RELAY_LEADER.labels(*self._labels).set(0)
-                    log.info("relay stepped down", extra={"relay": self.identity, "leader": self.whoami})
-            else:
+            if not self._leadership.try_acquire():
                 self._stopping.wait(self.config.standby_poll)
+                continue
+            try:
+                self._lead()
+                backoff = 0.1
+            except (ConfigurationError, TopicMissing, TopicCreationFailed):
+                raise
+            except (EventStoreError, psycopg.Error, KafkaException) as exc:
+                metrics.RELAY_ERRORS.labels(*self._labels, "leading").inc()
+                log.warning(
+                    "relay stopped leading after an error; it will try again",
+                    extra={"relay": self.identity, "error": str(exc)},
+                )
+                self._stopping.wait(backoff)
+                backoff = min(backoff * 2, MAX_BACKOFF_SECONDS)
+            finally:
+                self._leadership.release()
+                self.leading.clear()
+                metrics.RELAY_LEADER.labels(*self._labels).set(0)
+                log.info("relay stepped down", extra={"relay": self.identity, "leader": self.whoami})
 
     # --- leading ---------------------------------------------------------------------------------
 
@@ -278,13 +313,18 @@ class Relay:
         log.info("relay leads", extra={"relay": self.identity, "leader": self.whoami})
         self.leading.set()
         metrics.RELAY_LEADER.labels(*self._labels).set(1)
+        self._ensure_row()
         self._record_leader()
-        self._ensure_topics()
         listener = self._leadership.connection
         listener.execute(sql.SQL("LISTEN {}").format(sql.Identifier(notification_channel(self.schema))))
+        topics_ready = False
         while not self._stopping.is_set():
             try:
+                # The producer first: it fences any earlier leader, and it checks the Kafka settings.
                 producer = self._producer()
+                if not topics_ready:
+                    self._ensure_topics()
+                    topics_ready = True
                 self.last_published = self._resume_point()
                 self._publish_until_stopped(producer)
             except _ProducerFailed as exc:
@@ -419,18 +459,24 @@ class Relay:
 
     def _producer(self) -> Producer:
         """A transactional producer that has fenced every earlier one of this relay."""
-        producer = Producer(
-            {
-                "linger.ms": self.config.linger_ms,
-                "compression.type": self.config.compression,
-                "partitioner": "murmur2_random",  # the Java client's: keys land where JVM producers put them
-                **self._connection,
-                "enable.idempotence": True,
-                "acks": "all",
-                "transactional.id": self.identity,
-                "transaction.timeout.ms": int(self.config.transaction_timeout * 1000),
-            }
-        )
+        try:
+            producer = Producer(
+                {
+                    "linger.ms": self.config.linger_ms,
+                    "compression.type": self.config.compression,
+                    # The Java client's partitioner: keys land where JVM producers put them.
+                    "partitioner": "murmur2_random",
+                    **self._connection,
+                    "enable.idempotence": True,
+                    "acks": "all",
+                    "transactional.id": self.identity,
+                    "transaction.timeout.ms": int(self.config.transaction_timeout * 1000),
+                }
+            )
+        except KafkaException as exc:
+            raise ConfigurationError(
+                f"Kafka refused the relay's producer settings: {exc.args[0].str()}"
+            ) from None
         backoff = 0.1
         while True:
             try:
@@ -457,6 +503,10 @@ class Relay:
                 )
                 break
             except KafkaException as exc:
+                if exc.args[0].code() == KafkaError._INVALID_ARG:
+                    raise ConfigurationError(
+                        f"Kafka refused the relay's consumer settings: {exc.args[0].str()}"
+                    ) from None
                 metrics.RELAY_ERRORS.labels(*self._labels, "kafka_unavailable").inc()
                 log.warning(
                     "relay cannot read the topics' tails yet; retrying",
@@ -487,7 +537,12 @@ class Relay:
         return position
 
     def _ensure_topics(self) -> None:
-        admin = AdminClient(self._connection)
+        try:
+            admin = AdminClient(self._connection)
+        except KafkaException as exc:
+            raise ConfigurationError(
+                f"Kafka refused the relay's admin settings: {exc.args[0].str()}"
+            ) from None
         wanted = self.routing.topics()
         backoff = 0.1
         while True:
@@ -523,8 +578,12 @@ class Relay:
                 future.result()
                 log.info("relay created a topic", extra={"relay": self.identity, "topic": topic})
             except KafkaException as exc:
-                if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:  # another relay was quicker
+                error: KafkaError = exc.args[0]
+                if error.code() == KafkaError.TOPIC_ALREADY_EXISTS:  # another relay was quicker
+                    continue
+                if error.retriable():
                     raise
+                raise TopicCreationFailed(topic, error.str()) from None
 
     # --- the position in PostgreSQL ------------------------------------------------------------------
 

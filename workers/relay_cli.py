@@ -32,7 +32,7 @@ from eventstore import (
     current_revision,
     head_revision,
 )
-from eventstore.relay import Relay, RelayConfig, TopicMissing, relay_status
+from eventstore.relay import Relay, RelayConfig, TopicCreationFailed, TopicMissing, relay_status
 from eventstore.routing import Routing
 from workers.logs import configure_logging
 
@@ -168,9 +168,12 @@ def relay_command(
         signal.signal(signal.SIGINT, stop)
         try:
             relay.run()
-        except TopicMissing as exc:
+        except (TopicMissing, TopicCreationFailed) as exc:
             typer.echo(f"error: {exc}", err=True)
             raise typer.Exit(EXIT_FAILED) from exc
+        except ConfigurationError as exc:
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(EXIT_USAGE) from exc
 
 
 @relay_app.command("status")

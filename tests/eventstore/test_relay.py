@@ -12,7 +12,7 @@ from confluent_kafka.admin import AdminClient
 
 from eventstore import ANY, EventData, PostgresEventStore
 from eventstore.errors import ConfigurationError
-from eventstore.relay import Relay, RelayConfig, TopicMissing, relay_status
+from eventstore.relay import Relay, RelayConfig, TopicCreationFailed, TopicMissing, relay_status
 from eventstore.routing import Route, Routing
 from tests.eventstore.relay_support import append_events, assert_exactly_once_in_order, read_committed
 from tidings.pytest_plugin import KafkaNamespace
@@ -258,3 +258,28 @@ def test_leadership_and_progress_show_in_the_metrics(
     _settle(lambda: second.leading.is_set())
     more = append_events(event_store, streams=2, per_stream=1, prefix="more")
     _settle(lambda: second.last_published == len(appended) + len(more))
+
+
+def test_settings_kafka_refuses_are_a_configuration_error(
+    event_store: PostgresEventStore, kafka_namespace: KafkaNamespace
+) -> None:
+    topic = kafka_namespace.topic("events")
+    relay = Relay(
+        event_store,
+        RelayConfig(kafka_namespace.bootstrap_servers, routing=Routing(topic), kafka={"linger.ms": "soon"}),
+    )
+    with pytest.raises(ConfigurationError, match="Kafka refused the relay's producer settings"):
+        relay.run()
+
+
+def test_topics_kafka_cannot_create_are_a_clear_error(
+    event_store: PostgresEventStore, kafka_namespace: KafkaNamespace
+) -> None:
+    topic = kafka_namespace.topic("events")
+    relay = Relay(
+        event_store,
+        RelayConfig(kafka_namespace.bootstrap_servers, routing=Routing(topic), replication_factor=3),
+    )
+    with pytest.raises(TopicCreationFailed, match=f"Kafka refused to create topic {topic}") as raised:
+        relay.run()
+    assert "--replication-factor" in str(raised.value)
