@@ -27,7 +27,8 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import psycopg
@@ -61,6 +62,8 @@ log = logging.getLogger("eventstore.relay")
 _FIXED = {"enable.idempotence", "acks", "transactional.id", "isolation.level", "enable.auto.commit"}
 MAX_BACKOFF_SECONDS = 5.0
 CHECK_LEADERSHIP_EVERY_SECONDS = 1.0
+# The position recorded in PostgreSQL and the lag metrics are refreshed this often, not per batch.
+RECORD_EVERY_SECONDS = 1.0
 COMMIT_WAIT_SECONDS = 2.0
 
 
@@ -248,10 +251,12 @@ class Relay:
         self.identity = f"tidings-relay.{self.schema}.{config.name}"
         self.whoami = f"{socket.gethostname()}:{os.getpid()}"
         self.last_published = 0
+        self._checkpointed = -1
         self.leading = threading.Event()
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
         self._leadership = Leadership(config.leader_url or store.config.url, self.identity)
+        self._reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"relay-read-{self.schema}")
         self._labels = (self.schema, config.name)
         self._sql = _Statements(self.schema)
         self._connection: dict[str, str | int | float | bool] = {
@@ -272,6 +277,7 @@ class Relay:
         if self._thread is not None:
             self._thread.join(timeout)
             self._thread = None
+        self._reader.shutdown(wait=False, cancel_futures=True)
 
     def run(self) -> None:
         """Lead when the leadership is free, stand by when it is not, until ``stop()``.
@@ -339,28 +345,46 @@ class Relay:
                 return
 
     def _publish_until_stopped(self, producer: Producer) -> None:
-        checked = time.monotonic()
-        while True:
-            if self._stopping.is_set():
-                raise _Stopped
-            if time.monotonic() - checked > CHECK_LEADERSHIP_EVERY_SECONDS:
-                if not self._leadership.check():
-                    log.warning("relay lost its leadership", extra={"relay": self.identity})
+        checked = recorded = time.monotonic()
+        upcoming: Future[list[RecordedEvent]] | None = None
+        try:
+            while True:
+                if self._stopping.is_set():
                     raise _Stopped
-                checked = time.monotonic()
-            events = self._read(self.last_published + 1)
-            if not events:
-                self._report_lag(caught_up=True)
-                self._wait()
-                continue
-            self._publish(producer, events)
-            self.last_published = events[-1].event_number  # type: ignore[assignment]  # numbered events
-            metrics.RELAY_PUBLISHED.labels(*self._labels).inc(len(events))
-            metrics.RELAY_TRANSACTIONS.labels(*self._labels).inc()
-            metrics.RELAY_LAST_PUBLISHED.labels(*self._labels).set(self.last_published)
-            self._checkpoint()
-            if len(events) == self.config.batch_size:
-                self._report_lag(caught_up=False, newest=events[-1])
+                if time.monotonic() - checked > CHECK_LEADERSHIP_EVERY_SECONDS:
+                    if not self._leadership.check():
+                        log.warning("relay lost its leadership", extra={"relay": self.identity})
+                        raise _Stopped
+                    checked = time.monotonic()
+                events = upcoming.result() if upcoming is not None else self._read(self.last_published + 1)
+                upcoming = None
+                if not events:
+                    if self._checkpointed != self.last_published:
+                        self._checkpoint()  # caught up: the recorded position catches up too
+                    self._report_lag(caught_up=True)
+                    self._wait()
+                    continue
+                after = events[-1].event_number or 0
+
+                def read_ahead(after: int = after) -> None:
+                    # The next batch is read from PostgreSQL while Kafka commits this one.
+                    nonlocal upcoming
+                    upcoming = self._reader.submit(self._read, after + 1)
+
+                self._publish(producer, events, read_ahead)
+                self.last_published = after
+                metrics.RELAY_PUBLISHED.labels(*self._labels).inc(len(events))
+                metrics.RELAY_TRANSACTIONS.labels(*self._labels).inc()
+                metrics.RELAY_LAST_PUBLISHED.labels(*self._labels).set(after)
+                if time.monotonic() - recorded > RECORD_EVERY_SECONDS:
+                    self._checkpoint()
+                    if len(events) == self.config.batch_size:
+                        self._report_lag(caught_up=False, newest=events[-1])
+                    recorded = time.monotonic()
+        finally:
+            self._checkpoint()  # the position as it stands when leaving, whatever the reason
+            if upcoming is not None:
+                upcoming.cancel()
 
     def _read(self, start: int) -> list[RecordedEvent]:
         backoff = 0.1
@@ -386,7 +410,9 @@ class Relay:
         except psycopg.Error:
             pass  # the leadership check that follows finds out whether the session is gone
 
-    def _publish(self, producer: Producer, events: list[RecordedEvent]) -> None:
+    def _publish(
+        self, producer: Producer, events: list[RecordedEvent], before_commit: Callable[[], None]
+    ) -> None:
         """Publish ``events`` in one transaction; retry until committed, or raise."""
         backoff = 0.1
         while True:
@@ -395,6 +421,7 @@ class Relay:
                 for event in events:
                     topic, key = self.routing.route(event)
                     self._produce(producer, topic, key, event)
+                before_commit()
                 self._commit(producer, events)
                 return
             except KafkaException as exc:
@@ -557,6 +584,14 @@ class Relay:
                 )
                 backoff = self._pause(backoff)
         missing = [topic for topic in wanted if topic not in existing]
+        for topic in set(wanted) - set(missing):
+            count = len(existing[topic].partitions)
+            if self.config.partitions not in (-1, count):
+                # Changing a topic's partitions moves keys to other partitions: never done silently.
+                log.warning(
+                    "a topic has another partition count than configured; leaving it as it is",
+                    extra={"relay": self.identity, "topic": topic, "partitions": count},
+                )
         if not missing:
             return
         if not self.config.create_topics:
@@ -602,11 +637,11 @@ class Relay:
 
     def _checkpoint(self) -> None:
         # Only a hint for operators and for topics emptied by retention: Kafka's tail is the truth.
+        position = self.last_published
         try:
             with self.store.connection() as conn:
-                conn.execute(
-                    self._sql.checkpoint, {"name": self.config.name, "position": self.last_published}
-                )
+                conn.execute(self._sql.checkpoint, {"name": self.config.name, "position": position})
+            self._checkpointed = position
         except EventStoreError as exc:
             metrics.RELAY_ERRORS.labels(*self._labels, "postgres").inc()
             log.warning(

@@ -164,6 +164,8 @@ def test_a_restarted_relay_resumes_after_the_last_event_kafka_holds(
         lambda s: len(s) >= len(appended),
     )
     assert_exactly_once_in_order(seen, appended)
+    # Recorded once the relay is idle (and at most a second apart while it is busy).
+    _settle(lambda: relay_status(event_store)[0].last_published == len(appended))
     (status,) = relay_status(event_store)
     assert (status.name, status.last_published, status.lag_events) == ("default", len(appended), 0)
 
