@@ -62,7 +62,7 @@ from rich.console import Console
 
 from bench.results import Row
 from eventstore import ANY, EventData, PostgresEventStore, RecordedEvent, StoreConfig, migrate
-from eventstore.relay import Headers, Relay, RelayConfig, headers
+from eventstore.relay import Headers, OutgoingEvent, Relay, RelayConfig, headers
 from eventstore.routing import Routing
 from tidings import devservices
 
@@ -214,7 +214,7 @@ def produce(producer: Producer, topic: str, message: Message) -> None:
 
 def messages_of(events: list[RecordedEvent], routing: Routing) -> list[Message]:
     """What the relay sends for ``events``: value, key and headers, computed once for the references."""
-    return [(event.data, routing.route(event)[1], headers(event)) for event in events]
+    return [(event.data, routing.route(event)[1], headers(OutgoingEvent.of(event))) for event in events]
 
 
 class Receiver:
@@ -483,7 +483,9 @@ def latency_messages(count: int) -> list[tuple[bytes, Message]]:
             uuid4(), i + 1, f"account-{i % STREAMS}", i // STREAMS + 1, EVENT_TYPE, DATA, METADATA, "",
             None, None, created_at,
         )  # fmt: skip
-        messages.append((str(event.event_id).encode(), (DATA, event.stream_id.encode(), headers(event))))
+        messages.append(
+            (str(event.event_id).encode(), (DATA, event.stream_id.encode(), headers(OutgoingEvent.of(event))))
+        )
     return messages
 
 

@@ -27,9 +27,12 @@ import os
 import socket
 import threading
 import time
+import uuid
 from collections.abc import Callable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import NamedTuple
 
 import psycopg
 from confluent_kafka import KafkaError, KafkaException, Producer
@@ -47,6 +50,7 @@ from eventstore.records import RecordedEvent
 from eventstore.routing import Routing, validate_topic
 
 __all__ = [
+    "OutgoingEvent",
     "Relay",
     "RelayConfig",
     "RelayStatus",
@@ -131,7 +135,7 @@ class RelayConfig:
     partitions: int = -1
     replication_factor: int = -1
     topic_config: Mapping[str, str] = field(default_factory=lambda: {"retention.ms": "-1"})
-    batch_size: int = 1000
+    batch_size: int = 5000
     compression: str = "lz4"
     linger_ms: float = 5.0
     leader_url: str | None = None
@@ -191,22 +195,75 @@ class RelayStatus:
 Headers = list[tuple[str, str | bytes | None]]
 
 
-def headers(event: RecordedEvent) -> Headers:
-    """The Kafka headers of ``event``'s message (its value is the stored bytes)."""
+class OutgoingEvent(NamedTuple):
+    """An event as the relay reads it: what it sends, with header values already as text."""
+
+    event_number: int
+    stream_id: str
+    event_type: str
+    data: bytes
+    metadata: bytes
+    event_id: str
+    stream_version: str
+    created_at: str
+    """ISO 8601 in UTC, always with microseconds: ``2026-11-22T23:40:01.123456+00:00``."""
+    schema_id: str
+    causation_id: str | None
+    correlation_id: str | None
+
+    @classmethod
+    def of(cls, event: RecordedEvent) -> OutgoingEvent:
+        """The relay's view of a recorded event (for tests and benchmarks holding ``RecordedEvent``s)."""
+        return cls(
+            event.event_number or 0,
+            event.stream_id,
+            event.event_type,
+            event.data,
+            event.metadata,
+            str(event.event_id),
+            str(event.stream_version),
+            event.created_at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f+00:00"),
+            event.schema_id,
+            None if event.causation_id is None else str(event.causation_id),
+            None if event.correlation_id is None else str(event.correlation_id),
+        )
+
+    def recorded(self) -> RecordedEvent:
+        """The full ``RecordedEvent``, for key functions of the user's."""
+        return RecordedEvent(
+            uuid.UUID(self.event_id),
+            self.event_number,
+            self.stream_id,
+            int(self.stream_version),
+            self.event_type,
+            self.data,
+            self.metadata,
+            self.schema_id,
+            None if self.causation_id is None else uuid.UUID(self.causation_id),
+            None if self.correlation_id is None else uuid.UUID(self.correlation_id),
+            datetime.fromisoformat(self.created_at),
+        )
+
+
+def headers(event: OutgoingEvent) -> Headers:
+    """The Kafka headers of ``event``'s message (its value is the stored bytes).
+
+    Values go to the client as ``str`` where they are text: it encodes them to UTF-8 in C.
+    """
     found: Headers = [
-        ("event_id", str(event.event_id).encode()),
-        ("event_type", event.event_type.encode()),
-        (EVENT_NUMBER_HEADER, b"%d" % (event.event_number or 0)),  # events of the global order are numbered
-        ("stream_id", event.stream_id.encode()),
-        ("stream_version", b"%d" % event.stream_version),
-        ("created_at", event.created_at.isoformat().encode()),
-        ("schema_id", event.schema_id.encode()),
+        ("event_id", event.event_id),
+        ("event_type", event.event_type),
+        (EVENT_NUMBER_HEADER, str(event.event_number)),
+        ("stream_id", event.stream_id),
+        ("stream_version", event.stream_version),
+        ("created_at", event.created_at),
+        ("schema_id", event.schema_id),
         ("metadata", event.metadata),
     ]
     if event.causation_id is not None:
-        found.append(("causation_id", str(event.causation_id).encode()))
+        found.append(("causation_id", event.causation_id))
     if event.correlation_id is not None:
-        found.append(("correlation_id", str(event.correlation_id).encode()))
+        found.append(("correlation_id", event.correlation_id))
     if b"traceparent" in event.metadata:
         found.extend(_trace_context(event.metadata))
     return found
@@ -220,9 +277,7 @@ def _trace_context(metadata: bytes) -> Headers:
         return []
     if not isinstance(document, dict):
         return []
-    return [
-        (name, str(document[name]).encode()) for name in ("traceparent", "tracestate") if name in document
-    ]
+    return [(name, str(document[name])) for name in ("traceparent", "tracestate") if name in document]
 
 
 class _ProducerFailed(Exception):
@@ -248,6 +303,7 @@ class Relay:
         self.config = config
         self.schema = store.config.schema
         self.routing = config.routing_for(self.schema)
+        self._recorded_keys = self.routing.needs_recorded_events
         self.identity = f"tidings-relay.{self.schema}.{config.name}"
         self.whoami = f"{socket.gethostname()}:{os.getpid()}"
         self.last_published = 0
@@ -346,7 +402,7 @@ class Relay:
 
     def _publish_until_stopped(self, producer: Producer) -> None:
         checked = recorded = time.monotonic()
-        upcoming: Future[list[RecordedEvent]] | None = None
+        upcoming: Future[list[OutgoingEvent]] | None = None
         try:
             while True:
                 if self._stopping.is_set():
@@ -386,11 +442,11 @@ class Relay:
             if upcoming is not None:
                 upcoming.cancel()
 
-    def _read(self, start: int) -> list[RecordedEvent]:
+    def _read(self, start: int) -> list[OutgoingEvent]:
         backoff = 0.1
         while True:
             try:
-                return self.store.read_all_forward(start, self.config.batch_size)
+                return [OutgoingEvent(*row) for row in self.store._relay_batch(start, self.config.batch_size)]
             except EventStoreError as exc:
                 metrics.RELAY_ERRORS.labels(*self._labels, "postgres").inc()
                 log.warning(
@@ -411,15 +467,16 @@ class Relay:
             pass  # the leadership check that follows finds out whether the session is gone
 
     def _publish(
-        self, producer: Producer, events: list[RecordedEvent], before_commit: Callable[[], None]
+        self, producer: Producer, events: list[OutgoingEvent], before_commit: Callable[[], None]
     ) -> None:
         """Publish ``events`` in one transaction; retry until committed, or raise."""
         backoff = 0.1
         while True:
             try:
                 producer.begin_transaction()
+                route = self.routing.route
                 for event in events:
-                    topic, key = self.routing.route(event)
+                    topic, key = route(event.recorded() if self._recorded_keys else event)
                     self._produce(producer, topic, key, event)
                 before_commit()
                 self._commit(producer, events)
@@ -436,7 +493,7 @@ class Relay:
                 self._abort(producer)
                 backoff = self._pause(backoff)
 
-    def _produce(self, producer: Producer, topic: str, key: bytes, event: RecordedEvent) -> None:
+    def _produce(self, producer: Producer, topic: str, key: bytes, event: OutgoingEvent) -> None:
         while True:
             try:
                 producer.produce(topic, event.data, key, headers=headers(event))
@@ -444,7 +501,7 @@ class Relay:
             except BufferError:
                 producer.poll(0.05)  # the local queue is full: let requests drain
 
-    def _commit(self, producer: Producer, events: list[RecordedEvent]) -> None:
+    def _commit(self, producer: Producer, events: list[OutgoingEvent]) -> None:
         while True:
             try:
                 # A short wait per call, so that a Kafka outage shows in logs and metrics while it
@@ -648,7 +705,7 @@ class Relay:
                 "relay could not record its position", extra={"relay": self.identity, "error": str(exc)}
             )
 
-    def _report_lag(self, *, caught_up: bool, newest: RecordedEvent | None = None) -> None:
+    def _report_lag(self, *, caught_up: bool, newest: OutgoingEvent | None = None) -> None:
         if caught_up:
             metrics.RELAY_LAG_EVENTS.labels(*self._labels).set(0)
             metrics.RELAY_LAG_SECONDS.labels(*self._labels).set(0)
@@ -660,7 +717,7 @@ class Relay:
         metrics.RELAY_LAG_EVENTS.labels(*self._labels).set(max(0, last - self.last_published))
         if newest is not None:
             metrics.RELAY_LAG_SECONDS.labels(*self._labels).set(
-                max(0.0, time.time() - newest.created_at.timestamp())
+                max(0.0, time.time() - datetime.fromisoformat(newest.created_at).timestamp())
             )
 
 

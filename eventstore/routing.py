@@ -22,16 +22,35 @@ import logging
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Protocol
 
 from eventstore.errors import ConfigurationError
 from eventstore.records import RecordedEvent
 
-__all__ = ["KEY_SOURCES", "KeySource", "Route", "Routing", "stream_category", "validate_topic"]
+__all__ = ["KEY_SOURCES", "KeySource", "Routable", "Route", "Routing", "stream_category", "validate_topic"]
 
 log = logging.getLogger("eventstore.relay")
 
 KeySource = str | Callable[[RecordedEvent], "str | bytes | None"]
 """What the key is made of: one of ``KEY_SOURCES``, ``metadata.<field>``, or a function of the event."""
+
+
+class Routable(Protocol):
+    """What routing reads of an event: a ``RecordedEvent``, or the relay's lighter row of one."""
+
+    @property
+    def stream_id(self) -> str: ...
+    @property
+    def event_type(self) -> str: ...
+    @property
+    def metadata(self) -> bytes: ...
+    @property
+    def event_id(self) -> object: ...
+    @property
+    def causation_id(self) -> object: ...
+    @property
+    def correlation_id(self) -> object: ...
+
 
 KEY_SOURCES = ("stream_id", "category", "event_type", "event_id", "correlation_id", "causation_id")
 
@@ -79,6 +98,14 @@ class Routing:
         by_category: Mapping[str, Route] | None = None,
     ) -> None:
         self.default_topic = validate_topic(default_topic)
+        self.needs_recorded_events = any(
+            callable(source)
+            for source in (
+                key,
+                *(r.key for r in (*(by_event_type or {}).values(), *(by_category or {}).values())),
+            )
+        )
+        """Whether a key function of the user's is involved: it is handed a full ``RecordedEvent``."""
         self._default_key = _key_function(key)
         self._by_event_type = {
             name: (
@@ -143,7 +170,7 @@ class Routing:
                 found.append(topic)
         return found
 
-    def route(self, event: RecordedEvent) -> tuple[str, bytes]:
+    def route(self, event: Routable) -> tuple[str, bytes]:
         """The event's topic and message key."""
         rule = self._by_event_type.get(event.event_type)
         if rule is None and self._by_category:
@@ -152,7 +179,7 @@ class Routing:
         return topic, key(event)
 
 
-def _key_function(source: KeySource) -> Callable[[RecordedEvent], bytes]:
+def _key_function(source: KeySource) -> Callable[[Routable], bytes]:
     if callable(source):
         return _from_function(source)
     if source == "stream_id":
@@ -171,12 +198,12 @@ def _key_function(source: KeySource) -> Callable[[RecordedEvent], bytes]:
     )
 
 
-def _by_stream_id(event: RecordedEvent) -> bytes:
+def _by_stream_id(event: Routable) -> bytes:
     return event.stream_id.encode()
 
 
-def _from_attribute(name: str) -> Callable[[RecordedEvent], bytes]:
-    def key(event: RecordedEvent) -> bytes:
+def _from_attribute(name: str) -> Callable[[Routable], bytes]:
+    def key(event: Routable) -> bytes:
         value = getattr(event, name)
         # An event without a correlation (or causation) id keeps its stream's order.
         return str(value).encode() if value is not None else event.stream_id.encode()
@@ -184,8 +211,8 @@ def _from_attribute(name: str) -> Callable[[RecordedEvent], bytes]:
     return key
 
 
-def _from_metadata(field: str) -> Callable[[RecordedEvent], bytes]:
-    def key(event: RecordedEvent) -> bytes:
+def _from_metadata(field: str) -> Callable[[Routable], bytes]:
+    def key(event: Routable) -> bytes:
         try:
             value = json.loads(event.metadata).get(field)
         except (ValueError, AttributeError):
@@ -203,9 +230,10 @@ def _from_metadata(field: str) -> Callable[[RecordedEvent], bytes]:
 
 def _from_function(
     function: Callable[[RecordedEvent], str | bytes | None],
-) -> Callable[[RecordedEvent], bytes]:
-    def key(event: RecordedEvent) -> bytes:
-        value = function(event)
+) -> Callable[[Routable], bytes]:
+    def key(event: Routable) -> bytes:
+        # The relay hands over a RecordedEvent whenever a key function is configured (needs_recorded_events).
+        value = function(event)  # type: ignore[arg-type]
         if value is None:
             return event.stream_id.encode()
         return value if isinstance(value, bytes) else value.encode()

@@ -361,6 +361,12 @@ class PostgresEventStore:
             rows = conn.execute(self._sql.read_all_forward, params, binary=True).fetchall()
         return [_recorded(row) for row in rows]
 
+    def _relay_batch(self, start_number: int, count: int) -> list[tuple[Any, ...]]:
+        """Up to ``count`` numbered events from ``start_number`` on, as ``eventstore.relay`` reads them."""
+        with translate_db_errors(), self._pool.connection() as conn:
+            params = {"start": start_number, "count": count}
+            return conn.execute(self._sql.relay_batch, params, binary=True).fetchall()
+
     def read_all_backward(self, start_number: int = END, count: int = 1000) -> list[RecordedEvent]:
         """Up to ``count`` numbered events from ``start_number`` (END: the newest) back."""
         start = start_number if start_number != END else 2**62

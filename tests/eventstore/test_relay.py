@@ -6,6 +6,7 @@ import json
 import time
 import uuid
 from collections.abc import Iterator
+from datetime import datetime
 
 import pytest
 from confluent_kafka.admin import AdminClient
@@ -86,7 +87,7 @@ def test_headers_carry_the_events_identity_and_place(
     assert message.headers["stream_version"] == b"1"
     assert message.headers["causation_id"] == str(cause).encode()
     assert message.headers["correlation_id"] == str(correlation).encode()
-    assert message.headers["created_at"] == recorded.created_at.isoformat().encode()
+    assert datetime.fromisoformat(message.headers["created_at"].decode()) == recorded.created_at
     assert message.headers["schema_id"] == b"avro:0011223344556677"
     assert json.loads(message.headers["metadata"]) == {"user": "ada", "traceparent": trace}
     assert message.headers["traceparent"] == trace.encode()
@@ -285,3 +286,29 @@ def test_topics_kafka_cannot_create_are_a_clear_error(
     with pytest.raises(TopicCreationFailed, match=f"Kafka refused to create topic {topic}") as raised:
         relay.run()
     assert "--replication-factor" in str(raised.value)
+
+
+def test_a_key_function_of_the_users_gets_the_recorded_event(
+    event_store: PostgresEventStore, kafka_namespace: KafkaNamespace, relays: list[Relay]
+) -> None:
+    topic = kafka_namespace.topic("events")
+    given: list[object] = []
+
+    def by_amount(event: object) -> str:
+        given.append(event)
+        return "big" if len(event.data) > 3 else "small"  # type: ignore[attr-defined]
+
+    event_store.append_to_stream("account-1", ANY, [EventData("Deposited", b"12345")])
+    event_store.append_to_stream("account-2", ANY, [EventData("Deposited", b"1")])
+    routing = Routing(topic, key=by_amount)
+    relays.append(
+        relay := Relay(event_store, RelayConfig(kafka_namespace.bootstrap_servers, routing=routing))
+    )
+    relay.start()
+
+    seen = read_committed(
+        kafka_namespace.bootstrap_servers, [topic], kafka_namespace.group("check"), lambda s: len(s) >= 2
+    )
+    assert sorted((m.value, m.key) for m in seen) == [(b"1", b"small"), (b"12345", b"big")]
+    recorded = event_store.read_stream_forward("account-1")[0]
+    assert given[0] == recorded, "the function sees exactly what the store recorded"
