@@ -117,6 +117,8 @@ class RelayConfig:
         topic_config: for created topics; by default they keep every event (``retention.ms=-1``), so a
             handler added later can replay from the origin.
         batch_size: events per Kafka transaction at most.
+        batch_bytes: a batch ends with the event that brings its data and metadata to this size (a
+            single larger event goes alone): with ``batch_size``, what bounds the relay's memory.
         compression: ``compression.type`` (none, gzip, snappy, lz4, zstd).
         linger_ms: how long the producer gathers messages into a request.
         leader_url: a session-mode PostgreSQL URL for the leadership lock (default: the store's).
@@ -136,6 +138,7 @@ class RelayConfig:
     replication_factor: int = -1
     topic_config: Mapping[str, str] = field(default_factory=lambda: {"retention.ms": "-1"})
     batch_size: int = 5000
+    batch_bytes: int = 16 * 1024 * 1024
     compression: str = "lz4"
     linger_ms: float = 5.0
     leader_url: str | None = None
@@ -152,8 +155,10 @@ class RelayConfig:
                 f"the relay sets {', '.join(fixed)} itself (its exactly-once publication rests on them): "
                 "remove them from the Kafka settings"
             )
-        if self.batch_size < 1:
-            raise ConfigurationError(f"batch_size must be at least 1, got {self.batch_size}")
+        if self.batch_size < 1 or self.batch_bytes < 1:
+            raise ConfigurationError(
+                f"batch_size and batch_bytes must be at least 1, got {self.batch_size} and {self.batch_bytes}"
+            )
         if (
             self.partitions == 0
             or self.partitions < -1
@@ -446,7 +451,8 @@ class Relay:
         backoff = 0.1
         while True:
             try:
-                return [OutgoingEvent(*row) for row in self.store._relay_batch(start, self.config.batch_size)]
+                rows = self.store._relay_batch(start, self.config.batch_size, self.config.batch_bytes)
+                return [OutgoingEvent(*row) for row in rows]
             except EventStoreError as exc:
                 metrics.RELAY_ERRORS.labels(*self._labels, "postgres").inc()
                 log.warning(

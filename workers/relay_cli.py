@@ -110,7 +110,10 @@ def relay_command(
     replication_factor: Annotated[
         int, typer.Option(help="Replicas of created topics (-1: broker default).")
     ] = -1,
-    batch_size: Annotated[int, typer.Option(help="Events per Kafka transaction at most.")] = 1000,
+    batch_size: Annotated[int, typer.Option(help="Events per Kafka transaction at most.")] = 5000,
+    batch_bytes: Annotated[
+        int, typer.Option(help="Bytes of data and metadata per transaction (a larger event goes alone).")
+    ] = 16 * 1024 * 1024,
     compression: Annotated[
         str, typer.Option(help="compression.type: none, gzip, snappy, lz4, zstd.")
     ] = "lz4",
@@ -145,6 +148,7 @@ def relay_command(
             partitions=partitions,
             replication_factor=replication_factor,
             batch_size=batch_size,
+            batch_bytes=batch_bytes,
             compression=compression,
             leader_url=leader_url,
             standby_poll=standby_poll,

@@ -25,10 +25,20 @@ FROM {event_order} o JOIN {events} e ON e.id = o.id"""
 
 # What the relay sends, with the header values as PostgreSQL's text (ids, versions, and created_at in
 # ISO 8601 in UTC), which costs less there than UUIDs and datetimes made and formatted again in Python.
-_RELAY_BATCH = """SELECT o.event_number, e.stream_id, e.event_type, e.data, e.metadata, e.event_id::text,
-       e.stream_version::text, to_char(e.created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"+00:00"'),
-       e.schema_id, e.causation_id::text, e.correlation_id::text
-FROM {event_order} o JOIN {events} e ON e.id = o.id"""
+# A batch ends at ``count`` events or with the event that brings its data and metadata to ``max_bytes``
+# (a larger event goes alone), so that a run of large events cannot take the relay's memory.
+_RELAY_BATCH = """SELECT event_number, stream_id, event_type, data, metadata, event_id, stream_version,
+       created_at, schema_id, causation_id, correlation_id
+FROM (SELECT o.event_number, e.stream_id, e.event_type, e.data, e.metadata, e.event_id::text,
+             e.stream_version::text AS stream_version,
+             to_char(e.created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"+00:00"') AS created_at,
+             e.schema_id, e.causation_id::text AS causation_id, e.correlation_id::text AS correlation_id,
+             octet_length(e.data) + octet_length(e.metadata) AS size,
+             sum(octet_length(e.data) + octet_length(e.metadata)) OVER (ORDER BY o.event_number) AS running
+      FROM {event_order} o JOIN {events} e ON e.id = o.id
+      WHERE o.event_number >= %(start)s ORDER BY o.event_number LIMIT %(count)s) batch
+WHERE running - size < %(max_bytes)s
+ORDER BY event_number"""
 
 # The events to insert arrive as parallel arrays, unnested WITH ORDINALITY so that the n-th event
 # gets the n-th new stream version.
@@ -224,9 +234,7 @@ class Statements:
             read_all_forward=q(
                 read_all + " WHERE o.event_number >= %(start)s ORDER BY o.event_number LIMIT %(count)s"
             ),
-            relay_batch=q(
-                _RELAY_BATCH + " WHERE o.event_number >= %(start)s ORDER BY o.event_number LIMIT %(count)s"
-            ),
+            relay_batch=q(_RELAY_BATCH),
             read_all_backward=q(
                 read_all + " WHERE o.event_number <= %(start)s ORDER BY o.event_number DESC LIMIT %(count)s"
             ),

@@ -361,10 +361,10 @@ class PostgresEventStore:
             rows = conn.execute(self._sql.read_all_forward, params, binary=True).fetchall()
         return [_recorded(row) for row in rows]
 
-    def _relay_batch(self, start_number: int, count: int) -> list[tuple[Any, ...]]:
+    def _relay_batch(self, start_number: int, count: int, max_bytes: int) -> list[tuple[Any, ...]]:
         """Up to ``count`` numbered events from ``start_number`` on, as ``eventstore.relay`` reads them."""
         with translate_db_errors(), self._pool.connection() as conn:
-            params = {"start": start_number, "count": count}
+            params = {"start": start_number, "count": count, "max_bytes": max_bytes}
             return conn.execute(self._sql.relay_batch, params, binary=True).fetchall()
 
     def read_all_backward(self, start_number: int = END, count: int = 1000) -> list[RecordedEvent]:

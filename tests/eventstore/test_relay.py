@@ -197,7 +197,7 @@ def test_a_missing_topic_with_creation_off_is_a_clear_error_and_publishes_nothin
     [
         ({"kafka": {"enable.idempotence": "false"}}, "sets enable.idempotence itself"),
         ({"kafka": {"transactional.id": "mine"}}, "sets transactional.id itself"),
-        ({"batch_size": 0}, "batch_size must be at least 1"),
+        ({"batch_size": 0}, "batch_size and batch_bytes must be at least 1"),
         ({"partitions": 0}, "partitions and replication_factor"),
         ({"name": "a b"}, "not a relay name"),
         ({"app": "no spaces allowed"}, "not a Kafka topic name"),
@@ -312,3 +312,25 @@ def test_a_key_function_of_the_users_gets_the_recorded_event(
     assert sorted((m.value, m.key) for m in seen) == [(b"1", b"small"), (b"12345", b"big")]
     recorded = event_store.read_stream_forward("account-1")[0]
     assert given[0] == recorded, "the function sees exactly what the store recorded"
+
+
+def test_a_batch_stops_at_its_byte_limit_but_always_takes_one_event(
+    event_store: PostgresEventStore, kafka_namespace: KafkaNamespace, relays: list[Relay]
+) -> None:
+    topic = kafka_namespace.topic("events")
+    sizes = [300, 300, 300, 2000, 10, 10]
+    for number, size in enumerate(sizes):
+        event_store.append_to_stream(f"s-{number}", ANY, [EventData("Sized", bytes(size), metadata=b"")])
+    event_store.sequencer.catch_up()  # all numbered before the relay's first read
+    config = RelayConfig(kafka_namespace.bootstrap_servers, routing=Routing(topic), batch_bytes=700)
+    relays.append(relay := Relay(event_store, config))
+    relay.start()
+
+    seen = read_committed(
+        kafka_namespace.bootstrap_servers, [topic], kafka_namespace.group("check"), lambda s: len(s) >= 6
+    )
+    assert sorted(len(m.value) for m in seen) == sorted(sizes)
+    from eventstore import metrics
+
+    # A batch ends with the event that reaches the limit: 300+300+300 | 2000 alone | 10+10.
+    assert metrics.RELAY_TRANSACTIONS.labels(event_store.config.schema, "default")._value.get() == 3
