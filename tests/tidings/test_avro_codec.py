@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import enum
 import io
+import re
 import shutil
 import uuid
 from dataclasses import dataclass, field
@@ -32,7 +33,7 @@ from tidings import (
     UnknownSchema,
 )
 from tidings.avro import SINGLE_OBJECT_MARKER, AvroCodec, SchemaSet, schema_fingerprint, schema_for
-from tidings.avro.binding import Binding
+from tidings.avro.binding import Binding, uuid_from_text
 
 # --- every Avro type the project maps -----------------------------------------------------------------
 
@@ -539,3 +540,31 @@ def test_a_value_out_of_pythons_range_is_a_typed_error(bank_codec: AvroCodec) ->
     data = SINGLE_OBJECT_MARKER + version.fingerprint + body.getvalue()
     with pytest.raises(DeserializationError, match="does not fit"):
         bank_codec.decode("bank.TransferCompleted", data, f"avro:{version.fingerprint.hex()}")
+
+
+@given(
+    text=st.one_of(
+        st.uuids().map(str),
+        st.uuids().map(lambda u: str(u).upper()),
+        st.uuids().map(lambda u: u.hex),
+        st.uuids().map(lambda u: f"{{{u}}}"),
+        st.uuids().map(lambda u: f"urn:uuid:{u}"),
+        st.text(alphabet="0123456789abcdefABCDEF-_ +x{}:urn", max_size=40),
+        st.text(max_size=40),
+    )
+)
+def test_uuid_from_text_agrees_with_uuid_on_any_text(text: str) -> None:
+    try:
+        expected = uuid.UUID(text)
+    except ValueError as err:
+        with pytest.raises(ValueError, match=re.escape(str(err))):
+            uuid_from_text(text)
+        return
+    made = uuid_from_text(text)
+    assert made == expected
+    assert (str(made), hash(made), made.is_safe, made.version) == (
+        str(expected),
+        hash(expected),
+        expected.is_safe,
+        expected.version,
+    )
