@@ -6,26 +6,49 @@ The codec boundary (``TypeRegistry``, ``JsonCodec``, upcasters, ``EventMapper``)
 the bytes the store keeps and back: see docs/serialization.md. Avro contracts are ``tidings.avro``.
 """
 
+from tidings.aggregate import Aggregate, Multi
+from tidings.aggregate_cache import AggregateCache
 from tidings.codec import Codec, DocumentCodec, Encoded, JsonCodec
+from tidings.dispatch import Application, ExecutionResult
 from tidings.errors import (
     CodecError,
+    ConsistencyTimeout,
     DeserializationError,
+    DispatchError,
+    DispatchHalted,
     DuplicateEventType,
+    DuplicateRegistration,
+    ExecutionTimeout,
+    InvalidCommand,
+    InvalidIdentity,
     SchemaFileError,
     SchemaMismatch,
     SerializationError,
+    TooManyAttempts,
     UnknownEventType,
     UnknownSchema,
+    UnregisteredCommand,
     UpcastLoop,
 )
 from tidings.mapper import EventMapper
+from tidings.middleware import Middleware, Pipeline
 from tidings.registry import TypeRegistry
+from tidings.router import Router
 from tidings.upcasting import MAX_UPCAST_STEPS, RenameEventType, Upcaster, Upcasters
 
 __version__ = "0.1.0"
 
 __all__ = [
     "__version__",
+    # the write side
+    "Aggregate",
+    "AggregateCache",
+    "Application",
+    "ExecutionResult",
+    "Middleware",
+    "Multi",
+    "Pipeline",
+    "Router",
     # event types and their stored names
     "TypeRegistry",
     # codecs: events to bytes and back
@@ -42,7 +65,16 @@ __all__ = [
     "EventMapper",
     # errors
     "CodecError",
+    "ConsistencyTimeout",
     "DeserializationError",
+    "DispatchError",
+    "DispatchHalted",
+    "DuplicateRegistration",
+    "ExecutionTimeout",
+    "InvalidCommand",
+    "InvalidIdentity",
+    "TooManyAttempts",
+    "UnregisteredCommand",
     "DuplicateEventType",
     "SchemaFileError",
     "SchemaMismatch",

@@ -11,6 +11,22 @@
     └── SchemaMismatch        an event class and its Avro schema disagree (found at start-up)
 
 Errors raised while reading a recorded event also say which stream and event number it came from.
+
+The write side's errors, from routing a command, running it and appending what it produced:
+
+    DispatchError
+    ├── UnregisteredCommand   no router registration for the command's type
+    ├── DuplicateRegistration a command type registered twice (raised at registration)
+    ├── InvalidIdentity       the command's identity is missing, empty or not a str/int/UUID
+    ├── InvalidCommand        a validation middleware refused the command
+    ├── DispatchHalted        a middleware halted the dispatch without a response
+    ├── TooManyAttempts       the aggregate's stream kept moving: every retry met a newer version
+    ├── ExecutionTimeout      the command did not finish within its timeout (nothing was appended)
+    └── ConsistencyTimeout    the events are committed, but strongly consistent handlers did not all
+                              acknowledge them in time
+
+
+Exceptions raised by an aggregate's ``execute`` (domain errors) pass through unchanged.
 """
 
 from __future__ import annotations
@@ -19,6 +35,15 @@ from typing import Any, Self, TypeVar
 
 __all__ = [
     "CodecError",
+    "ConsistencyTimeout",
+    "DispatchError",
+    "DispatchHalted",
+    "DuplicateRegistration",
+    "ExecutionTimeout",
+    "InvalidCommand",
+    "InvalidIdentity",
+    "TooManyAttempts",
+    "UnregisteredCommand",
     "DeserializationError",
     "DuplicateEventType",
     "SchemaFileError",
@@ -164,3 +189,74 @@ def _restore(cls: type[_E], message: str) -> _E:
 
 def _dotted(cls: type) -> str:
     return f"{cls.__module__}.{cls.__qualname__}"
+
+
+# --- the write side ---------------------------------------------------------------------------------
+
+
+class DispatchError(Exception):
+    """Base of the write side's errors."""
+
+
+class UnregisteredCommand(DispatchError, LookupError):
+    def __init__(self, command_type: type) -> None:
+        super().__init__(
+            f"no route for {command_type.__qualname__}: register it with "
+            f"router.dispatch({command_type.__qualname__}, to=<Aggregate>, identity=...)"
+        )
+        self.command_type = command_type
+
+
+class DuplicateRegistration(DispatchError, ValueError):
+    def __init__(self, command_type: type) -> None:
+        super().__init__(f"{command_type.__qualname__} is already routed: each command type has one route")
+        self.command_type = command_type
+
+
+class InvalidIdentity(DispatchError, ValueError):
+    def __init__(self, command: object, problem: str) -> None:
+        super().__init__(f"{type(command).__qualname__}: {problem}")
+        self.command = command
+
+
+class InvalidCommand(DispatchError, ValueError):
+    def __init__(self, command: object, problems: list[str]) -> None:
+        super().__init__(f"{type(command).__qualname__} is invalid: {'; '.join(problems)}")
+        self.command = command
+        self.problems = problems
+
+
+class DispatchHalted(DispatchError):
+    def __init__(self, command: object) -> None:
+        super().__init__(
+            f"a middleware halted the dispatch of {type(command).__qualname__} without a response"
+        )
+        self.command = command
+
+
+class TooManyAttempts(DispatchError):
+    def __init__(self, stream_id: str, attempts: int) -> None:
+        super().__init__(
+            f"{stream_id} kept changing: {attempts} attempts each met a newer version. Nothing was appended; "
+            "dispatch again, or raise retry_attempts for aggregates this busy"
+        )
+        self.stream_id = stream_id
+        self.attempts = attempts
+
+
+class ExecutionTimeout(DispatchError, TimeoutError):
+    def __init__(self, command: object, timeout: float) -> None:
+        super().__init__(
+            f"{type(command).__qualname__} did not finish within {timeout}s; nothing was appended"
+        )
+        self.timeout = timeout
+
+
+class ConsistencyTimeout(DispatchError, TimeoutError):
+    def __init__(self, pending: list[str], timeout: float) -> None:
+        super().__init__(
+            f"the events are committed, but {', '.join(pending)} did not acknowledge them within {timeout}s. "
+            "Do not dispatch the command again: it succeeded. Read models may lag behind it"
+        )
+        self.pending = pending
+        self.timeout = timeout

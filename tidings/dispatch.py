@@ -1,0 +1,219 @@
+"""The application: commands in, through middleware and the router, to aggregates and the store.
+
+Example::
+
+    app = Application(store, EventMapper(codec), router)
+    app.dispatch(OpenAccount(account_id, "Ada"))
+    state = app.dispatch(Deposit(account_id, Decimal("10")), returning="aggregate_state")
+
+One dispatch: middleware ``before_dispatch`` (identity first); the aggregate from the cache or the store;
+``execute``; the events appended with the version the aggregate was at (optimistic concurrency); on
+``WrongExpectedVersion``, the missed events are read and applied and the command runs again, up to
+``retry_attempts`` times; then ``after_dispatch``. Every event carries the command's causation and
+correlation ids and the dispatch's metadata.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from eventstore import PostgresEventStore, StreamNotFound, WrongExpectedVersion
+from tidings.aggregate import apply_all, produced
+from tidings.aggregate_cache import AggregateCache
+from tidings.errors import DispatchHalted, ExecutionTimeout, TooManyAttempts
+from tidings.mapper import EventMapper
+from tidings.middleware import DEFAULT_MIDDLEWARE, ExtractIdentity, Middleware, Pipeline
+from tidings.router import Consistency, Registration, Router
+
+__all__ = ["Application", "ExecutionResult", "Returning"]
+
+Returning = Literal["aggregate_state", "aggregate_version", "events", "execution_result"] | None
+READ_BATCH = 1000
+
+
+@dataclass(frozen=True)
+class ExecutionResult:
+    """Everything a dispatch produced (``returning="execution_result"``)."""
+
+    stream_id: str
+    aggregate_state: Any
+    aggregate_version: int
+    events: list[object]
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+class Application:
+    """Dispatches commands to aggregates kept in a ``PostgresEventStore``.
+
+    Attributes:
+        retry_attempts: how often a command runs again after meeting a newer stream version.
+        timeout: seconds a dispatch may take before ``ExecutionTimeout`` (when nothing was appended).
+    """
+
+    def __init__(
+        self,
+        store: PostgresEventStore,
+        mapper: EventMapper,
+        router: Router,
+        *,
+        middleware: Sequence[Middleware] = DEFAULT_MIDDLEWARE,
+        cache: AggregateCache | None = None,
+        retry_attempts: int = 10,
+        timeout: float = 5.0,
+        consistency: Consistency = "eventual",
+    ) -> None:
+        self.store = store
+        self.mapper = mapper
+        self.router = router
+        self.middleware: tuple[Middleware, ...] = (ExtractIdentity(router), *middleware)
+        self.cache = cache if cache is not None else AggregateCache()
+        self.retry_attempts = retry_attempts
+        self.timeout = timeout
+        self.consistency = consistency
+
+    def dispatch(
+        self,
+        command: object,
+        *,
+        command_uuid: uuid.UUID | None = None,
+        causation_id: uuid.UUID | None = None,
+        correlation_id: uuid.UUID | None = None,
+        metadata: Mapping[str, Any] | None = None,
+        consistency: Consistency | None = None,
+        returning: Returning = None,
+        timeout: float | None = None,
+        retry_attempts: int | None = None,
+    ) -> Any:
+        """Run ``command`` on its aggregate and append the events it produces.
+
+        ``causation_id`` defaults to ``command_uuid`` and ``correlation_id`` to a new id. ``returning``
+        chooses the answer: None, the aggregate's state or version after the command, the events, or an
+        ``ExecutionResult``.
+
+        Raises:
+            UnregisteredCommand, InvalidIdentity, InvalidCommand: before anything runs.
+            TooManyAttempts: every attempt met a newer stream version; nothing was appended.
+            ExecutionTimeout: the timeout passed before the events were appended; nothing was appended.
+            DispatchHalted: a middleware halted without a response.
+            Any exception the aggregate's ``execute`` raises (a domain error), unchanged.
+        """
+        registration = self.router.route(command)
+        command_uuid = command_uuid or uuid.uuid4()
+        pipeline = Pipeline(
+            command=command,
+            command_uuid=command_uuid,
+            causation_id=causation_id or command_uuid,
+            correlation_id=correlation_id or uuid.uuid4(),
+            metadata=dict(metadata or {}),
+            consistency=consistency or registration.consistency or self.consistency,
+        )
+        try:
+            for middleware in self.middleware:
+                middleware.before_dispatch(pipeline)
+                if pipeline.halted:
+                    return self._halted(pipeline)
+            limit = timeout if timeout is not None else registration.timeout or self.timeout
+            attempts = retry_attempts if retry_attempts is not None else self.retry_attempts
+            result = self._execute(registration, pipeline, limit, attempts)
+            pipeline.events = result.events
+        except BaseException as error:
+            pipeline.error = error
+            for middleware in reversed(self.middleware):
+                middleware.after_failure(pipeline)
+            raise
+        for middleware in reversed(self.middleware):
+            middleware.after_dispatch(pipeline)
+        if pipeline.response is not None:
+            return pipeline.response
+        return _answer(result, returning)
+
+    async def dispatch_async(self, command: object, **options: Any) -> Any:
+        """``dispatch`` for asyncio code: runs in a worker thread, so the event loop never blocks."""
+        return await asyncio.to_thread(self.dispatch, command, **options)
+
+    # --- one command ---------------------------------------------------------------------------
+
+    def _execute(
+        self, registration: Registration, pipeline: Pipeline, timeout: float, attempts: int
+    ) -> ExecutionResult:
+        stream_id = pipeline.stream_id
+        assert stream_id is not None, "ExtractIdentity sets the stream id"
+        deadline = time.monotonic() + timeout
+        state, version = self._load(registration.aggregate, stream_id)
+        for _ in range(attempts + 1):
+            if time.monotonic() > deadline:
+                raise ExecutionTimeout(pipeline.command, timeout)
+            if registration.handler is not None:
+                events = produced(registration.handler.handle(state, pipeline.command))
+            else:
+                events = produced(state.execute(pipeline.command))
+            if not events:
+                return ExecutionResult(stream_id, state, version, [], pipeline.metadata)
+            records = [
+                self.mapper.to_event_data(
+                    event,
+                    metadata=pipeline.metadata,
+                    causation_id=pipeline.causation_id,
+                    correlation_id=pipeline.correlation_id,
+                )
+                for event in events
+            ]
+            try:
+                new_version = self.store.append_to_stream(stream_id, version, records)
+            except WrongExpectedVersion:
+                # Someone else appended: catch up with what they wrote and decide again.
+                state, version = self._catch_up(state, version, stream_id)
+                continue
+            state = apply_all(state, events)
+            self.cache.put(stream_id, state, new_version, registration.lifespan)
+            return ExecutionResult(stream_id, state, new_version, events, pipeline.metadata)
+        self.cache.evict(stream_id)
+        raise TooManyAttempts(stream_id, attempts + 1)
+
+    def _load(self, aggregate: type, stream_id: str) -> tuple[Any, int]:
+        cached = self.cache.get(stream_id)
+        if cached is not None:
+            return cached.state, cached.version
+        return self._catch_up(aggregate(), 0, stream_id)
+
+    def _catch_up(self, state: Any, version: int, stream_id: str) -> tuple[Any, int]:
+        """``state`` after every event of the stream past ``version``."""
+        while True:
+            try:
+                recorded = self.store.read_stream_forward(stream_id, version + 1, READ_BATCH)
+            except StreamNotFound:
+                return state, version
+            for event in recorded:
+                decoded, _ = self.mapper.from_recorded(event)
+                state = state.apply(decoded)
+                version = event.stream_version
+            if len(recorded) < READ_BATCH:
+                return state, version
+
+    def _halted(self, pipeline: Pipeline) -> Any:
+        if isinstance(pipeline.response, BaseException):
+            raise pipeline.response
+        if pipeline.response is None:
+            raise DispatchHalted(pipeline.command)
+        return pipeline.response
+
+
+def _answer(result: ExecutionResult, returning: Returning) -> Any:
+    if returning is None:
+        return None
+    if returning == "aggregate_state":
+        return result.aggregate_state
+    if returning == "aggregate_version":
+        return result.aggregate_version
+    if returning == "events":
+        return result.events
+    if returning == "execution_result":
+        return result
+    raise ValueError(
+        f"returning={returning!r}: use aggregate_state, aggregate_version, events or execution_result"
+    )
