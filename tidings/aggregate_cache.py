@@ -51,6 +51,9 @@ class AggregateCache:
         if not self.max_aggregates or span <= 0:
             return
         with self._lock:
+            current = self._entries.get(stream_id)
+            if current is not None and current.version > version:
+                return  # a thread that finished later had an older state: keep the newer one
             self._entries[stream_id] = Cached(state, version, time.monotonic() + span)
             self._entries.move_to_end(stream_id)
             while len(self._entries) > self.max_aggregates:

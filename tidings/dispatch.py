@@ -45,6 +45,8 @@ class ExecutionResult:
     aggregate_version: int
     events: list[object]
     metadata: dict[str, Any] = field(default_factory=dict)
+    attempts: int = 1
+    """How many times the command ran: more than one when other writers moved the stream meanwhile."""
 
 
 class Application:
@@ -102,6 +104,10 @@ class Application:
             DispatchHalted: a middleware halted without a response.
             Any exception the aggregate's ``execute`` raises (a domain error), unchanged.
         """
+        if returning not in _RETURNING:
+            raise ValueError(
+                f"returning={returning!r}: use aggregate_state, aggregate_version, events or execution_result"
+            )
         registration = self.router.route(command)
         command_uuid = command_uuid or uuid.uuid4()
         pipeline = Pipeline(
@@ -145,7 +151,7 @@ class Application:
         assert stream_id is not None, "ExtractIdentity sets the stream id"
         deadline = time.monotonic() + timeout
         state, version = self._load(registration.aggregate, stream_id)
-        for _ in range(attempts + 1):
+        for attempt in range(1, attempts + 2):
             if time.monotonic() > deadline:
                 raise ExecutionTimeout(pipeline.command, timeout)
             if registration.handler is not None:
@@ -153,7 +159,7 @@ class Application:
             else:
                 events = produced(state.execute(pipeline.command))
             if not events:
-                return ExecutionResult(stream_id, state, version, [], pipeline.metadata)
+                return ExecutionResult(stream_id, state, version, [], pipeline.metadata, attempt)
             records = [
                 self.mapper.to_event_data(
                     event,
@@ -171,7 +177,7 @@ class Application:
                 continue
             state = apply_all(state, events)
             self.cache.put(stream_id, state, new_version, registration.lifespan)
-            return ExecutionResult(stream_id, state, new_version, events, pipeline.metadata)
+            return ExecutionResult(stream_id, state, new_version, events, pipeline.metadata, attempt)
         self.cache.evict(stream_id)
         raise TooManyAttempts(stream_id, attempts + 1)
 
@@ -203,9 +209,10 @@ class Application:
         return pipeline.response
 
 
+_RETURNING = (None, "aggregate_state", "aggregate_version", "events", "execution_result")
+
+
 def _answer(result: ExecutionResult, returning: Returning) -> Any:
-    if returning is None:
-        return None
     if returning == "aggregate_state":
         return result.aggregate_state
     if returning == "aggregate_version":
@@ -214,6 +221,4 @@ def _answer(result: ExecutionResult, returning: Returning) -> Any:
         return result.events
     if returning == "execution_result":
         return result
-    raise ValueError(
-        f"returning={returning!r}: use aggregate_state, aggregate_version, events or execution_result"
-    )
+    return None
