@@ -22,6 +22,8 @@ class Cached:
     state: Any
     version: int
     expires_at: float
+    snapshot_at: int = 0
+    """The stream version of the aggregate's latest snapshot (0: none)."""
 
 
 class AggregateCache:
@@ -46,7 +48,9 @@ class AggregateCache:
             self._entries.move_to_end(stream_id)
             return entry
 
-    def put(self, stream_id: str, state: Any, version: int, lifespan: float | None = None) -> None:
+    def put(
+        self, stream_id: str, state: Any, version: int, lifespan: float | None = None, snapshot_at: int = 0
+    ) -> None:
         span = self.lifespan if lifespan is None else lifespan
         if not self.max_aggregates or span <= 0:
             return
@@ -54,7 +58,7 @@ class AggregateCache:
             current = self._entries.get(stream_id)
             if current is not None and current.version > version:
                 return  # a thread that finished later had an older state: keep the newer one
-            self._entries[stream_id] = Cached(state, version, time.monotonic() + span)
+            self._entries[stream_id] = Cached(state, version, time.monotonic() + span, snapshot_at)
             self._entries.move_to_end(stream_id)
             while len(self._entries) > self.max_aggregates:
                 self._entries.popitem(last=False)

@@ -29,6 +29,7 @@ from tidings.errors import DispatchHalted, ExecutionTimeout, TooManyAttempts
 from tidings.mapper import EventMapper
 from tidings.middleware import DEFAULT_MIDDLEWARE, ExtractIdentity, Middleware, Pipeline
 from tidings.router import Consistency, Registration, Router
+from tidings.snapshotting import Snapshotting
 
 __all__ = ["Application", "ExecutionResult", "Returning"]
 
@@ -68,6 +69,7 @@ class Application:
         retry_attempts: int = 10,
         timeout: float = 5.0,
         consistency: Consistency = "eventual",
+        snapshotting: Mapping[type, Snapshotting] | None = None,
     ) -> None:
         self.store = store
         self.mapper = mapper
@@ -77,6 +79,7 @@ class Application:
         self.retry_attempts = retry_attempts
         self.timeout = timeout
         self.consistency = consistency
+        self.snapshotting = dict(snapshotting or {})
 
     def dispatch(
         self,
@@ -150,7 +153,7 @@ class Application:
         stream_id = pipeline.stream_id
         assert stream_id is not None, "ExtractIdentity sets the stream id"
         deadline = time.monotonic() + timeout
-        state, version = self._load(registration.aggregate, stream_id)
+        state, version, snapshot_at = self._load(registration.aggregate, stream_id)
         for attempt in range(1, attempts + 2):
             if time.monotonic() > deadline:
                 raise ExecutionTimeout(pipeline.command, timeout)
@@ -176,16 +179,25 @@ class Application:
                 state, version = self._catch_up(state, version, stream_id)
                 continue
             state = apply_all(state, events)
-            self.cache.put(stream_id, state, new_version, registration.lifespan)
+            snapshotting = self.snapshotting.get(registration.aggregate)
+            if snapshotting is not None and snapshotting.due(snapshot_at, new_version):
+                snapshotting.record(self.store, state, stream_id, new_version)
+                snapshot_at = new_version
+            self.cache.put(stream_id, state, new_version, registration.lifespan, snapshot_at)
             return ExecutionResult(stream_id, state, new_version, events, pipeline.metadata, attempt)
         self.cache.evict(stream_id)
         raise TooManyAttempts(stream_id, attempts + 1)
 
-    def _load(self, aggregate: type, stream_id: str) -> tuple[Any, int]:
+    def _load(self, aggregate: type, stream_id: str) -> tuple[Any, int, int]:
+        """The aggregate's state, its stream version, and the version of its latest snapshot."""
         cached = self.cache.get(stream_id)
         if cached is not None:
-            return cached.state, cached.version
-        return self._catch_up(aggregate(), 0, stream_id)
+            return cached.state, cached.version, cached.snapshot_at
+        snapshotting = self.snapshotting.get(aggregate)
+        snapshot = snapshotting.load(self.store, aggregate, stream_id) if snapshotting is not None else None
+        state, snapshot_at = snapshot if snapshot is not None else (aggregate(), 0)
+        state, version = self._catch_up(state, snapshot_at, stream_id)
+        return state, version, snapshot_at
 
     def _catch_up(self, state: Any, version: int, stream_id: str) -> tuple[Any, int]:
         """``state`` after every event of the stream past ``version``."""
