@@ -23,11 +23,12 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from eventstore import PostgresEventStore, StreamNotFound, WrongExpectedVersion
+from eventstore.acknowledgements import Acknowledgements
 from tidings.aggregate import apply_all, produced
 from tidings.aggregate_cache import AggregateCache
 from tidings.errors import DispatchHalted, ExecutionTimeout, TooManyAttempts
 from tidings.mapper import EventMapper
-from tidings.middleware import DEFAULT_MIDDLEWARE, ExtractIdentity, Middleware, Pipeline
+from tidings.middleware import DEFAULT_MIDDLEWARE, ConsistencyGuarantee, ExtractIdentity, Middleware, Pipeline
 from tidings.router import Consistency, Registration, Router
 from tidings.snapshotting import Snapshotting
 
@@ -74,7 +75,14 @@ class Application:
         self.store = store
         self.mapper = mapper
         self.router = router
-        self.middleware: tuple[Middleware, ...] = (ExtractIdentity(router), *middleware)
+        # Identity first; the consistency wait last, so that it runs first after the dispatch and
+        # the application's after_dispatch hooks see its outcome.
+        self.acknowledgements = Acknowledgements(store)
+        self.middleware: tuple[Middleware, ...] = (
+            ExtractIdentity(router),
+            *middleware,
+            ConsistencyGuarantee(self.acknowledgements),
+        )
         self.cache = cache if cache is not None else AggregateCache()
         self.retry_attempts = retry_attempts
         self.timeout = timeout
@@ -120,23 +128,29 @@ class Application:
             correlation_id=correlation_id or uuid.uuid4(),
             metadata=dict(metadata or {}),
             consistency=consistency or registration.consistency or self.consistency,
+            timeout=timeout if timeout is not None else registration.timeout or self.timeout,
         )
         try:
             for middleware in self.middleware:
                 middleware.before_dispatch(pipeline)
                 if pipeline.halted:
                     return self._halted(pipeline)
-            limit = timeout if timeout is not None else registration.timeout or self.timeout
             attempts = retry_attempts if retry_attempts is not None else self.retry_attempts
-            result = self._execute(registration, pipeline, limit, attempts)
-            pipeline.events = result.events
+            result = self._execute(registration, pipeline, pipeline.timeout, attempts)
+            pipeline.events, pipeline.aggregate_version = result.events, result.aggregate_version
         except BaseException as error:
             pipeline.error = error
             for middleware in reversed(self.middleware):
                 middleware.after_failure(pipeline)
             raise
-        for middleware in reversed(self.middleware):
-            middleware.after_dispatch(pipeline)
+        try:
+            for middleware in reversed(self.middleware):
+                middleware.after_dispatch(pipeline)
+        except BaseException as error:
+            pipeline.error = error
+            for middleware in reversed(self.middleware):
+                middleware.after_failure(pipeline)
+            raise
         if pipeline.response is not None:
             return pipeline.response
         return _answer(result, returning)

@@ -212,3 +212,21 @@ class _SkipCounter:
 def pytest_configure(config: pytest.Config) -> None:
     if config.getoption("--fail-on-skip"):
         config.pluginmanager.register(_SkipCounter(), "tidings-fail-on-skip")
+
+
+# --- pure aggregate tests ----------------------------------------------------------------------------
+
+
+@pytest.fixture
+def aggregate_test() -> Any:
+    """The ``tidings.testing`` module: given/when/then helpers for aggregates, needing no services.
+
+    Example::
+
+        def test_deposit(aggregate_test):
+            aggregate_test.assert_events(BankAccount, given=[opened], when=deposit, then=[deposited])
+            aggregate_test.given(BankAccount, opened).when(withdraw).raises(InsufficientFunds)
+    """
+    from tidings import testing
+
+    return testing

@@ -8,11 +8,13 @@ returns, and ``assign`` values that later middleware and the events' metadata ca
 
 from tidings.middleware.base import Middleware
 from tidings.middleware.builtin import DEFAULT_MIDDLEWARE, CommandValidation, ExtractIdentity, LogDispatch
+from tidings.middleware.consistency import ConsistencyGuarantee
 from tidings.middleware.pipeline import Pipeline
 
 __all__ = [
     "DEFAULT_MIDDLEWARE",
     "CommandValidation",
+    "ConsistencyGuarantee",
     "ExtractIdentity",
     "LogDispatch",
     "Middleware",

@@ -28,6 +28,10 @@ class Pipeline:
     """In ``after_failure``: what went wrong."""
     events: list[object] = field(default_factory=list)
     """In ``after_dispatch``: the events the command produced."""
+    aggregate_version: int | None = None
+    """In ``after_dispatch``: the stream version the command left the aggregate at."""
+    timeout: float = 5.0
+    """Seconds the dispatch may take (strong consistency waits within it too)."""
 
     def assign(self, key: str, value: Any) -> Pipeline:
         """Keep ``value`` for later middleware under ``key``."""
