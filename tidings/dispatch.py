@@ -22,6 +22,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from opentelemetry import propagate, trace
+
 from eventstore import PostgresEventStore, StreamNotFound, WrongExpectedVersion
 from eventstore.acknowledgements import Acknowledgements
 from tidings.aggregate import apply_all, produced
@@ -33,6 +35,8 @@ from tidings.router import Consistency, Registration, Router
 from tidings.snapshotting import Snapshotting
 
 __all__ = ["Application", "ExecutionResult", "Returning"]
+
+tracer = trace.get_tracer("tidings")
 
 Returning = Literal["aggregate_state", "aggregate_version", "events", "execution_result"] | None
 READ_BATCH = 1000
@@ -119,6 +123,36 @@ class Application:
             raise ValueError(
                 f"returning={returning!r}: use aggregate_state, aggregate_version, events or execution_result"
             )
+        with tracer.start_as_current_span(
+            f"dispatch {type(command).__qualname__}", kind=trace.SpanKind.INTERNAL
+        ) as span:
+            return self._dispatch(
+                command,
+                span,
+                command_uuid=command_uuid,
+                causation_id=causation_id,
+                correlation_id=correlation_id,
+                metadata=metadata,
+                consistency=consistency,
+                returning=returning,
+                timeout=timeout,
+                retry_attempts=retry_attempts,
+            )
+
+    def _dispatch(
+        self,
+        command: object,
+        span: trace.Span,
+        *,
+        command_uuid: uuid.UUID | None,
+        causation_id: uuid.UUID | None,
+        correlation_id: uuid.UUID | None,
+        metadata: Mapping[str, Any] | None,
+        consistency: Consistency | None,
+        returning: Returning,
+        timeout: float | None,
+        retry_attempts: int | None,
+    ) -> Any:
         registration = self.router.route(command)
         command_uuid = command_uuid or uuid.uuid4()
         pipeline = Pipeline(
@@ -130,6 +164,10 @@ class Application:
             consistency=consistency or registration.consistency or self.consistency,
             timeout=timeout if timeout is not None else registration.timeout or self.timeout,
         )
+        # The trace goes on with the events: the relay copies it into the Kafka headers.
+        propagate.inject(pipeline.metadata)
+        span.set_attribute("tidings.command_uuid", str(command_uuid))
+        span.set_attribute("tidings.correlation_id", str(pipeline.correlation_id))
         try:
             for middleware in self.middleware:
                 middleware.before_dispatch(pipeline)
@@ -171,10 +209,14 @@ class Application:
         for attempt in range(1, attempts + 2):
             if time.monotonic() > deadline:
                 raise ExecutionTimeout(pipeline.command, timeout)
-            if registration.handler is not None:
-                events = produced(registration.handler.handle(state, pipeline.command))
-            else:
-                events = produced(state.execute(pipeline.command))
+            with tracer.start_as_current_span(f"execute {registration.aggregate.__qualname__}") as span:
+                span.set_attribute("tidings.stream_id", stream_id)
+                span.set_attribute("tidings.attempt", attempt)
+                if registration.handler is not None:
+                    events = produced(registration.handler.handle(state, pipeline.command))
+                else:
+                    events = produced(state.execute(pipeline.command))
+                span.set_attribute("tidings.events", len(events))
             if not events:
                 return ExecutionResult(stream_id, state, version, [], pipeline.metadata, attempt)
             records = [

@@ -140,6 +140,7 @@ class Scenario(Generic[A]):
 
     def _run(self) -> tuple[A, list[object]]:
         """The state after ``given`` and every command, and the events the commands produced."""
+        __tracebackhide__ = True
         state = apply_all(self.aggregate_cls(), self.given)
         events: list[object] = []
         for number, command in enumerate(self.commands, 1):
