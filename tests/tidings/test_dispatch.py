@@ -220,3 +220,19 @@ def test_dispatch_async_runs_off_the_event_loop(event_store: PostgresEventStore)
     assert app.dispatch(Deposit(account, Decimal("0.01")), returning="aggregate_state").balance == Decimal(
         "5.01"
     )
+
+
+def test_a_registrations_lifespan_overrides_the_caches(event_store: PostgresEventStore) -> None:
+    from tidings import Router
+
+    router = Router()
+    router.dispatch(
+        OpenAccount, to=BankAccount, identity="account_id", identity_prefix="account-", lifespan=0
+    )
+    router.dispatch(Deposit, to=BankAccount, identity="account_id", identity_prefix="account-")
+    app = Application(event_store, MAPPER, router)
+    account = uuid.uuid4()
+    app.dispatch(OpenAccount(account, "Ada"))
+    assert app.cache.get(f"account-{account}") is None, "lifespan=0: not kept after OpenAccount"
+    app.dispatch(Deposit(account, Decimal("1.00")))
+    assert app.cache.get(f"account-{account}") is not None, "kept for the cache's lifespan after Deposit"
