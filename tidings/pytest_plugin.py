@@ -8,6 +8,7 @@ the same fixtures as tidings' tests. Services are provided once per test session
 - ``event_store``: a migrated ``PostgresEventStore`` in that schema, closed afterwards.
 - ``kafka_namespace``: unique topic and consumer-group prefixes; topics and groups with the prefix are
   deleted afterwards.
+- ``aggregate_test``: ``tidings.testing``, given/when/then helpers for aggregates (no services).
 
 Example::
 
