@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Callable
 
-from bench import bench_codec, bench_relay, bench_services, bench_store
+from bench import bench_codec, bench_dispatch, bench_relay, bench_services, bench_store
 from bench.results import Row, show, write
 
 BENCHMARKS: dict[str, Callable[..., list[Row]]] = {
@@ -19,6 +19,7 @@ BENCHMARKS: dict[str, Callable[..., list[Row]]] = {
     bench_store.NAME: bench_store.run,
     bench_codec.NAME: bench_codec.run,
     bench_relay.NAME: bench_relay.run,
+    bench_dispatch.NAME: bench_dispatch.run,
 }
 
 
