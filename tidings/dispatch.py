@@ -83,10 +83,14 @@ class Application:
         # the application's after_dispatch hooks see its outcome.
         self.acknowledgements = Acknowledgements(store)
         self.middleware: tuple[Middleware, ...] = (
-            ExtractIdentity(router),
+            ExtractIdentity(),
             *middleware,
             ConsistencyGuarantee(self.acknowledgements),
         )
+        # Only the hooks a middleware overrides are called: a no-op call per command adds up.
+        self._before = [m for m in self.middleware if _overrides(m, "before_dispatch")]
+        self._after = [m for m in reversed(self.middleware) if _overrides(m, "after_dispatch")]
+        self._failure = [m for m in reversed(self.middleware) if _overrides(m, "after_failure")]
         self.cache = cache if cache is not None else AggregateCache()
         self.retry_attempts = retry_attempts
         self.timeout = timeout
@@ -123,36 +127,6 @@ class Application:
             raise ValueError(
                 f"returning={returning!r}: use aggregate_state, aggregate_version, events or execution_result"
             )
-        with tracer.start_as_current_span(
-            f"dispatch {type(command).__qualname__}", kind=trace.SpanKind.INTERNAL
-        ) as span:
-            return self._dispatch(
-                command,
-                span,
-                command_uuid=command_uuid,
-                causation_id=causation_id,
-                correlation_id=correlation_id,
-                metadata=metadata,
-                consistency=consistency,
-                returning=returning,
-                timeout=timeout,
-                retry_attempts=retry_attempts,
-            )
-
-    def _dispatch(
-        self,
-        command: object,
-        span: trace.Span,
-        *,
-        command_uuid: uuid.UUID | None,
-        causation_id: uuid.UUID | None,
-        correlation_id: uuid.UUID | None,
-        metadata: Mapping[str, Any] | None,
-        consistency: Consistency | None,
-        returning: Returning,
-        timeout: float | None,
-        retry_attempts: int | None,
-    ) -> Any:
         registration = self.router.route(command)
         command_uuid = command_uuid or uuid.uuid4()
         pipeline = Pipeline(
@@ -163,30 +137,40 @@ class Application:
             metadata=dict(metadata or {}),
             consistency=consistency or registration.consistency or self.consistency,
             timeout=timeout if timeout is not None else registration.timeout or self.timeout,
+            registration=registration,
         )
-        # The trace goes on with the events: the relay copies it into the Kafka headers.
-        propagate.inject(pipeline.metadata)
-        span.set_attribute("tidings.command_uuid", str(command_uuid))
-        span.set_attribute("tidings.correlation_id", str(pipeline.correlation_id))
+        attempts = retry_attempts if retry_attempts is not None else self.retry_attempts
+        span = tracer.start_span(f"dispatch {type(command).__qualname__}")
+        if not span.is_recording():
+            # No tracing SDK (or sampled out): none of the span work, which is a third of dispatch's own cost.
+            return self._run(pipeline, registration, attempts, returning, traced=False)
+        with trace.use_span(span, end_on_exit=True):
+            span.set_attribute("tidings.command_uuid", str(command_uuid))
+            span.set_attribute("tidings.correlation_id", str(pipeline.correlation_id))
+            # The trace goes on with the events: the relay copies it into the Kafka headers.
+            propagate.inject(pipeline.metadata)
+            return self._run(pipeline, registration, attempts, returning, traced=True)
+
+    def _run(
+        self,
+        pipeline: Pipeline,
+        registration: Registration,
+        attempts: int,
+        returning: Returning,
+        traced: bool,
+    ) -> Any:
         try:
-            for middleware in self.middleware:
+            for middleware in self._before:
                 middleware.before_dispatch(pipeline)
                 if pipeline.halted:
                     return self._halted(pipeline)
-            attempts = retry_attempts if retry_attempts is not None else self.retry_attempts
-            result = self._execute(registration, pipeline, pipeline.timeout, attempts)
+            result = self._execute(registration, pipeline, attempts, traced)
             pipeline.events, pipeline.aggregate_version = result.events, result.aggregate_version
-        except BaseException as error:
-            pipeline.error = error
-            for middleware in reversed(self.middleware):
-                middleware.after_failure(pipeline)
-            raise
-        try:
-            for middleware in reversed(self.middleware):
+            for middleware in self._after:
                 middleware.after_dispatch(pipeline)
         except BaseException as error:
             pipeline.error = error
-            for middleware in reversed(self.middleware):
+            for middleware in self._failure:
                 middleware.after_failure(pipeline)
             raise
         if pipeline.response is not None:
@@ -200,23 +184,24 @@ class Application:
     # --- one command ---------------------------------------------------------------------------
 
     def _execute(
-        self, registration: Registration, pipeline: Pipeline, timeout: float, attempts: int
+        self, registration: Registration, pipeline: Pipeline, attempts: int, traced: bool
     ) -> ExecutionResult:
         stream_id = pipeline.stream_id
         assert stream_id is not None, "ExtractIdentity sets the stream id"
+        timeout = pipeline.timeout
         deadline = time.monotonic() + timeout
         state, version, snapshot_at = self._load(registration.aggregate, stream_id)
         for attempt in range(1, attempts + 2):
             if time.monotonic() > deadline:
                 raise ExecutionTimeout(pipeline.command, timeout)
-            with tracer.start_as_current_span(f"execute {registration.aggregate.__qualname__}") as span:
-                span.set_attribute("tidings.stream_id", stream_id)
-                span.set_attribute("tidings.attempt", attempt)
-                if registration.handler is not None:
-                    events = produced(registration.handler.handle(state, pipeline.command))
-                else:
-                    events = produced(state.execute(pipeline.command))
-                span.set_attribute("tidings.events", len(events))
+            if traced:
+                with tracer.start_as_current_span(f"execute {registration.aggregate.__qualname__}") as span:
+                    span.set_attribute("tidings.stream_id", stream_id)
+                    span.set_attribute("tidings.attempt", attempt)
+                    events = self._decide(registration, state, pipeline.command)
+                    span.set_attribute("tidings.events", len(events))
+            else:
+                events = self._decide(registration, state, pipeline.command)
             if not events:
                 return ExecutionResult(stream_id, state, version, [], pipeline.metadata, attempt)
             records = [
@@ -244,6 +229,12 @@ class Application:
         self.cache.evict(stream_id)
         raise TooManyAttempts(stream_id, attempts + 1)
 
+    @staticmethod
+    def _decide(registration: Registration, state: Any, command: object) -> list[object]:
+        if registration.handler is not None:
+            return produced(registration.handler.handle(state, command))
+        return produced(state.execute(command))
+
     def _load(self, aggregate: type, stream_id: str) -> tuple[Any, int, int]:
         """The aggregate's state, its stream version, and the version of its latest snapshot."""
         cached = self.cache.get(stream_id)
@@ -263,8 +254,7 @@ class Application:
             except StreamNotFound:
                 return state, version
             for event in recorded:
-                decoded, _ = self.mapper.from_recorded(event)
-                state = state.apply(decoded)
+                state = state.apply(self.mapper.event_of(event))
                 version = event.stream_version
             if len(recorded) < READ_BATCH:
                 return state, version
@@ -275,6 +265,10 @@ class Application:
         if pipeline.response is None:
             raise DispatchHalted(pipeline.command)
         return pipeline.response
+
+
+def _overrides(middleware: Middleware, hook: str) -> bool:
+    return getattr(type(middleware), hook) is not getattr(Middleware, hook)
 
 
 _RETURNING = (None, "aggregate_state", "aggregate_version", "events", "execution_result")

@@ -70,6 +70,19 @@ class EventMapper:
             err.locate(recorded.stream_id, recorded.stream_version, recorded.event_number)
             raise
 
+    def event_of(self, recorded: RecordedEvent) -> object:
+        """The event alone (upcast to today's shape), for replays that need no metadata.
+
+        The metadata is decoded only when an upcaster of the event's type needs it.
+        """
+        try:
+            if self._documents is None or not self.upcasters.handles(recorded.event_type):
+                return self.codec.decode(recorded.event_type, recorded.data, recorded.schema_id)
+            return self._decode(recorded, self.codec.decode_metadata(recorded.metadata))
+        except CodecError as err:
+            err.locate(recorded.stream_id, recorded.stream_version, recorded.event_number)
+            raise
+
     def _decode(self, recorded: RecordedEvent, metadata: dict[str, Any]) -> object:
         if self._documents is None or not self.upcasters.handles(recorded.event_type):
             # Nothing to rewrite: the codec's direct path (for Avro, schema resolution while decoding).

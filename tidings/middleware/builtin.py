@@ -10,7 +10,6 @@ from typing import Any
 from tidings.errors import InvalidCommand
 from tidings.middleware.base import Middleware
 from tidings.middleware.pipeline import Pipeline
-from tidings.router import Router
 
 __all__ = ["DEFAULT_MIDDLEWARE", "CommandValidation", "ExtractIdentity", "LogDispatch"]
 
@@ -18,14 +17,11 @@ log = logging.getLogger("tidings.dispatch")
 
 
 class ExtractIdentity(Middleware):
-    """Sets ``pipeline.stream_id`` from the command's route (raises ``InvalidIdentity``,
-    ``UnregisteredCommand``). The dispatcher adds it first, before the application's middleware."""
-
-    def __init__(self, router: Router) -> None:
-        self.router = router
+    """Sets ``pipeline.stream_id`` from the command's route (raises ``InvalidIdentity``). The dispatcher
+    adds it first, before the application's middleware."""
 
     def before_dispatch(self, pipeline: Pipeline) -> None:
-        pipeline.stream_id = self.router.route(pipeline.command).stream_id(pipeline.command)
+        pipeline.stream_id = pipeline.registration.stream_id(pipeline.command)
 
 
 class CommandValidation(Middleware):

@@ -19,6 +19,8 @@ class Pipeline:
     correlation_id: uuid.UUID
     metadata: dict[str, Any]
     consistency: Any
+    registration: Any = None
+    """The command's route (a ``tidings.router.Registration``)."""
     stream_id: str | None = None
     """Set by ``ExtractIdentity``: the aggregate's stream."""
     assigns: dict[str, Any] = field(default_factory=dict)
