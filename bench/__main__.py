@@ -1,4 +1,4 @@
-"""Run benchmarks: ``python -m bench all`` or ``python -m bench services|store|codec|relay|dispatch [--repeat N]``.
+"""Run benchmarks: ``python -m bench all`` or ``python -m bench <name> [--repeat N]``.
 
 Services are provided as for the tests (``DATABASE_URL`` / ``KAFKA_BOOTSTRAP_SERVERS``, Docker, or local
 processes). Each benchmark prints a table and writes ``bench/results/<benchmark>.json``. Without
