@@ -26,9 +26,9 @@ from opentelemetry import propagate, trace
 
 from eventstore import PostgresEventStore, StreamNotFound, WrongExpectedVersion
 from eventstore.acknowledgements import Acknowledgements
-from tidings.aggregate import apply_all, produced
+from tidings.aggregate import produced
 from tidings.aggregate_cache import AggregateCache
-from tidings.errors import DispatchHalted, ExecutionTimeout, TooManyAttempts
+from tidings.errors import DispatchHalted, ExecutionFailed, ExecutionTimeout, TooManyAttempts
 from tidings.mapper import EventMapper
 from tidings.middleware import DEFAULT_MIDDLEWARE, ConsistencyGuarantee, ExtractIdentity, Middleware, Pipeline
 from tidings.router import Consistency, Registration, Router
@@ -121,6 +121,8 @@ class Application:
             TooManyAttempts: every attempt met a newer stream version; nothing was appended.
             ExecutionTimeout: the timeout passed before the events were appended; nothing was appended.
             DispatchHalted: a middleware halted without a response.
+            ExecutionFailed: the aggregate's ``apply`` raised (a bug in the aggregate).
+            ConsistencyTimeout: the events are committed, but not all handlers acknowledged them in time.
             Any exception the aggregate's ``execute`` raises (a domain error), unchanged.
         """
         if returning not in _RETURNING:
@@ -219,7 +221,7 @@ class Application:
                 # Someone else appended: catch up with what they wrote and decide again.
                 state, version = self._catch_up(state, version, stream_id)
                 continue
-            state = apply_all(state, events)
+            state = self._apply(registration.aggregate, stream_id, state, events, committed=True)
             snapshotting = self.snapshotting.get(registration.aggregate)
             if snapshotting is not None and snapshotting.due(snapshot_at, new_version):
                 snapshotting.record(self.store, state, stream_id, new_version)
@@ -228,6 +230,17 @@ class Application:
             return ExecutionResult(stream_id, state, new_version, events, pipeline.metadata, attempt)
         self.cache.evict(stream_id)
         raise TooManyAttempts(stream_id, attempts + 1)
+
+    def _apply(
+        self, aggregate: type, stream_id: str, state: Any, events: list[object], committed: bool
+    ) -> Any:
+        for event in events:
+            try:
+                state = state.apply(event)
+            except Exception as exc:
+                self.cache.evict(stream_id)
+                raise ExecutionFailed(aggregate, stream_id, event, committed) from exc
+        return state
 
     @staticmethod
     def _decide(registration: Registration, state: Any, command: object) -> list[object]:
@@ -254,7 +267,9 @@ class Application:
             except StreamNotFound:
                 return state, version
             for event in recorded:
-                state = state.apply(self.mapper.event_of(event))
+                state = self._apply(
+                    type(state), stream_id, state, [self.mapper.event_of(event)], committed=False
+                )
                 version = event.stream_version
             if len(recorded) < READ_BATCH:
                 return state, version

@@ -22,6 +22,7 @@ The write side's errors, from routing a command, running it and appending what i
     ├── DispatchHalted        a middleware halted the dispatch without a response
     ├── TooManyAttempts       the aggregate's stream kept moving: every retry met a newer version
     ├── ExecutionTimeout      the command did not finish within its timeout (nothing was appended)
+    ├── ExecutionFailed       the aggregate's apply raised: a bug, since apply must accept every event
     └── ConsistencyTimeout    the events are committed, but strongly consistent handlers did not all
                               acknowledge them in time
 
@@ -39,6 +40,7 @@ __all__ = [
     "DispatchError",
     "DispatchHalted",
     "DuplicateRegistration",
+    "ExecutionFailed",
     "ExecutionTimeout",
     "InvalidCommand",
     "InvalidIdentity",
@@ -250,6 +252,22 @@ class ExecutionTimeout(DispatchError, TimeoutError):
             f"{type(command).__qualname__} did not finish within {timeout}s; nothing was appended"
         )
         self.timeout = timeout
+
+
+class ExecutionFailed(DispatchError):
+    def __init__(self, aggregate: type, stream_id: str, event: object, committed: bool) -> None:
+        outcome = (
+            "the events are committed; the cached state was dropped, so the next command reads the stream "
+            "again"
+            if committed
+            else "nothing was appended"
+        )
+        super().__init__(
+            f"{aggregate.__qualname__}.apply raised on {type(event).__qualname__} in {stream_id} "
+            f"({outcome}). apply must accept every event that execute produces or the store holds: "
+            "fix the aggregate"
+        )
+        self.aggregate, self.stream_id, self.event, self.committed = aggregate, stream_id, event, committed
 
 
 class ConsistencyTimeout(DispatchError, TimeoutError):

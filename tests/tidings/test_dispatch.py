@@ -236,3 +236,34 @@ def test_a_registrations_lifespan_overrides_the_caches(event_store: PostgresEven
     assert app.cache.get(f"account-{account}") is None, "lifespan=0: not kept after OpenAccount"
     app.dispatch(Deposit(account, Decimal("1.00")))
     assert app.cache.get(f"account-{account}") is not None, "kept for the cache's lifespan after Deposit"
+
+
+class BrokenApply(BankAccount):
+    """An aggregate whose apply breaks on deposits (a bug tidings must name, not hide)."""
+
+    def apply(self, event: object) -> BankAccount:
+        if isinstance(event, MoneyDeposited):
+            raise KeyError("balance")
+        return super().apply(event)
+
+
+def test_an_apply_that_raises_is_execution_failed_and_says_what_was_committed(
+    event_store: PostgresEventStore,
+) -> None:
+    from tidings import ExecutionFailed, Router
+
+    router = Router()
+    router.dispatch([OpenAccount, Deposit], to=BrokenApply, identity="account_id", identity_prefix="account-")
+    app = Application(event_store, MAPPER, router)
+    account = uuid.uuid4()
+    app.dispatch(OpenAccount(account, "Ada"))
+    with pytest.raises(
+        ExecutionFailed, match=r"apply raised on MoneyDeposited .*the events are committed"
+    ) as raised:
+        app.dispatch(Deposit(account, Decimal("1.00")))
+    assert isinstance(raised.value.__cause__, KeyError)
+    assert app.cache.get(f"account-{account}") is None, "no state that missed an event stays cached"
+    # Replaying the stream meets the same event: nothing more is appended.
+    with pytest.raises(ExecutionFailed, match="nothing was appended"):
+        app.dispatch(Deposit(account, Decimal("1.00")))
+    assert len(event_store.read_stream_forward(f"account-{account}")) == 2
