@@ -41,6 +41,10 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
+def _positive(amount: Decimal) -> list[str]:
+    return [] if amount > 0 else [f"amount must be positive, got {amount}"]
+
+
 # --- commands ------------------------------------------------------------------------------------------
 
 
@@ -70,7 +74,7 @@ class Deposit:
     at: datetime = field(default_factory=_now)
 
     def validate(self) -> list[str]:
-        return [] if self.amount > 0 else [f"amount must be positive, got {self.amount}"]
+        return _positive(self.amount)
 
 
 @dataclass(frozen=True)
@@ -80,7 +84,7 @@ class Withdraw:
     at: datetime = field(default_factory=_now)
 
     def validate(self) -> list[str]:
-        return [] if self.amount > 0 else [f"amount must be positive, got {self.amount}"]
+        return _positive(self.amount)
 
 
 @dataclass(frozen=True)
@@ -99,7 +103,7 @@ class RequestTransfer:
     at: datetime = field(default_factory=_now)
 
     def validate(self) -> list[str]:
-        problems = [] if self.amount > 0 else [f"amount must be positive, got {self.amount}"]
+        problems = _positive(self.amount)
         if self.source_account == self.target_account:
             problems.append("a transfer needs two different accounts")
         return problems

@@ -155,20 +155,13 @@ class LocalKafka:
 
     def stop(self, *, keep_logs: bool = True) -> None:
         """SIGTERM the broker, wait for a clean shutdown (SIGKILL after 30 s), delete its data."""
-        if self.is_running():
-            os.kill(self.pid, signal.SIGTERM)
-            deadline = time.monotonic() + STOP_TIMEOUT_SECONDS
-            while self.is_running() and time.monotonic() < deadline:
-                _reap(self.pid)
-                time.sleep(0.1)
-            self._kill()
-        _reap(self.pid)
+        self.pause()
         shutil.rmtree(self.data_dir, ignore_errors=True)
         if not keep_logs:
             shutil.rmtree(self.run_dir, ignore_errors=True)
 
     def pause(self) -> None:
-        """Stop the broker as an outage would (SIGTERM, then SIGKILL), keeping its data and ports.
+        """Stop the broker (SIGTERM, SIGKILL after 30 s) but keep its data and ports.
 
         For tests of what clients do while Kafka is down; ``resume()`` brings the same broker back.
         """
