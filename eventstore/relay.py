@@ -32,7 +32,7 @@ from collections.abc import Callable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import NamedTuple
+from typing import NamedTuple, TypeVar
 
 import psycopg
 from confluent_kafka import KafkaError, KafkaException, Producer
@@ -42,7 +42,7 @@ from psycopg import sql
 
 from eventstore import metrics
 from eventstore.errors import ConfigurationError, EventStoreError
-from eventstore.kafka_tail import EVENT_NUMBER_HEADER, last_published
+from eventstore.kafka_tail import EVENT_NUMBER_HEADER, Tail, last_published
 from eventstore.leadership import Leadership
 from eventstore.postgres.statements import notification_channel
 from eventstore.postgres.store import PostgresEventStore
@@ -61,6 +61,8 @@ __all__ = [
 ]
 
 log = logging.getLogger("eventstore.relay")
+
+T = TypeVar("T")
 
 # Settings that make the relay's guarantees; configuration may not change them.
 _FIXED = {"enable.idempotence", "acks", "transactional.id", "isolation.level", "enable.auto.commit"}
@@ -159,12 +161,7 @@ class RelayConfig:
             raise ConfigurationError(
                 f"batch_size and batch_bytes must be at least 1, got {self.batch_size} and {self.batch_bytes}"
             )
-        if (
-            self.partitions == 0
-            or self.partitions < -1
-            or self.replication_factor in (0,)
-            or self.replication_factor < -1
-        ):
+        if not all(n == -1 or n > 0 for n in (self.partitions, self.replication_factor)):
             raise ConfigurationError(
                 "partitions and replication_factor must be positive, or -1 for the broker's"
             )
@@ -448,15 +445,24 @@ class Relay:
                 upcoming.cancel()
 
     def _read(self, start: int) -> list[OutgoingEvent]:
+        rows = self._retrying(
+            "read the store",
+            "postgres",
+            EventStoreError,
+            lambda: self.store._relay_batch(start, self.config.batch_size, self.config.batch_bytes),
+        )
+        return [OutgoingEvent(*row) for row in rows]
+
+    def _retrying(self, what: str, kind: str, retry_on: type[Exception], action: Callable[[], T]) -> T:
+        """``action()``, tried again with backoff while it raises ``retry_on`` (an outage), until stopped."""
         backoff = 0.1
         while True:
             try:
-                rows = self.store._relay_batch(start, self.config.batch_size, self.config.batch_bytes)
-                return [OutgoingEvent(*row) for row in rows]
-            except EventStoreError as exc:
-                metrics.RELAY_ERRORS.labels(*self._labels, "postgres").inc()
+                return action()
+            except retry_on as exc:
+                metrics.RELAY_ERRORS.labels(*self._labels, kind).inc()
                 log.warning(
-                    "relay cannot read the store; retrying", extra={"relay": self.identity, "error": str(exc)}
+                    f"relay cannot {what} yet; retrying", extra={"relay": self.identity, "error": str(exc)}
                 )
                 backoff = self._pause(backoff)
 
@@ -585,34 +591,30 @@ class Relay:
 
     def _resume_point(self) -> int:
         """The last event published: from the topics' committed tail, else the recorded position."""
-        backoff = 0.1
-        while True:
+
+        def tail() -> Tail:
             try:
-                tail = last_published(
+                return last_published(
                     self._connection, self.routing.topics(), self.config.transaction_timeout
                 )
-                break
             except KafkaException as exc:
                 if exc.args[0].code() == KafkaError._INVALID_ARG:
                     raise ConfigurationError(
                         f"Kafka refused the relay's consumer settings: {exc.args[0].str()}"
                     ) from None
-                metrics.RELAY_ERRORS.labels(*self._labels, "kafka_unavailable").inc()
-                log.warning(
-                    "relay cannot read the topics' tails yet; retrying",
-                    extra={"relay": self.identity, "error": str(exc)},
-                )
-                backoff = self._pause(backoff)
+                raise
+
+        found = self._retrying("read the topics' tails", "kafka_unavailable", KafkaException, tail)
         recorded = self._recorded_position()
-        if tail.last_event_number is not None:
-            if recorded > tail.last_event_number:
+        if found.last_event_number is not None:
+            if recorded > found.last_event_number:
                 log.warning(
                     "Kafka holds fewer events than the relay recorded publishing (a topic recreated, or the "
                     "routing changed); publishing again after the last one Kafka holds",
-                    extra={"relay": self.identity, "kafka": tail.last_event_number, "recorded": recorded},
+                    extra={"relay": self.identity, "kafka": found.last_event_number, "recorded": recorded},
                 )
-            position = tail.last_event_number
-        elif tail.ever_written:
+            position = found.last_event_number
+        elif found.ever_written:
             # The topics held messages but none is left to read (retention removed them).
             position = recorded
         else:
@@ -634,18 +636,12 @@ class Relay:
                 f"Kafka refused the relay's admin settings: {exc.args[0].str()}"
             ) from None
         wanted = self.routing.topics()
-        backoff = 0.1
-        while True:
-            try:
-                existing = admin.list_topics(timeout=self.config.transaction_timeout).topics
-                break
-            except KafkaException as exc:
-                metrics.RELAY_ERRORS.labels(*self._labels, "kafka_unavailable").inc()
-                log.warning(
-                    "relay cannot list topics yet; retrying",
-                    extra={"relay": self.identity, "error": str(exc)},
-                )
-                backoff = self._pause(backoff)
+        existing = self._retrying(
+            "list topics",
+            "kafka_unavailable",
+            KafkaException,
+            lambda: admin.list_topics(timeout=self.config.transaction_timeout).topics,
+        )
         missing = [topic for topic in wanted if topic not in existing]
         for topic in set(wanted) - set(missing):
             count = len(existing[topic].partitions)

@@ -107,19 +107,17 @@ class Routing:
         )
         """Whether a key function of the user's is involved: it is handed a full ``RecordedEvent``."""
         self._default_key = _key_function(key)
-        self._by_event_type = {
+        self._by_event_type = self._resolved(by_event_type or {})
+        self._by_category = self._resolved(by_category or {})
+
+    def _resolved(self, rules: Mapping[str, Route]) -> dict[str, tuple[str, Callable[[Routable], bytes]]]:
+        """Each rule's topic and key function, with the routing's defaults where the rule gives none."""
+        return {
             name: (
                 route.topic or self.default_topic,
                 _key_function(route.key) if route.key else self._default_key,
             )
-            for name, route in (by_event_type or {}).items()
-        }
-        self._by_category = {
-            name: (
-                route.topic or self.default_topic,
-                _key_function(route.key) if route.key else self._default_key,
-            )
-            for name, route in (by_category or {}).items()
+            for name, route in rules.items()
         }
 
     @classmethod

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 import uuid
 from collections.abc import Iterator
 from datetime import datetime
@@ -15,7 +14,12 @@ from eventstore import ANY, EventData, PostgresEventStore
 from eventstore.errors import ConfigurationError
 from eventstore.relay import Relay, RelayConfig, TopicCreationFailed, TopicMissing, relay_status
 from eventstore.routing import Route, Routing
-from tests.eventstore.relay_support import append_events, assert_exactly_once_in_order, read_committed
+from tests.eventstore.relay_support import (
+    append_events,
+    assert_exactly_once_in_order,
+    read_committed,
+    wait_until,
+)
 from tidings.pytest_plugin import KafkaNamespace
 
 
@@ -157,7 +161,7 @@ def test_a_restarted_relay_resumes_after_the_last_event_kafka_holds(
         kafka_namespace.group("b"),
         lambda s: len(s) >= len(appended),
     )
-    _settle(lambda: second.last_published == len(appended))
+    wait_until(lambda: second.last_published == len(appended), 30, "the relay")
     seen = read_committed(
         kafka_namespace.bootstrap_servers,
         [topic],
@@ -166,7 +170,7 @@ def test_a_restarted_relay_resumes_after_the_last_event_kafka_holds(
     )
     assert_exactly_once_in_order(seen, appended)
     # Recorded once the relay is idle (and at most a second apart while it is busy).
-    _settle(lambda: relay_status(event_store)[0].last_published == len(appended))
+    wait_until(lambda: relay_status(event_store)[0].last_published == len(appended), 30, "the relay")
     (status,) = relay_status(event_store)
     assert (status.name, status.last_published, status.lag_events) == ("default", len(appended), 0)
 
@@ -224,13 +228,6 @@ def test_bad_routing_is_refused_with_what_to_do(build: object, message: str) -> 
         build()  # type: ignore[operator]
 
 
-def _settle(condition: object, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():  # type: ignore[operator]
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.05)
-
-
 def test_leadership_and_progress_show_in_the_metrics(
     event_store: PostgresEventStore, kafka_namespace: KafkaNamespace, relays: list[Relay]
 ) -> None:
@@ -247,7 +244,7 @@ def test_leadership_and_progress_show_in_the_metrics(
     )
     relays.extend([first, second])
     first.start()
-    _settle(lambda: first.last_published == len(appended))
+    wait_until(lambda: first.last_published == len(appended), 30, "the relay")
     second.start()
 
     assert metrics.RELAY_LEADER.labels(*labels)._value.get() == 1
@@ -258,9 +255,9 @@ def test_leadership_and_progress_show_in_the_metrics(
     assert not second.leading.is_set(), "one leader at a time"
 
     first.stop()
-    _settle(lambda: second.leading.is_set())
+    wait_until(lambda: second.leading.is_set(), 30, "the relay")
     more = append_events(event_store, streams=2, per_stream=1, prefix="more")
-    _settle(lambda: second.last_published == len(appended) + len(more))
+    wait_until(lambda: second.last_published == len(appended) + len(more), 30, "the relay")
 
 
 def test_settings_kafka_refuses_are_a_configuration_error(

@@ -221,12 +221,7 @@ def _read_event(reader: _Reader, data: bytes, start: int, event_type: str) -> ob
             f"({type(err).__name__}: {err}): they were damaged or truncated, or hold a value that does not "
             "fit the class",
         ) from None
-    if end != len(data):
-        raise DeserializationError(
-            event_type,
-            f"{len(data) - end} bytes left over after decoding with schema {reader.schema_id}: "
-            "they were damaged, or written with another schema than their header says",
-        )
+    _check_all_read(data, end, reader.schema_id, event_type)
     return event
 
 
@@ -243,12 +238,16 @@ def _read(
             f"the bytes do not decode with schema {key} ({type(err).__name__}: {err}): "
             "they were damaged or truncated",
         ) from None
-    if buffer.tell() != len(data):
-        raise DeserializationError(
-            event_type,
-            f"{len(data) - buffer.tell()} bytes left over after decoding with schema {key}: "
-            "they were damaged, or written with another schema than their header says",
-        )
+    _check_all_read(data, buffer.tell(), key, event_type)
     if not isinstance(datum, dict):
         raise DeserializationError(event_type, f"decoded a {type(datum).__name__}, not a record")
     return datum
+
+
+def _check_all_read(data: bytes, end: int, key: str, event_type: str) -> None:
+    if end != len(data):
+        raise DeserializationError(
+            event_type,
+            f"{len(data) - end} bytes left over after decoding with schema {key}: "
+            "they were damaged, or written with another schema than their header says",
+        )
