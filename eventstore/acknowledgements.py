@@ -96,6 +96,18 @@ class Acknowledgements:
         with self.store.connection() as conn:
             conn.execute(self._acknowledge, params)
 
+    def acknowledge_many(
+        self, handler: str, versions: Iterable[tuple[str, int]], connection: psycopg.Connection
+    ) -> None:
+        """``acknowledge`` for several streams at once, in the caller's transaction (one round trip)."""
+        params = [
+            {"handler": handler, "stream": stream, "version": version, "channel": self._channel}
+            for stream, version in versions
+        ]
+        if params:
+            with connection.cursor() as cursor:
+                cursor.executemany(self._acknowledge, params)
+
     def pending(self, handlers: Sequence[str], stream_id: str, stream_version: int) -> list[str]:
         """Which of ``handlers`` have not acknowledged ``stream_id`` up to ``stream_version``."""
         with self.store.connection() as conn:

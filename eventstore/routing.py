@@ -98,6 +98,14 @@ class Routing:
         by_category: Mapping[str, Route] | None = None,
     ) -> None:
         self.default_topic = validate_topic(default_topic)
+        self._key_sources = {
+            key if isinstance(key, str) else None,
+            *(
+                route.key if isinstance(route.key, str) else None
+                for route in (*(by_event_type or {}).values(), *(by_category or {}).values())
+                if route.key is not None
+            ),
+        }
         self.needs_recorded_events = any(
             callable(source)
             for source in (
@@ -167,6 +175,10 @@ class Routing:
             if topic not in found:
                 found.append(topic)
         return found
+
+    def keys_by(self, source: str) -> bool:
+        """Whether every event is keyed by ``source`` (a key source name), whatever its topic."""
+        return self._key_sources == {source}
 
     def route(self, event: Routable) -> tuple[str, bytes]:
         """The event's topic and message key."""

@@ -1,0 +1,119 @@
+"""What a worker process runs (``WorkerApp``) and how it reaches PostgreSQL and Kafka (``WorkerConfig``).
+
+``tidings worker bank.workers:app`` loads a ``WorkerApp`` from the user's code: the application's name
+(its events topic is ``<name>.events``, as for ``tidings relay --app``), the mapper that decodes its
+events, the relay's routing when it has one, and its handlers. ``WorkerConfig`` comes from the
+environment and the command line, so one image runs in every environment.
+
+Example::
+
+    app = WorkerApp("bank", mapper=EventMapper(codec), handlers=[Balances, WelcomeEmails])
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from eventstore.config import sqlalchemy_url
+from eventstore.errors import ConfigurationError
+from eventstore.postgres.store import PostgresEventStore
+from eventstore.routing import Routing
+from tidings.mapper import EventMapper
+from workers.handler import EventHandler, validate_handler
+
+if TYPE_CHECKING:
+    import sqlalchemy as sa
+
+__all__ = ["WorkerApp", "WorkerConfig"]
+
+
+@dataclass
+class WorkerApp:
+    """An application's handlers and what they need to read its events."""
+
+    name: str
+    mapper: EventMapper
+    handlers: Sequence[type[EventHandler]] = ()
+    routing: Routing | None = None
+    """The relay's routing (default: every event on ``<name>.events``, keyed by stream id)."""
+
+    def __post_init__(self) -> None:
+        names = [validate_handler(handler).name for handler in self.handlers]
+        duplicates = sorted({name for name in names if names.count(name) > 1})
+        if duplicates:
+            raise ConfigurationError(
+                f"handler names must be unique (they name consumer groups): {duplicates}"
+            )
+
+    def routing_for(self, config: WorkerConfig | None = None) -> Routing:
+        return self.routing or Routing(f"{self.name}.events")
+
+    def handler(self, name: str) -> type[EventHandler]:
+        for handler in self.handlers:
+            if handler.name == name:
+                return handler
+        raise ConfigurationError(f"no handler named {name!r}; this app has {[h.name for h in self.handlers]}")
+
+
+@dataclass
+class WorkerConfig:
+    """How a worker reaches PostgreSQL and Kafka.
+
+    Attributes:
+        store: the event store (positions, parked events and acknowledgements live in its schema).
+        bootstrap_servers: the Kafka cluster.
+        kafka: further librdkafka settings (security, SASL, SSL, timeouts).
+        partitions, replication_factor: for the topics the worker creates (repartitioning, dead
+            letters, and the events topics if the relay has not created them yet); -1: broker defaults.
+        max_poll_records: messages taken from the consumer at a time.
+        shutdown_timeout: seconds a stop waits for the messages in flight.
+        instance_id: this member's stable id for static membership (a StatefulSet pod's name).
+    """
+
+    store: PostgresEventStore
+    bootstrap_servers: str
+    kafka: Mapping[str, str] = field(default_factory=dict)
+    partitions: int = -1
+    replication_factor: int = -1
+    max_poll_records: int = 500
+    shutdown_timeout: float = 30.0
+    instance_id: str = ""
+    _engine: sa.Engine | None = field(default=None, init=False, repr=False)
+    _engine_lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if not self.bootstrap_servers:
+            raise ConfigurationError("the worker needs Kafka's bootstrap servers (KAFKA_BOOTSTRAP_SERVERS)")
+        if self.max_poll_records < 1:
+            raise ConfigurationError("max_poll_records must be 1 or more")
+
+    def __repr__(self) -> str:
+        # Kafka settings may hold secrets (sasl.password): only their names.
+        return (
+            f"WorkerConfig(schema={self.store.config.schema!r}, bootstrap_servers={self.bootstrap_servers!r}, "
+            f"kafka={sorted(self.kafka)})"
+        )
+
+    def connection(self) -> dict[str, str]:
+        """The librdkafka settings every client of the worker shares."""
+        return {"bootstrap.servers": self.bootstrap_servers, **self.kafka}
+
+    def engine(self) -> sa.Engine:
+        """The SQLAlchemy engine projections write through (created on first use, shared)."""
+        import sqlalchemy as sa
+
+        with self._engine_lock:
+            if self._engine is None:
+                self._engine = sa.create_engine(
+                    sqlalchemy_url(self.store.config.url), pool_size=8, max_overflow=8, pool_pre_ping=True
+                )
+            return self._engine
+
+    def dispose(self) -> None:
+        with self._engine_lock:
+            if self._engine is not None:
+                self._engine.dispose()
+                self._engine = None

@@ -1,0 +1,128 @@
+"""A Kafka message as a handler sees it: the recorded event the relay published, and where it came from.
+
+The relay sends the stored bytes as the value and everything else as headers (``eventstore.relay``);
+``delivery_of`` turns them back into a ``RecordedEvent``. A message that cannot be read that way raises
+``UndecodableMessage``: it is a poison event, parked or dead-lettered, never retried.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from eventstore.records import RecordedEvent
+
+__all__ = ["Delivery", "EventMetadata", "UndecodableMessage", "delivery_of"]
+
+
+class UndecodableMessage(Exception):
+    """A Kafka message that is not an event the relay published (a header is missing or malformed).
+
+    It is parked (or dead-lettered) with this error; find it with ``tidings parked list``.
+    """
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """One message: its place in Kafka and, once read, the recorded event it carries."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes
+    value: bytes
+    headers: tuple[tuple[str, bytes], ...]
+    recorded: RecordedEvent | None = None
+    """None when the message could not be read (``error`` says why)."""
+    error: str = ""
+
+    @property
+    def event_number(self) -> int:
+        return (self.recorded.event_number or 0) if self.recorded is not None else 0
+
+
+@dataclass(slots=True)
+class EventMetadata:
+    """What a handler knows about the event besides its data (Commanded's metadata map).
+
+    ``metadata`` is the user's metadata recorded with the event (``dispatch(..., metadata=...)``);
+    ``state`` is the handler's state when the event arrived.
+    """
+
+    event_id: uuid.UUID
+    event_number: int
+    stream_id: str
+    stream_version: int
+    event_type: str
+    causation_id: uuid.UUID | None
+    correlation_id: uuid.UUID | None
+    created_at: datetime
+    handler_name: str
+    metadata: dict[str, Any] = field(default_factory=dict)
+    state: Any = None
+    topic: str = ""
+    partition: int = 0
+    offset: int = 0
+
+    @classmethod
+    def of(cls, delivery: Delivery, handler_name: str, metadata: dict[str, Any], state: Any) -> EventMetadata:
+        recorded = delivery.recorded
+        assert recorded is not None
+        return cls(
+            recorded.event_id,
+            recorded.event_number or 0,
+            recorded.stream_id,
+            recorded.stream_version,
+            recorded.event_type,
+            recorded.causation_id,
+            recorded.correlation_id,
+            recorded.created_at,
+            handler_name,
+            metadata,
+            state,
+            delivery.topic,
+            delivery.partition,
+            delivery.offset,
+        )
+
+
+_REQUIRED = ("event_id", "event_type", "event_number", "stream_id", "stream_version", "created_at")
+
+
+def delivery_of(
+    topic: str, partition: int, offset: int, key: bytes | None, value: bytes | None, headers: Any
+) -> Delivery:
+    """The delivery of one message; an unreadable one comes back with ``recorded=None`` and an error."""
+    pairs = tuple((name, bytes(raw or b"")) for name, raw in (headers or ()))
+    found = dict(pairs)
+    base = Delivery(topic, partition, offset, key or b"", value or b"", pairs)
+    try:
+        missing = [name for name in _REQUIRED if name not in found]
+        if missing:
+            raise UndecodableMessage(f"missing headers {missing}: not published by a tidings relay")
+        causation = found.get("causation_id")
+        correlation = found.get("correlation_id")
+        recorded = RecordedEvent(
+            uuid.UUID(found["event_id"].decode()),
+            int(found["event_number"]),
+            found["stream_id"].decode(),
+            int(found["stream_version"]),
+            found["event_type"].decode(),
+            value or b"",
+            found.get("metadata") or b"{}",
+            found.get("schema_id", b"").decode(),
+            uuid.UUID(causation.decode()) if causation else None,
+            uuid.UUID(correlation.decode()) if correlation else None,
+            datetime.fromisoformat(found["created_at"].decode()),
+        )
+    except UndecodableMessage as exc:
+        return Delivery(*_fields(base), error=str(exc))
+    except (ValueError, UnicodeDecodeError) as exc:
+        return Delivery(*_fields(base), error=f"malformed headers: {exc}")
+    return Delivery(*_fields(base), recorded=recorded)
+
+
+def _fields(base: Delivery) -> tuple[str, int, int, bytes, bytes, tuple[tuple[str, bytes], ...]]:
+    return base.topic, base.partition, base.offset, base.key, base.value, base.headers

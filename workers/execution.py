@@ -1,0 +1,576 @@
+"""Handling one partition's messages: read, filter, call the handler, answer failures, record outcomes.
+
+This is the runtime's part that knows nothing of Kafka's consumer: it is handed a partition's messages in
+offset order and says how far it got. Per message, in order:
+
+1. unreadable (headers, codec)       -> poison: parked (or dead-lettered) without retries
+2. at or below the partition's last event_number -> already seen (a redelivery): nothing to do
+3. at or below ``start_from``, or another stream than ``subscribe_to`` -> filtered
+4. its key has parked events         -> parked behind them, so the key keeps its order
+5. otherwise                         -> handled; a failure goes to the handler's ``error`` answer
+
+A projection's messages are handled in one PostgreSQL transaction per batch with the checkpoint; a
+failure rolls the batch back, commits the messages before the failed one on their own, and answers the
+failed one alone. A plain handler's effects are its own: messages before a failure stay handled.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import psycopg
+from opentelemetry import propagate, trace
+
+from eventstore.acknowledgements import Acknowledgements
+from eventstore.postgres.store import PostgresEventStore
+from tidings.errors import CodecError
+from tidings.mapper import EventMapper
+from workers import metrics
+from workers.delivery import Delivery, EventMetadata
+from workers.failure import ErrorAnswer, FailureContext, Park, Retry, Skip, Stop
+from workers.handler import BatchFailed, EventHandler
+from workers.parking import ParkedEvents
+from workers.positions import Checkpoint, Positions, Subscription
+
+if TYPE_CHECKING:
+    import sqlalchemy as sa
+
+    from workers.projection import Projection
+
+__all__ = ["Abandoned", "Executor", "HandlerStopped", "PartitionState", "Shared"]
+
+log = logging.getLogger("workers.handler")
+tracer = trace.get_tracer("tidings.workers")
+
+
+class HandlerStopped(Exception):
+    """The handler's ``error`` answered ``Stop``: it consumes nothing more until restarted."""
+
+    def __init__(self, handler: str, reason: str, delivery: Delivery) -> None:
+        where = f"{delivery.topic}[{delivery.partition}]@{delivery.offset}"
+        super().__init__(f"handler {handler!r} stopped at {where} (event {delivery.event_number}): {reason}")
+        self.reason = reason
+        self.delivery = delivery
+
+
+class Abandoned(Exception):
+    """The partition was revoked, or the worker is stopping: leave the rest for the next owner."""
+
+
+@dataclass(eq=False)
+class PartitionState:
+    """What a lane knows of one assigned partition."""
+
+    topic: str
+    partition: int
+    last_event_number: int = 0
+    parked_keys: set[bytes] = field(default_factory=set)
+    revoked: threading.Event = field(default_factory=threading.Event)
+    next_offset: int | None = None
+    """The offset after the last message finished with (handled, skipped, parked...)."""
+
+
+@dataclass
+class Shared:
+    """What every lane of one handler uses."""
+
+    name: str
+    store: PostgresEventStore
+    mapper: EventMapper
+    subscription: Subscription
+    subscribe_to: str
+    positions: Positions
+    parked: ParkedEvents
+    acknowledgements: Acknowledgements | None
+    stopping: threading.Event
+    dead_letter: Callable[[Delivery, str], None] | None = None
+    engine: sa.Engine | None = None
+
+
+@dataclass
+class _Staged:
+    """Outcomes of a unit of work, applied to the partition once the unit commits."""
+
+    last_event_number: int
+    next_offset: int | None = None
+    new_parked_keys: set[bytes] = field(default_factory=set)
+    parks: list[tuple[Delivery, str]] = field(default_factory=list)
+    dead_letters: list[tuple[Delivery, str]] = field(default_factory=list)
+    acks: dict[str, int] = field(default_factory=dict)
+    handled: list[tuple[Any, EventMetadata]] = field(default_factory=list)
+    outcomes: dict[str, int] = field(default_factory=dict)
+
+    def count(self, outcome: str) -> None:
+        self.outcomes[outcome] = self.outcomes.get(outcome, 0) + 1
+
+
+class _StepFailed(Exception):
+    def __init__(self, index: int, error: BaseException, event: Any, metadata: EventMetadata) -> None:
+        super().__init__(str(error))
+        self.index = index
+        self.error = error
+        self.event = event
+        self.metadata = metadata
+
+
+@dataclass(frozen=True, slots=True)
+class _Decided:
+    """An answer already given for a message (Skip or Park) to carry out in the next unit."""
+
+    answer: Skip | Park
+
+
+class Executor:
+    """Handles messages of the partitions of one lane, with one handler instance."""
+
+    def __init__(self, handler: EventHandler, shared: Shared) -> None:
+        self.handler = handler
+        self.shared = shared
+        self.name = shared.name
+        self._projection: Projection | None = None
+        from workers.projection import Projection
+
+        if isinstance(handler, Projection):
+            self._projection = handler
+        self._batches = type(handler).handles_batches() and self._projection is None
+        self._async = inspect.iscoroutinefunction(handler.handle) or inspect.iscoroutinefunction(
+            getattr(handler, "project", None)
+        )
+        self._loop = (
+            asyncio.new_event_loop()
+            if self._async or inspect.iscoroutinefunction(handler.handle_batch)
+            else None
+        )
+        self._events = {o: metrics.EVENTS.labels(self.name, o) for o in _OUTCOMES}
+        self._handle_seconds = metrics.HANDLE_SECONDS.labels(self.name)
+        self._end_to_end = metrics.END_TO_END.labels(self.name)
+
+    def close(self) -> None:
+        if self._loop is not None:
+            self._loop.close()
+
+    # --- entry points ------------------------------------------------------------------------------
+
+    def process(self, ps: PartitionState, deliveries: list[Delivery]) -> None:
+        """Handle ``deliveries`` (one partition, offset order); ``ps.next_offset`` says how far it got.
+
+        Raises:
+            HandlerStopped: the handler answered Stop; ``ps.next_offset`` stays before that message.
+        """
+        start = 0
+        limit = len(deliveries)
+        decided: dict[int, _Decided] = {}
+        while start < len(deliveries):
+            if ps.revoked.is_set() or self.shared.stopping.is_set():
+                return
+            staged = _Staged(ps.last_event_number)
+            try:
+                self._unit(ps, deliveries[start:limit], staged, decided)
+            except _StepFailed as failed:
+                if self._projection is not None and failed.index > 0:
+                    # Rolled back: commit what came before the failure on its own, then answer it alone.
+                    limit = start + failed.index
+                    continue
+                if self._projection is None:
+                    self._commit(ps, staged)  # what the handler did before the failure stays done
+                    start += failed.index
+                failing = deliveries[start]
+
+                def retry(failing: Delivery = failing) -> None:
+                    self._unit(ps, [failing], _Staged(ps.last_event_number), {})
+
+                try:
+                    answer = self._answer(ps, failing, failed, retry)
+                except Abandoned:
+                    return
+                if answer is None:
+                    start += 1
+                else:
+                    decided[failing.offset] = answer
+                limit = len(deliveries)
+                continue
+            except Abandoned:
+                return
+            start, limit = limit, len(deliveries)
+
+    def drain(self, ps: PartitionState, key: bytes) -> None:
+        """Hand a released key's parked events back to the handler, oldest first, then run it live."""
+        parked = self.shared.parked.of_key(self.name, ps.topic, ps.partition, key)
+        if not parked:
+            ps.parked_keys.discard(key)
+            return
+        if not any(event.released for event in parked):
+            ps.parked_keys.add(key)
+            return
+        for event in parked:
+            if ps.revoked.is_set() or self.shared.stopping.is_set():
+                return
+            try:
+                parked_again = self._retry_parked(ps, event.id, event.delivery)
+            except Abandoned:
+                return
+            if parked_again:
+                # It failed again: what is left of the key waits for the next release.
+                with self.shared.store.connection() as conn:
+                    self.shared.parked.hold(conn, self.name, ps.topic, ps.partition, key)
+                return
+        ps.parked_keys.discard(key)
+        log.info("released parked events handled", extra={"handler": self.name, "key": _text(key)})
+
+    # --- units of work -----------------------------------------------------------------------------
+
+    def _unit(
+        self, ps: PartitionState, window: list[Delivery], staged: _Staged, decided: dict[int, _Decided]
+    ) -> None:
+        if self._projection is not None:
+            self._projection_unit(ps, window, staged, decided)
+        else:
+            self._handler_unit(ps, window, staged, decided)
+            self._commit(ps, staged)
+
+    def _handler_unit(
+        self, ps: PartitionState, window: list[Delivery], staged: _Staged, decided: dict[int, _Decided]
+    ) -> None:
+        batch: list[tuple[int, Delivery, Any, EventMetadata]] = []
+        for index, delivery in enumerate(window):
+            if (ps.revoked.is_set() or self.shared.stopping.is_set()) and not batch:
+                raise Abandoned
+            step = self._classify(ps, staged, delivery, decided)
+            if step is None:
+                continue
+            event, metadata = step
+            if self._batches:
+                batch.append((index, delivery, event, metadata))
+                continue
+            try:
+                self._call(lambda e=event, m=metadata: self.handler.handle(e, m), index, event, metadata)
+            except _StepFailed:
+                # The failed message is not finished with: the position stays before it.
+                staged.next_offset = delivery.offset
+                staged.last_event_number = delivery.event_number - 1
+                raise
+            self._handled(staged, delivery, event, metadata)
+        if batch:
+            self._call_batch(staged, batch)
+
+    def _projection_unit(
+        self, ps: PartitionState, window: list[Delivery], staged: _Staged, decided: dict[int, _Decided]
+    ) -> None:
+        projection = self._projection
+        assert projection is not None and self.shared.engine is not None
+        last: Delivery | None = None
+        with self.shared.engine.begin() as connection:
+            raw: psycopg.Connection = connection.connection.driver_connection  # type: ignore[assignment]
+            for index, delivery in enumerate(window):
+                step = self._classify(ps, staged, delivery, decided)
+                last = delivery
+                if step is None:
+                    continue
+                event, metadata = step
+                self._call(
+                    lambda e=event, m=metadata: projection.project(e, m, connection), index, event, metadata
+                )
+                self._handled(staged, delivery, event, metadata)
+            if last is not None:
+                self._record(raw, staged)
+                self.shared.positions.save_checkpoint(
+                    raw,
+                    self.name,
+                    ps.topic,
+                    ps.partition,
+                    Checkpoint(last.offset + 1, staged.last_event_number),
+                )
+        self._applied(ps, staged)
+        for event, metadata in staged.handled:
+            projection.after_update(event, metadata)
+
+    def _commit(self, ps: PartitionState, staged: _Staged) -> None:
+        """A plain handler's outcomes: parked events and acknowledgements, then its position."""
+        if staged.parks or staged.acks:
+            with self.shared.store.connection() as conn:
+                self._record(conn, staged)
+        self._applied(ps, staged)
+
+    def _record(self, conn: psycopg.Connection, staged: _Staged) -> None:
+        for delivery, reason in staged.parks:
+            self.shared.parked.park(conn, self.name, delivery, reason)
+        if staged.acks and self.shared.acknowledgements is not None:
+            self.shared.acknowledgements.acknowledge_many(self.name, staged.acks.items(), conn)
+        for delivery, reason in staged.dead_letters:
+            assert self.shared.dead_letter is not None
+            self.shared.dead_letter(delivery, reason)
+
+    def _applied(self, ps: PartitionState, staged: _Staged) -> None:
+        ps.last_event_number = staged.last_event_number
+        ps.parked_keys |= staged.new_parked_keys
+        if staged.next_offset is not None:
+            ps.next_offset = staged.next_offset
+        for outcome, count in staged.outcomes.items():
+            self._events[outcome].inc(count)
+        staged.parks.clear()
+        staged.acks.clear()
+        staged.dead_letters.clear()
+        staged.outcomes.clear()
+
+    # --- one message -------------------------------------------------------------------------------
+
+    def _classify(
+        self, ps: PartitionState, staged: _Staged, delivery: Delivery, decided: dict[int, _Decided]
+    ) -> tuple[Any, EventMetadata] | None:
+        """The event and metadata to handle, or None when the message is finished with otherwise."""
+        staged.next_offset = delivery.offset + 1
+        recorded = delivery.recorded
+        if recorded is None:
+            self._poison(staged, delivery, f"undecodable message: {delivery.error}", "undecodable")
+            return None
+        number = recorded.event_number or 0
+        if number <= staged.last_event_number:
+            staged.count("already_seen")
+            return None
+        staged.last_event_number = number
+        subscription = self.shared.subscription
+        if number <= subscription.start_after or (
+            self.shared.subscribe_to != "all" and recorded.stream_id != self.shared.subscribe_to
+        ):
+            staged.count("filtered")
+            self._acknowledge(staged, delivery)
+            return None
+        answer = decided.pop(delivery.offset, None)
+        if answer is not None:
+            if isinstance(answer.answer, Skip):
+                staged.count("skipped")
+                self._acknowledge(staged, delivery)
+            else:
+                self._poison(staged, delivery, answer.answer.reason or "parked by the error policy", None)
+            return None
+        if delivery.key in ps.parked_keys or delivery.key in staged.new_parked_keys:
+            staged.parks.append((delivery, "behind an earlier parked event of its key"))
+            staged.count("parked")
+            return None
+        try:
+            event, user_metadata = self.shared.mapper.from_recorded(recorded)
+        except CodecError as exc:
+            self._poison(staged, delivery, f"cannot decode: {exc}", "undecodable")
+            return None
+        return event, EventMetadata.of(delivery, self.name, user_metadata, self.handler.state)
+
+    def _poison(self, staged: _Staged, delivery: Delivery, reason: str, error_kind: str | None) -> None:
+        if error_kind is not None:
+            metrics.ERRORS.labels(self.name, error_kind).inc()
+        where = {
+            "handler": self.name,
+            "topic": delivery.topic,
+            "partition": delivery.partition,
+            "offset": delivery.offset,
+            "event_number": delivery.event_number,
+            "reason": reason,
+        }
+        if type(self.handler).on_poison == "dead_letter" and self.shared.dead_letter is not None:
+            staged.dead_letters.append((delivery, reason))
+            staged.count("dead_lettered")
+            log.error("event sent to the dead-letter topic", extra=where)
+        else:
+            staged.parks.append((delivery, reason))
+            staged.new_parked_keys.add(delivery.key)
+            staged.count("parked")
+            log.error("event parked; later events of its key wait behind it", extra=where)
+
+    def _handled(self, staged: _Staged, delivery: Delivery, event: Any, metadata: EventMetadata) -> None:
+        staged.count("handled")
+        self._acknowledge(staged, delivery)
+        if self._projection is not None:
+            staged.handled.append((event, metadata))
+        created = metadata.created_at
+        self._end_to_end.observe(max(0.0, time.time() - created.timestamp()))
+
+    def _acknowledge(self, staged: _Staged, delivery: Delivery) -> None:
+        if self.shared.acknowledgements is not None and delivery.recorded is not None:
+            recorded = delivery.recorded
+            if staged.acks.get(recorded.stream_id, 0) < recorded.stream_version:
+                staged.acks[recorded.stream_id] = recorded.stream_version
+
+    # --- calling the handler -----------------------------------------------------------------------
+
+    def _call(self, run: Callable[[], Any], index: int, event: Any, metadata: EventMetadata) -> None:
+        started = time.perf_counter()
+        try:
+            with self._span(metadata):
+                result = run()
+                if inspect.isawaitable(result):
+                    assert self._loop is not None
+                    result = self._loop.run_until_complete(result)  # type: ignore[arg-type]
+        except Exception as exc:
+            metrics.ERRORS.labels(self.name, "handler").inc()
+            raise _StepFailed(index, exc, event, metadata) from exc
+        finally:
+            self._handle_seconds.observe(time.perf_counter() - started)
+        if result is not None:
+            self.handler.state = result
+
+    def _call_batch(self, staged: _Staged, batch: list[tuple[int, Delivery, Any, EventMetadata]]) -> None:
+        items = [(event, metadata) for _, _, event, metadata in batch]
+        try:
+            self._call(lambda: self.handler.handle_batch(items), batch[0][0], items[0][0], items[0][1])
+        except _StepFailed as failed:
+            at = failed.error.index if isinstance(failed.error, BatchFailed) else 0
+            at = min(max(at, 0), len(batch) - 1)
+            cause = failed.error.error if isinstance(failed.error, BatchFailed) else failed.error
+            for _, delivery, event, metadata in batch[:at]:
+                self._handled(staged, delivery, event, metadata)
+            staged.next_offset = batch[at][1].offset
+            staged.last_event_number = batch[at][1].event_number - 1
+            index, _, event, metadata = batch[at]
+            raise _StepFailed(index, cause, event, metadata) from cause
+        for _, delivery, event, metadata in batch:
+            self._handled(staged, delivery, event, metadata)
+
+    @contextlib.contextmanager
+    def _span(self, metadata: EventMetadata) -> Iterator[None]:
+        span = tracer.start_span(
+            f"handle {metadata.event_type}",
+            context=propagate.extract({k: str(v) for k, v in metadata.metadata.items() if k in _TRACE_KEYS}),
+            kind=trace.SpanKind.CONSUMER,
+        )
+        if not span.is_recording():
+            yield
+            return
+        span.set_attribute("tidings.handler", self.name)
+        span.set_attribute("tidings.event_number", metadata.event_number)
+        span.set_attribute("tidings.stream_id", metadata.stream_id)
+        with trace.use_span(span, end_on_exit=True):
+            yield
+
+    # --- failures ----------------------------------------------------------------------------------
+
+    def _answer(
+        self, ps: PartitionState, delivery: Delivery, failed: _StepFailed, retry: Callable[[], None]
+    ) -> _Decided | None:
+        """Ask ``error`` until the message is handled (None), or skipped or parked (the decision).
+
+        Raises:
+            HandlerStopped: the answer was Stop.
+            Abandoned: the partition was revoked, or the worker stops, while waiting to retry.
+        """
+        attempt = 1
+        context: dict[str, Any] = {}
+        error = failed.error
+        while True:
+            situation = FailureContext.of(error, attempt, context, failed.metadata, self.handler.state)
+            answer = self._ask(error, failed.event, situation)
+            log.warning(
+                "handling failed",
+                extra={
+                    "handler": self.name,
+                    "event_number": delivery.event_number,
+                    "attempt": attempt,
+                    "error": f"{type(error).__name__}: {error}",
+                    "answer": type(answer).__name__,
+                },
+            )
+            if isinstance(answer, Stop):
+                raise HandlerStopped(self.name, answer.reason or str(error), delivery)
+            if isinstance(answer, Skip | Park):
+                return _Decided(answer)
+            self._wait(ps, answer.delay)
+            context = answer.context
+            attempt += 1
+            try:
+                retry()
+                return None
+            except _StepFailed as again:
+                error = again.error
+
+    def _ask(self, error: BaseException, event: Any, context: FailureContext) -> ErrorAnswer:
+        try:
+            answer = self.handler.error(error, event, context)
+        except Exception as exc:
+            log.exception(
+                "the handler's error callback failed; parking the event", extra={"handler": self.name}
+            )
+            return Park(f"error callback failed: {type(exc).__name__}: {exc}")
+        if not isinstance(answer, Retry | Skip | Park | Stop):
+            return Park(f"error callback answered {answer!r}, not Retry, Skip, Park or Stop")
+        return answer
+
+    def _wait(self, ps: PartitionState, delay: float) -> None:
+        deadline = time.monotonic() + delay
+        while True:
+            if ps.revoked.is_set() or self.shared.stopping.is_set():
+                raise Abandoned
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            ps.revoked.wait(min(left, 0.1))
+
+    def _retry_parked(self, ps: PartitionState, parked_id: int, delivery: Delivery) -> bool:
+        """Handle one released parked event and remove it, unless it is parked again (returns True)."""
+        # A scratch state: the event is neither "already seen" nor "behind a parked event" this time.
+        scratch = PartitionState(ps.topic, ps.partition, revoked=ps.revoked)
+        decided: dict[int, _Decided] = {}
+        while True:
+            staged = _Staged(0)
+            try:
+                return self._parked_unit(scratch, parked_id, delivery, staged, decided)
+            except _StepFailed as failed:
+
+                def retry() -> None:
+                    self._parked_unit(scratch, parked_id, delivery, _Staged(0), {})
+
+                answer = self._answer(scratch, delivery, failed, retry)
+                if answer is None:
+                    return False
+                decided[delivery.offset] = answer
+
+    def _parked_unit(
+        self,
+        ps: PartitionState,
+        parked_id: int,
+        delivery: Delivery,
+        staged: _Staged,
+        decided: dict[int, _Decided],
+    ) -> bool:
+        """One attempt at a parked event; its row goes in the same transaction as a projection's writes."""
+        projection = self._projection
+        if projection is None:
+            self._handler_unit(ps, [delivery], staged, decided)
+            with self.shared.store.connection() as conn:
+                parked_again = self._finish_parked(conn, parked_id, staged)
+            self._applied(ps, staged)
+            return parked_again
+        assert self.shared.engine is not None
+        with self.shared.engine.begin() as connection:
+            raw: psycopg.Connection = connection.connection.driver_connection  # type: ignore[assignment]
+            step = self._classify(ps, staged, delivery, decided)
+            if step is not None:
+                event, metadata = step
+                self._call(lambda: projection.project(event, metadata, connection), 0, event, metadata)
+                self._handled(staged, delivery, event, metadata)
+            parked_again = self._finish_parked(raw, parked_id, staged)
+        self._applied(ps, staged)
+        for event, metadata in staged.handled:
+            projection.after_update(event, metadata)
+        return parked_again
+
+    def _finish_parked(self, conn: psycopg.Connection, parked_id: int, staged: _Staged) -> bool:
+        parked_again = bool(staged.parks)
+        if not parked_again:
+            self.shared.parked.remove(conn, parked_id)
+        staged.parks.clear()  # parked again: its row is already there
+        self._record(conn, staged)
+        return parked_again
+
+
+_OUTCOMES = ("handled", "skipped", "parked", "dead_lettered", "already_seen", "filtered")
+_TRACE_KEYS = ("traceparent", "tracestate")
+
+
+def _text(key: bytes) -> str:
+    return key.decode("utf-8", "backslashreplace")

@@ -1,0 +1,166 @@
+"""EventHandler: react to published events, one Kafka consumer group per handler.
+
+A handler's ``name`` is its identity: its consumer group, its checkpoints, its acknowledgements and its
+parked events. Keep it stable across releases; a new name starts over from ``start_from``.
+
+Example::
+
+    class WelcomeEmails(EventHandler):
+        name = "welcome-emails"
+        start_from = "current"          # not the history: only accounts opened from now on
+
+        def handle(self, event, metadata):
+            match event:
+                case AccountOpened(owner=owner):
+                    send_welcome(owner)
+
+Options (class attributes), in Commanded's terms:
+
+- ``start_from``: ``"origin"`` (every event), ``"current"`` (events after the handler first started),
+  or an event_number (events after it). Applied only when the handler first starts, and on reset.
+- ``subscribe_to``: ``"all"`` or one stream id.
+- ``concurrency``: how many partitions this process handles at once (each in order).
+- ``partition_by``: ``None`` keeps the relay's key (the stream id); a key source name (``"stream_id"``,
+  ``"correlation_id"``, ``"metadata.<field>"``...) or a function ``(event, metadata) -> str`` orders events
+  by that key instead: the worker republishes them to a topic keyed by it, in event_number order.
+- ``consistency``: ``"strong"`` makes ``dispatch(..., consistency="strong")`` wait for this handler.
+- ``on_poison``: ``"park"`` (the event and every later event of its key wait for an operator) or
+  ``"dead_letter"`` (the event goes to ``<name>.dead-letter``; its key goes on).
+- ``max_attempts``: failures of one event before the default ``error`` gives up.
+- ``static_membership``: keep the member's partitions over a quick restart (``group.instance.id``).
+
+Callbacks: ``init`` (per instance; may set ``self.state``), ``after_start``, ``handle`` (or
+``handle_batch``), ``error``, ``before_reset``. ``handle`` may be ``async def``; a value it returns (other
+than None) becomes the new ``state``.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Sequence
+from typing import Any, ClassVar, Literal
+
+from eventstore.errors import ConfigurationError
+from eventstore.routing import KEY_SOURCES
+from workers.delivery import EventMetadata
+from workers.failure import ErrorAnswer, FailureContext, default_answer
+
+__all__ = ["EventHandler", "PartitionBy", "StartFrom", "validate_handler"]
+
+StartFrom = Literal["origin", "current"] | int
+PartitionBy = str | Callable[[Any, EventMetadata], "str | bytes"] | None
+
+_NAME = re.compile(r"[A-Za-z0-9._-]{1,200}")
+
+
+class EventHandler:
+    """Subclass, set ``name``, and define ``handle(event, metadata)`` (or ``handle_batch``)."""
+
+    name: ClassVar[str] = ""
+    start_from: ClassVar[StartFrom] = "origin"
+    subscribe_to: ClassVar[str] = "all"
+    concurrency: ClassVar[int] = 1
+    partition_by: ClassVar[PartitionBy] = None
+    consistency: ClassVar[Literal["eventual", "strong"]] = "eventual"
+    on_poison: ClassVar[Literal["park", "dead_letter"]] = "park"
+    max_attempts: ClassVar[int] = 5
+    static_membership: ClassVar[bool] = False
+    topics: ClassVar[Sequence[str] | None] = None
+    """The topics to read (default: every topic of the application's routing)."""
+
+    def __init__(self, index: int = 0) -> None:
+        self.index = index
+        """Which of the ``concurrency`` instances of this process this is (0-based)."""
+        self.state: Any = None
+
+    # --- callbacks ---------------------------------------------------------------------------------
+
+    def init(self) -> None:
+        """Called once per instance before it handles anything: set ``self.state`` or runtime options."""
+
+    def after_start(self) -> None:
+        """Called once per instance after the consumer has subscribed."""
+
+    def handle(self, event: Any, metadata: EventMetadata) -> Any:
+        """Handle one event. Raise to fail (``error`` decides what happens); return a new state or None."""
+        raise NotImplementedError(f"{type(self).__qualname__} defines neither handle nor handle_batch")
+
+    def handle_batch(self, batch: list[tuple[Any, EventMetadata]]) -> Any:
+        """Handle consecutive events of one partition at once. Raise ``BatchFailed(index, error)`` to
+        name the event that failed (others before it count as handled), or anything else to fail the
+        batch's first event. The default calls ``handle`` for each."""
+        raise NotImplementedError
+
+    def error(self, error: BaseException, event: Any, context: FailureContext) -> ErrorAnswer:
+        """What to do about a failure; by default retry with backoff, then park after ``max_attempts``."""
+        return default_answer(error, context, self.max_attempts)
+
+    def before_reset(self) -> None:
+        """Called by ``tidings reset`` before the handler's position is rewound (drop derived state here)."""
+
+    # --- introspection -----------------------------------------------------------------------------
+
+    @classmethod
+    def handles_batches(cls) -> bool:
+        return cls.handle_batch is not EventHandler.handle_batch
+
+
+class BatchFailed(Exception):
+    """Raised by ``handle_batch``: the event at ``index`` failed with ``error``; those before it are done."""
+
+    def __init__(self, index: int, error: BaseException) -> None:
+        super().__init__(f"event {index} of the batch failed: {error}")
+        self.index = index
+        self.error = error
+
+
+def validate_handler(handler: type[EventHandler]) -> type[EventHandler]:
+    """Check a handler class's options; raise ``ConfigurationError`` saying what to change."""
+    where = handler.__qualname__
+    if not isinstance(handler.name, str) or not _NAME.fullmatch(handler.name):
+        raise ConfigurationError(
+            f"{where}.name must be 1-200 of A-Z a-z 0-9 . _ - (it names the Kafka consumer group), "
+            f"got {handler.name!r}"
+        )
+    start = handler.start_from
+    if not (
+        start in ("origin", "current")
+        or (isinstance(start, int) and not isinstance(start, bool) and start >= 0)
+    ):
+        raise ConfigurationError(
+            f"{where}.start_from must be 'origin', 'current' or an event_number >= 0, got {start!r}"
+        )
+    if not isinstance(handler.concurrency, int) or handler.concurrency < 1:
+        raise ConfigurationError(
+            f"{where}.concurrency must be a positive integer, got {handler.concurrency!r}"
+        )
+    if handler.consistency not in ("eventual", "strong"):
+        raise ConfigurationError(
+            f"{where}.consistency must be 'eventual' or 'strong', got {handler.consistency!r}"
+        )
+    if handler.on_poison not in ("park", "dead_letter"):
+        raise ConfigurationError(
+            f"{where}.on_poison must be 'park' or 'dead_letter', got {handler.on_poison!r}"
+        )
+    if not isinstance(handler.max_attempts, int) or handler.max_attempts < 1:
+        raise ConfigurationError(f"{where}.max_attempts must be 1 or more, got {handler.max_attempts!r}")
+    if not isinstance(handler.subscribe_to, str) or not handler.subscribe_to:
+        raise ConfigurationError(f"{where}.subscribe_to must be 'all' or a stream id")
+    by = handler.partition_by
+    if isinstance(by, str) and not (by in KEY_SOURCES or (by.startswith("metadata.") and len(by) > 9)):
+        raise ConfigurationError(
+            f"{where}.partition_by {by!r} is not a key source: use one of {', '.join(KEY_SOURCES)}, "
+            "metadata.<field>, or a function (event, metadata) -> key"
+        )
+    if by is not None and not isinstance(by, str) and not callable(by):
+        raise ConfigurationError(f"{where}.partition_by must be a key source name or a function")
+    projects = getattr(handler, "project", None) is not getattr(_projection_base(), "project", None)
+    if handler.handle is EventHandler.handle and not handler.handles_batches() and not projects:
+        raise ConfigurationError(f"{where} must define handle(event, metadata) or handle_batch(batch)")
+    return handler
+
+
+def _projection_base() -> type:
+    from workers.projection import Projection
+
+    return Projection

@@ -1,0 +1,107 @@
+"""Where each handler starts and where each projection is, kept in the store's schema.
+
+- The subscription row fixes ``start_from`` the first time a handler starts: ``"current"`` becomes the
+  store's last event_number at that moment, so restarts and new partitions never move it.
+- A projection's checkpoint per (topic, partition) is written by ``save_checkpoint`` on the projection's
+  own connection, inside the transaction of its read-model writes: both commit, or neither does.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import psycopg
+from psycopg import sql
+
+from eventstore.postgres.store import PostgresEventStore
+
+__all__ = ["Checkpoint", "Positions", "Subscription"]
+
+log = logging.getLogger("workers.positions")
+
+
+@dataclass(frozen=True, slots=True)
+class Subscription:
+    handler: str
+    start_from: str
+    start_after: int
+    """Events numbered at or below this are not the handler's (its ``start_from``)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Checkpoint:
+    next_offset: int
+    event_number: int
+
+
+class Positions:
+    """The positions of the handlers of one store."""
+
+    def __init__(self, store: PostgresEventStore) -> None:
+        self.store = store
+        schema = store.config.schema
+        subscriptions = sql.Identifier(schema, "handler_subscriptions")
+        checkpoints = sql.Identifier(schema, "handler_checkpoints")
+        self._subscribe = sql.SQL(
+            "INSERT INTO {} (handler, start_from, start_after) VALUES (%s, %s, %s) "
+            "ON CONFLICT (handler) DO NOTHING"
+        ).format(subscriptions)
+        self._subscription = sql.SQL(
+            "SELECT handler, start_from, start_after FROM {} WHERE handler = %s"
+        ).format(subscriptions)
+        self._unsubscribe = sql.SQL("DELETE FROM {} WHERE handler = %s").format(subscriptions)
+        self._checkpoints = sql.SQL(
+            "SELECT topic, partition, next_offset, event_number FROM {} WHERE handler = %s AND topic = ANY(%s)"
+        ).format(checkpoints)
+        self._save = sql.SQL(
+            "INSERT INTO {t} (handler, topic, partition, next_offset, event_number) "
+            "VALUES (%s, %s, %s, %s, %s) ON CONFLICT (handler, topic, partition) DO UPDATE SET "
+            "next_offset = excluded.next_offset, event_number = excluded.event_number, updated_at = now()"
+        ).format(t=checkpoints)
+        self._forget = sql.SQL("DELETE FROM {} WHERE handler = %s").format(checkpoints)
+
+    def subscribe(self, handler: str, start_from: str | int) -> Subscription:
+        """The handler's subscription, created from ``start_from`` if this is its first start."""
+        with self.store.connection() as conn:
+            existing = conn.execute(self._subscription, (handler,)).fetchone()
+            if existing is None:
+                after = self._resolve(start_from)
+                conn.execute(self._subscribe, (handler, str(start_from), after))
+                existing = conn.execute(self._subscription, (handler,)).fetchone()
+        assert existing is not None
+        found = Subscription(existing[0], existing[1], existing[2])
+        if found.start_from != str(start_from):
+            log.warning(
+                "start_from applies only when a handler first starts; reset it to apply the new one",
+                extra={"handler": handler, "configured": str(start_from), "in_effect": found.start_from},
+            )
+        return found
+
+    def unsubscribe(self, handler: str, connection: psycopg.Connection | None = None) -> None:
+        """Forget where the handler starts and every checkpoint it has (for a reset)."""
+        if connection is not None:
+            connection.execute(self._unsubscribe, (handler,))
+            connection.execute(self._forget, (handler,))
+            return
+        with self.store.connection() as conn:
+            self.unsubscribe(handler, conn)
+
+    def _resolve(self, start_from: str | int) -> int:
+        if start_from == "origin":
+            return 0
+        if start_from == "current":
+            return self.store.last_event_number()
+        return int(start_from)
+
+    def checkpoints(self, handler: str, topics: list[str]) -> dict[tuple[str, int], Checkpoint]:
+        with self.store.connection() as conn:
+            rows = conn.execute(self._checkpoints, (handler, topics)).fetchall()
+        return {(topic, partition): Checkpoint(offset, number) for topic, partition, offset, number in rows}
+
+    def save_checkpoint(
+        self, connection: psycopg.Connection, handler: str, topic: str, partition: int, checkpoint: Checkpoint
+    ) -> None:
+        connection.execute(
+            self._save, (handler, topic, partition, checkpoint.next_offset, checkpoint.event_number)
+        )

@@ -1,0 +1,579 @@
+"""HandlerRunner: one handler's Kafka consumer, its lanes, and its place in the consumer group.
+
+The consumer thread polls and never blocks on handling: it hands each partition's messages to the lane
+that owns the partition (``concurrency`` lanes, each with its own handler instance) and stores the
+offsets lanes report finished. A partition belongs to one lane, so a key's events are handled in order
+whatever the concurrency; different partitions run in parallel.
+
+- **Offsets** are stored only once a message is finished with (handled, skipped, parked), and committed
+  by librdkafka's auto-commit, synchronously on revocation, and on close.
+- **Assignment** (cooperative-sticky): a projection's partitions start at its PostgreSQL checkpoints,
+  set in the assign callback before anything is fetched; other handlers resume at the group's committed
+  offsets. A partition with neither starts at its beginning, filtered by ``start_from``; if retention
+  already deleted its first events and the handler needs them (``start_from = "origin"``), the handler
+  stops with a clear error instead of silently starting later.
+- **Revocation** waits for the lane to finish (or abandon, mid-retry) the partition's message in flight,
+  commits what is finished, then lets the partition go; queued messages are dropped for the next owner.
+- **Flow control** pauses a partition whose lane is behind (or waiting to retry), and keeps polling so
+  the member stays in the group (``max.poll.interval.ms``).
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import psycopg
+from confluent_kafka import (
+    OFFSET_BEGINNING,
+    OFFSET_INVALID,
+    Consumer,
+    KafkaError,
+    KafkaException,
+    Message,
+    Producer,
+    TopicPartition,
+)
+
+from eventstore.acknowledgements import Acknowledgements
+from eventstore.relay import Relay, RelayConfig
+from eventstore.routing import Routing
+from workers import metrics
+from workers.app import WorkerApp, WorkerConfig
+from workers.delivery import Delivery, EventMetadata, delivery_of
+from workers.execution import Executor, HandlerStopped, PartitionState, Shared
+from workers.handler import EventHandler, validate_handler
+from workers.parking import ParkedEvents
+from workers.positions import Positions
+from workers.projection import Projection
+from workers.topics import ensure_topics
+
+__all__ = ["HandlerRunner", "HandlerStatus", "HistoryUnavailable"]
+
+log = logging.getLogger("workers.runner")
+
+PAUSE_AT = 2000
+"""Messages queued for one partition's lane before the partition is paused."""
+PARKED_POLL_SECONDS = 1.0
+LAG_POLL_SECONDS = 5.0
+
+
+class HistoryUnavailable(Exception):
+    """A partition no longer holds the events a handler starting from the origin needs."""
+
+
+@dataclass(slots=True)
+class HandlerStatus:
+    """Where a runner is: ``starting``, ``running``, ``stopped`` (its error policy said Stop) or ``failed``."""
+
+    handler: str
+    state: str = "starting"
+    reason: str = ""
+    assigned: list[str] = field(default_factory=list)
+
+    @property
+    def ready(self) -> bool:
+        return self.state == "running"
+
+
+class _Lane:
+    """A thread handling the partitions given to it, one work item at a time."""
+
+    def __init__(self, runner: HandlerRunner, index: int, executor: Executor) -> None:
+        self.runner = runner
+        self.index = index
+        self.executor = executor
+        self.work: queue.SimpleQueue[tuple[PartitionState, Any] | None] = queue.SimpleQueue()
+        self.current: PartitionState | None = None
+        self.idle = threading.Condition()
+        self.partitions = 0
+        self.thread = threading.Thread(target=self._run, name=f"{runner.name}-lane-{index}", daemon=True)
+
+    def _run(self) -> None:
+        while True:
+            item = self.work.get()
+            if item is None:
+                return
+            ps, payload = item
+            with self.idle:
+                self.current = ps
+            try:
+                if not ps.revoked.is_set() and not self.runner.stopping.is_set():
+                    self._do(ps, payload)
+            except HandlerStopped as stopped:
+                self.runner.handler_stopped(stopped)
+            except Exception as exc:  # noqa: BLE001 - a lane must not die: the runner reports and stops
+                log.exception("a lane failed", extra={"handler": self.runner.name})
+                self.runner.failed(f"{type(exc).__name__}: {exc}")
+            finally:
+                if isinstance(payload, list):
+                    self.runner.dequeued(ps, len(payload))
+                with self.idle:
+                    self.current = None
+                    self.idle.notify_all()
+                self.runner.finished(ps)
+
+    def _do(self, ps: PartitionState, payload: list[Message] | bytes) -> None:
+        backoff = 0.2
+        while True:
+            try:
+                if isinstance(payload, bytes):
+                    self.executor.drain(ps, payload)
+                else:
+                    deliveries = [
+                        delivery_of(m.topic(), m.partition(), m.offset(), m.key(), m.value(), m.headers())
+                        for m in payload
+                        if ps.next_offset is None or m.offset() >= ps.next_offset
+                    ]
+                    self.executor.process(ps, deliveries)
+                return
+            except (psycopg.Error, KafkaException) as exc:
+                # PostgreSQL or Kafka is away: wait and try again; finished messages are not redone.
+                kind = "postgres" if isinstance(exc, psycopg.Error) else "kafka"
+                metrics.ERRORS.labels(self.runner.name, kind).inc()
+                log.warning(
+                    "handling waits for %s", kind, extra={"handler": self.runner.name, "error": str(exc)}
+                )
+                if ps.revoked.wait(backoff) or self.runner.stopping.is_set():
+                    return
+                backoff = min(backoff * 2, 5.0)
+
+    def wait_idle(self, ps: PartitionState, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        with self.idle:
+            while self.current is ps and time.monotonic() < deadline:
+                self.idle.wait(0.05)
+
+
+class HandlerRunner:
+    """Runs one handler class in this process: ``start()``, ``stop()``, ``status``."""
+
+    def __init__(self, handler: type[EventHandler], app: WorkerApp, config: WorkerConfig) -> None:
+        self.handler = validate_handler(handler)
+        self.app = app
+        self.config = config
+        self.name = handler.name
+        self.store = config.store
+        self.status = HandlerStatus(self.name)
+        self.stopping = threading.Event()
+        self._lock = threading.Lock()
+        self._partitions: dict[tuple[str, int], PartitionState] = {}
+        self._lanes: list[_Lane] = []
+        self._lane_of: dict[tuple[str, int], _Lane] = {}
+        self._queued: dict[tuple[str, int], int] = {}
+        self._paused: set[tuple[str, int]] = set()
+        self._finished: set[tuple[str, int]] = set()
+        self._stored: dict[tuple[str, int], int] = {}
+        self._thread: threading.Thread | None = None
+        self._consumer: Consumer | None = None
+        self._repartition: Relay | None = None
+        self._dead_letters: Producer | None = None
+        self.positions = Positions(self.store)
+        self.parked = ParkedEvents(self.store)
+        self.is_projection = issubclass(handler, Projection)
+        self.topics = self._topics()
+
+    # --- running -----------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self.run, name=f"handler-{self.name}", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Stop consuming, finish the messages in flight, commit, and leave the group."""
+        self.stopping.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def run(self) -> None:
+        try:
+            self._run()
+        except HistoryUnavailable as exc:
+            self.failed(str(exc))
+        except Exception as exc:  # noqa: BLE001 - reported as the handler's status, the process goes on
+            log.exception("handler failed", extra={"handler": self.name})
+            self.failed(f"{type(exc).__name__}: {exc}")
+        finally:
+            metrics.RUNNING.labels(self.name).set(0)
+
+    def _run(self) -> None:
+        subscription = self.positions.subscribe(self.name, self.handler.start_from)
+        acks = None
+        if self.handler.consistency == "strong":
+            acks = Acknowledgements(self.store)
+            acks.register_strong(self.name)
+        ensure_topics(self.config, self.topics)
+        if self.handler.on_poison == "dead_letter":
+            ensure_topics(self.config, [self.dead_letter_topic])
+            self._dead_letters = Producer(
+                {**self.config.connection(), "enable.idempotence": True, "acks": "all", "linger.ms": 5}
+            )
+        shared = Shared(
+            name=self.name,
+            store=self.store,
+            mapper=self.app.mapper,
+            subscription=subscription,
+            subscribe_to=self.handler.subscribe_to,
+            positions=self.positions,
+            parked=self.parked,
+            acknowledgements=acks,
+            stopping=self.stopping,
+            dead_letter=self._dead_letter if self._dead_letters is not None else None,
+            engine=self.config.engine() if self.is_projection else None,
+        )
+        for index in range(self.handler.concurrency):
+            instance = self.handler(index)
+            instance.init()
+            self._lanes.append(_Lane(self, index, Executor(instance, shared)))
+        if self._repartition is not None:
+            self._repartition.start()
+        consumer = Consumer(self._consumer_settings())
+        self._consumer = consumer
+        consumer.subscribe(
+            self.topics, on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_lost
+        )
+        for lane in self._lanes:
+            lane.thread.start()
+            lane.executor.handler.after_start()
+        self.status.state = "running"
+        metrics.RUNNING.labels(self.name).set(1)
+        log.info(
+            "handler started",
+            extra={
+                "handler": self.name,
+                "topics": self.topics,
+                "concurrency": self.handler.concurrency,
+                "start_after": subscription.start_after,
+                "projection": self.is_projection,
+            },
+        )
+        next_parked = next_lag = 0.0
+        try:
+            while not self.stopping.is_set():
+                messages = consumer.consume(num_messages=self.config.max_poll_records, timeout=0.1)
+                self._route(messages)
+                self._store_finished(consumer)
+                self._flow_control(consumer)
+                now = time.monotonic()
+                if now >= next_parked:
+                    self._release_parked()
+                    next_parked = now + PARKED_POLL_SECONDS
+                if now >= next_lag:
+                    self._report_lag(consumer)
+                    next_lag = now + LAG_POLL_SECONDS
+        finally:
+            self._shutdown(consumer)
+
+    def _shutdown(self, consumer: Consumer) -> None:
+        self.stopping.set()
+        for lane in self._lanes:
+            lane.work.put(None)
+        for lane in self._lanes:
+            lane.thread.join(self.config.shutdown_timeout)
+        self._store_finished(consumer)
+        try:
+            consumer.close()  # commits the stored offsets and leaves the group
+        except (KafkaException, RuntimeError) as exc:
+            log.warning("closing the consumer failed", extra={"handler": self.name, "error": str(exc)})
+        for lane in self._lanes:
+            lane.executor.close()
+        if self._repartition is not None:
+            self._repartition.stop()
+        if self._dead_letters is not None:
+            self._dead_letters.flush(10)
+        if self.status.state in ("starting", "running"):
+            self.status.state = "stopped" if not self.status.reason else self.status.state
+        log.info("handler stopped", extra={"handler": self.name, "state": self.status.state})
+
+    # --- lanes' reports ----------------------------------------------------------------------------
+
+    def handler_stopped(self, stopped: HandlerStopped) -> None:
+        log.error("handler stopped by its error policy", extra={"handler": self.name, "reason": str(stopped)})
+        self.status.state = "stopped"
+        self.status.reason = str(stopped)
+        self.stopping.set()
+
+    def failed(self, reason: str) -> None:
+        self.status.state = "failed"
+        self.status.reason = reason
+        self.stopping.set()
+
+    def finished(self, ps: PartitionState) -> None:
+        with self._lock:
+            self._finished.add((ps.topic, ps.partition))
+
+    def dequeued(self, ps: PartitionState, count: int) -> None:
+        with self._lock:
+            key = (ps.topic, ps.partition)
+            self._queued[key] = self._queued.get(key, 0) - count
+
+    # --- the consumer thread -----------------------------------------------------------------------
+
+    def _route(self, messages: list[Message]) -> None:
+        by_partition: dict[tuple[str, int], list[Message]] = {}
+        for message in messages:
+            error = message.error()
+            if error is not None:
+                if error.code() != KafkaError._PARTITION_EOF:
+                    metrics.ERRORS.labels(self.name, "kafka").inc()
+                    log.warning("consumer error", extra={"handler": self.name, "error": error.str()})
+                continue
+            by_partition.setdefault((message.topic(), message.partition()), []).append(message)
+        for key, batch in by_partition.items():
+            ps = self._partitions.get(key)
+            if ps is None:
+                continue  # revoked meanwhile
+            with self._lock:
+                self._queued[key] = self._queued.get(key, 0) + len(batch)
+            self._lane_of[key].work.put((ps, batch))
+
+    def _store_finished(self, consumer: Consumer) -> None:
+        with self._lock:
+            finished, self._finished = self._finished, set()
+        offsets = []
+        for key in finished:
+            ps = self._partitions.get(key)
+            if ps is None or ps.next_offset is None or self._stored.get(key) == ps.next_offset:
+                continue
+            self._stored[key] = ps.next_offset
+            offsets.append(TopicPartition(ps.topic, ps.partition, ps.next_offset))
+        if offsets:
+            try:
+                consumer.store_offsets(offsets=offsets)
+            except KafkaException as exc:  # the partition went away meanwhile: its next owner redoes it
+                log.info("offsets not stored", extra={"handler": self.name, "error": str(exc)})
+
+    def _flow_control(self, consumer: Consumer) -> None:
+        with self._lock:
+            queued = dict(self._queued)
+        pause = [
+            k for k, n in queued.items() if n >= PAUSE_AT and k not in self._paused and k in self._partitions
+        ]
+        resume = [k for k in self._paused if queued.get(k, 0) < PAUSE_AT // 2 and k in self._partitions]
+        if pause:
+            consumer.pause([TopicPartition(*k) for k in pause])
+            self._paused.update(pause)
+        if resume:
+            consumer.resume([TopicPartition(*k) for k in resume])
+            self._paused.difference_update(resume)
+
+    def _release_parked(self) -> None:
+        """Hand released keys to the lanes, and let lanes recheck keys an operator discarded."""
+        try:
+            overview = self.parked.overview(self.name)
+        except psycopg.Error as exc:
+            metrics.ERRORS.labels(self.name, "postgres").inc()
+            log.warning("cannot read parked events", extra={"handler": self.name, "error": str(exc)})
+            return
+        metrics.PARKED.labels(self.name).set(sum(len(keys) for keys in overview.values()))
+        for key, ps in list(self._partitions.items()):
+            keys = overview.get(key, {})
+            wanted = {k for k, released in keys.items() if released} | (ps.parked_keys - set(keys))
+            for parked_key in wanted:
+                self._lane_of[key].work.put((ps, parked_key))
+
+    def _report_lag(self, consumer: Consumer) -> None:
+        for key, ps in list(self._partitions.items()):
+            try:
+                _, high = consumer.get_watermark_offsets(TopicPartition(*key), timeout=1, cached=False)
+            except KafkaException:
+                continue
+            position = ps.next_offset if ps.next_offset is not None else self._stored.get(key)
+            if position is not None and high >= 0:
+                metrics.LAG.labels(self.name, key[0], str(key[1])).set(max(0, high - position))
+
+    # --- group membership callbacks (called by consume(), on the consumer thread) -------------------
+
+    def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        checkpoints = self.positions.checkpoints(self.name, self.topics) if self.is_projection else {}
+        committed = (
+            {}
+            if self.is_projection
+            else {(tp.topic, tp.partition): tp.offset for tp in consumer.committed(partitions, timeout=30)}
+        )
+        for tp in partitions:
+            key = (tp.topic, tp.partition)
+            ps = PartitionState(tp.topic, tp.partition)
+            ps.parked_keys = self.parked.keys(self.name, tp.topic, tp.partition)
+            checkpoint = checkpoints.get(key)
+            if checkpoint is not None:
+                tp.offset = checkpoint.next_offset
+                ps.last_event_number = checkpoint.event_number
+                ps.next_offset = checkpoint.next_offset
+            elif committed.get(key, OFFSET_INVALID) >= 0:
+                tp.offset = committed[key]
+            else:
+                tp.offset = OFFSET_BEGINNING
+                self._check_history(consumer, tp)
+            self._partitions[key] = ps
+            lane = min(self._lanes, key=lambda lane: lane.partitions)
+            lane.partitions += 1
+            self._lane_of[key] = lane
+            self._queued[key] = 0
+        consumer.incremental_assign(partitions)
+        self.status.assigned = sorted(f"{t}[{p}]" for t, p in self._partitions)
+        log.info(
+            "partitions assigned",
+            extra={
+                "handler": self.name,
+                "partitions": [f"{tp.topic}[{tp.partition}]@{tp.offset}" for tp in partitions],
+            },
+        )
+
+    def _check_history(self, consumer: Consumer, tp: TopicPartition) -> None:
+        low, _ = consumer.get_watermark_offsets(tp, timeout=30, cached=False)
+        if low <= 0:
+            return
+        message = (
+            f"{tp.topic}[{tp.partition}] starts at offset {low}: retention deleted events before it. "
+            f"{self.name!r} has no position there yet"
+        )
+        if self.handler.start_from == "origin":
+            raise HistoryUnavailable(
+                message + ", and starting from the origin needs every event. Keep the events topics' "
+                "retention.ms=-1 (the relay creates them so), or start the handler from 'current'"
+            )
+        log.warning(message + "; starting at the oldest event kept", extra={"handler": self.name})
+
+    def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        self._release(consumer, partitions, commit=True)
+
+    def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        self._release(consumer, partitions, commit=False)
+
+    def _release(self, consumer: Consumer, partitions: list[TopicPartition], *, commit: bool) -> None:
+        released = []
+        for tp in partitions:
+            key = (tp.topic, tp.partition)
+            ps = self._partitions.get(key)
+            if ps is None:
+                continue
+            ps.revoked.set()
+            released.append((key, ps))
+        for key, ps in released:
+            self._lane_of[key].wait_idle(ps, self.config.shutdown_timeout)
+        self._store_finished(consumer)
+        offsets = [
+            TopicPartition(ps.topic, ps.partition, ps.next_offset)
+            for _, ps in released
+            if ps.next_offset is not None
+        ]
+        if commit and offsets:
+            try:
+                consumer.commit(offsets=offsets, asynchronous=False)
+            except KafkaException as exc:
+                log.warning("commit on revocation failed", extra={"handler": self.name, "error": str(exc)})
+        for key, _ in released:
+            self._partitions.pop(key, None)
+            lane = self._lane_of.pop(key)
+            lane.partitions -= 1
+            self._queued.pop(key, None)
+            self._stored.pop(key, None)
+            if key in self._paused:
+                self._paused.discard(key)
+        consumer.incremental_unassign(partitions)
+        self.status.assigned = sorted(f"{t}[{p}]" for t, p in self._partitions)
+        log.info(
+            "partitions released",
+            extra={
+                "handler": self.name,
+                "partitions": [f"{tp.topic}[{tp.partition}]" for tp in partitions],
+                "committed": commit,
+            },
+        )
+
+    # --- configuration -----------------------------------------------------------------------------
+
+    def _consumer_settings(self) -> dict[str, Any]:
+        settings: dict[str, Any] = {
+            **self.config.connection(),
+            "group.id": self.name,
+            "partition.assignment.strategy": "cooperative-sticky",
+            "enable.auto.commit": True,
+            "enable.auto.offset.store": False,
+            "auto.offset.reset": "earliest",
+            "isolation.level": "read_committed",
+            "enable.partition.eof": False,
+        }
+        if self.handler.static_membership and self.config.instance_id:
+            settings["group.instance.id"] = f"{self.name}.{self.config.instance_id}"
+        return settings
+
+    @property
+    def dead_letter_topic(self) -> str:
+        return f"{self.name}.dead-letter"
+
+    def _dead_letter(self, delivery: Delivery, reason: str) -> None:
+        assert self._dead_letters is not None
+        failures: list[KafkaError] = []
+
+        def reported(error: KafkaError | None, _message: Message) -> None:
+            if error is not None:
+                failures.append(error)
+
+        self._dead_letters.produce(
+            self.dead_letter_topic,
+            value=delivery.value,
+            key=delivery.key,
+            headers=[
+                *delivery.headers,
+                ("tidings_error", reason.encode()),
+                ("tidings_source", f"{delivery.topic}/{delivery.partition}/{delivery.offset}".encode()),
+            ],
+            on_delivery=reported,
+        )
+        if self._dead_letters.flush(30) > 0 or failures:
+            raise KafkaException(failures[0] if failures else KafkaError(KafkaError._TIMED_OUT))
+
+    def _topics(self) -> list[str]:
+        routing = self.app.routing_for(self.config)
+        by = self.handler.partition_by
+        if by is None or (isinstance(by, str) and routing.keys_by(by)):
+            return list(self.handler.topics or routing.topics())
+        topic = f"{self.app.name}.{self.name}.by-key"
+        key = by if isinstance(by, str) else _key_function(self.handler, self.app)
+        self._repartition = Relay(
+            self.store,
+            RelayConfig(
+                self.config.bootstrap_servers,
+                app=self.app.name,
+                routing=Routing(topic, key=key),
+                name=f"repartition.{self.name}",
+                kafka=self.config.kafka,
+                partitions=self.config.partitions,
+                replication_factor=self.config.replication_factor,
+            ),
+        )
+        return [topic]
+
+
+def _key_function(handler: type[EventHandler], app: WorkerApp) -> Callable[[Any], str | bytes | None]:
+    """The repartitioning relay's key: the handler's ``partition_by(event, metadata)`` of the decoded event."""
+    partition_by = handler(0).partition_by
+    name = handler.name
+
+    def key(recorded: Any) -> str | bytes | None:
+        try:
+            event, user_metadata = app.mapper.from_recorded(recorded)
+        except Exception:  # noqa: BLE001 - undecodable: keyed by its stream, and parked by the handler
+            return str(recorded.stream_id)
+        metadata = EventMetadata(
+            recorded.event_id,
+            recorded.event_number or 0,
+            recorded.stream_id,
+            recorded.stream_version,
+            recorded.event_type,
+            recorded.causation_id,
+            recorded.correlation_id,
+            recorded.created_at,
+            name,
+            user_metadata,
+        )
+        return partition_by(event, metadata)  # type: ignore[operator,no-any-return]
+
+    return key
