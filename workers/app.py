@@ -93,11 +93,12 @@ class WorkerConfig:
     def __repr__(self) -> str:
         # Kafka settings may hold secrets (sasl.password): only their names.
         return (
-            f"WorkerConfig(schema={self.store.config.schema!r}, bootstrap_servers={self.bootstrap_servers!r}, "
+            f"WorkerConfig(schema={self.store.config.schema!r}, "
+            f"bootstrap_servers={self.bootstrap_servers!r}, "
             f"kafka={sorted(self.kafka)})"
         )
 
-    def connection(self) -> dict[str, str]:
+    def connection(self) -> dict[str, str | int | float | bool]:
         """The librdkafka settings every client of the worker shares."""
         return {"bootstrap.servers": self.bootstrap_servers, **self.kafka}
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import inspect
 import logging
 import threading
@@ -251,7 +252,7 @@ class Executor:
                 batch.append((index, delivery, event, metadata))
                 continue
             try:
-                self._call(lambda e=event, m=metadata: self.handler.handle(e, m), index, event, metadata)
+                self._call(functools.partial(self.handler.handle, event, metadata), index, event, metadata)
             except _StepFailed:
                 # The failed message is not finished with: the position stays before it.
                 staged.next_offset = delivery.offset
@@ -265,7 +266,8 @@ class Executor:
         self, ps: PartitionState, window: list[Delivery], staged: _Staged, decided: dict[int, _Decided]
     ) -> None:
         projection = self._projection
-        assert projection is not None and self.shared.engine is not None
+        assert projection is not None
+        assert self.shared.engine is not None
         last: Delivery | None = None
         with self.shared.engine.begin() as connection:
             raw: psycopg.Connection = connection.connection.driver_connection  # type: ignore[assignment]
@@ -276,7 +278,7 @@ class Executor:
                     continue
                 event, metadata = step
                 self._call(
-                    lambda e=event, m=metadata: projection.project(e, m, connection), index, event, metadata
+                    functools.partial(projection.project, event, metadata, connection), index, event, metadata
                 )
                 self._handled(staged, delivery, event, metadata)
             if last is not None:
@@ -406,7 +408,7 @@ class Executor:
                 result = run()
                 if inspect.isawaitable(result):
                     assert self._loop is not None
-                    result = self._loop.run_until_complete(result)  # type: ignore[arg-type]
+                    result = self._loop.run_until_complete(result)
         except Exception as exc:
             metrics.ERRORS.labels(self.name, "handler").inc()
             raise _StepFailed(index, exc, event, metadata) from exc
@@ -490,7 +492,7 @@ class Executor:
 
     def _ask(self, error: BaseException, event: Any, context: FailureContext) -> ErrorAnswer:
         try:
-            answer = self.handler.error(error, event, context)
+            answer: object = self.handler.error(error, event, context)
         except Exception as exc:
             log.exception(
                 "the handler's error callback failed; parking the event", extra={"handler": self.name}

@@ -10,6 +10,7 @@ Rows keep the whole message (key, value, headers), so a retry needs nothing from
 
 from __future__ import annotations
 
+import builtins
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -130,14 +131,15 @@ class ParkedEvents:
         """The key failed again: its events wait for the next release."""
         connection.execute(
             self._sql(
-                "UPDATE {t} SET released = false WHERE handler = %s AND topic = %s AND partition = %s AND key = %s"
+                "UPDATE {t} SET released = false "
+                "WHERE handler = %s AND topic = %s AND partition = %s AND key = %s"
             ),
             (handler, topic, partition, key),
         )
 
     # --- the operator's side -----------------------------------------------------------------------
 
-    def list(self, handler: str | None = None, limit: int = 1000) -> list[ParkedEvent]:
+    def list(self, handler: str | None = None, limit: int = 1000) -> builtins.list[ParkedEvent]:
         with self.store.connection() as conn:
             rows = conn.execute(
                 self._sql(
@@ -160,12 +162,13 @@ class ParkedEvents:
             )
             return cursor.rowcount
 
-    def discard(self, handler: str, key: bytes | None = None, ids: list[int] | None = None) -> int:
+    def discard(self, handler: str, key: bytes | None = None, ids: builtins.list[int] | None = None) -> int:
         """Delete parked events of ``key``, or those with the given ids, or all of the handler's."""
         with self.store.connection() as conn:
             cursor = conn.execute(
                 self._sql(
-                    "DELETE FROM {t} WHERE handler = %(handler)s AND (%(key)s::bytea IS NULL OR key = %(key)s) "
+                    "DELETE FROM {t} WHERE handler = %(handler)s "
+                    "AND (%(key)s::bytea IS NULL OR key = %(key)s) "
                     "AND (%(ids)s::bigint[] IS NULL OR id = ANY(%(ids)s))"
                 ),
                 {"handler": handler, "key": key, "ids": ids},

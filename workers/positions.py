@@ -52,7 +52,8 @@ class Positions:
         ).format(subscriptions)
         self._unsubscribe = sql.SQL("DELETE FROM {} WHERE handler = %s").format(subscriptions)
         self._checkpoints = sql.SQL(
-            "SELECT topic, partition, next_offset, event_number FROM {} WHERE handler = %s AND topic = ANY(%s)"
+            "SELECT topic, partition, next_offset, event_number FROM {} "
+            "WHERE handler = %s AND topic = ANY(%s)"
         ).format(checkpoints)
         self._save = sql.SQL(
             "INSERT INTO {t} (handler, topic, partition, next_offset, event_number) "

@@ -69,7 +69,7 @@ class HistoryUnavailable(Exception):
 
 @dataclass(slots=True)
 class HandlerStatus:
-    """Where a runner is: ``starting``, ``running``, ``stopped`` (its error policy said Stop) or ``failed``."""
+    """Where a runner is: ``starting``, ``running``, ``stopped`` (by its error policy) or ``failed``."""
 
     handler: str
     state: str = "starting"
@@ -107,7 +107,7 @@ class _Lane:
                     self._do(ps, payload)
             except HandlerStopped as stopped:
                 self.runner.handler_stopped(stopped)
-            except Exception as exc:  # noqa: BLE001 - a lane must not die: the runner reports and stops
+            except Exception as exc:
                 log.exception("a lane failed", extra={"handler": self.runner.name})
                 self.runner.failed(f"{type(exc).__name__}: {exc}")
             finally:
@@ -126,9 +126,9 @@ class _Lane:
                     self.executor.drain(ps, payload)
                 else:
                     deliveries = [
-                        delivery_of(m.topic(), m.partition(), m.offset(), m.key(), m.value(), m.headers())
+                        delivery_of(ps.topic, ps.partition, offset, m.key(), m.value(), m.headers())
                         for m in payload
-                        if ps.next_offset is None or m.offset() >= ps.next_offset
+                        if (offset := m.offset() or 0) >= (ps.next_offset or 0)
                     ]
                     self.executor.process(ps, deliveries)
                 return
@@ -195,7 +195,7 @@ class HandlerRunner:
             self._run()
         except HistoryUnavailable as exc:
             self.failed(str(exc))
-        except Exception as exc:  # noqa: BLE001 - reported as the handler's status, the process goes on
+        except Exception as exc:
             log.exception("handler failed", extra={"handler": self.name})
             self.failed(f"{type(exc).__name__}: {exc}")
         finally:
@@ -323,7 +323,7 @@ class HandlerRunner:
                     metrics.ERRORS.labels(self.name, "kafka").inc()
                     log.warning("consumer error", extra={"handler": self.name, "error": error.str()})
                 continue
-            by_partition.setdefault((message.topic(), message.partition()), []).append(message)
+            by_partition.setdefault((message.topic() or "", message.partition() or 0), []).append(message)
         for key, batch in by_partition.items():
             ps = self._partitions.get(key)
             if ps is None:
@@ -553,8 +553,8 @@ class HandlerRunner:
 
 
 def _key_function(handler: type[EventHandler], app: WorkerApp) -> Callable[[Any], str | bytes | None]:
-    """The repartitioning relay's key: the handler's ``partition_by(event, metadata)`` of the decoded event."""
-    partition_by = handler(0).partition_by
+    """The repartitioning relay's key: the handler's ``partition_by(event, metadata)``."""
+    partition_by: Callable[[Any, EventMetadata], str | bytes | None] = handler(0).partition_by  # type: ignore[assignment]
     name = handler.name
 
     def key(recorded: Any) -> str | bytes | None:
@@ -574,6 +574,6 @@ def _key_function(handler: type[EventHandler], app: WorkerApp) -> Callable[[Any]
             name,
             user_metadata,
         )
-        return partition_by(event, metadata)  # type: ignore[operator,no-any-return]
+        return partition_by(event, metadata)
 
     return key

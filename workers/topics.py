@@ -12,7 +12,8 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from confluent_kafka import KafkaError, KafkaException
-from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka.admin import AdminClient
+from confluent_kafka.cimpl import NewTopic
 
 from eventstore.relay import TopicCreationFailed
 
@@ -31,7 +32,7 @@ def ensure_topics(config: WorkerConfig, topics: Sequence[str], timeout: float = 
         TopicCreationFailed: Kafka refused to create one (its reason is in the message).
         KafkaException: Kafka did not answer within ``timeout``.
     """
-    admin = AdminClient(config.connection())
+    admin = AdminClient(dict(config.connection()))
     existing = admin.list_topics(timeout=timeout).topics
     missing = [topic for topic in dict.fromkeys(topics) if topic not in existing]
     if not missing:

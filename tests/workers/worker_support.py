@@ -37,7 +37,7 @@ mapper = EventMapper(JsonCodec(registry))
 def append_noted(
     store: PostgresEventStore, streams: int, per_stream: int, prefix: str = "s", group: str = ""
 ) -> list[tuple[str, int]]:
-    """Append ``per_stream`` events to each of ``streams`` streams, interleaved; return (stream, n) in order."""
+    """Append ``per_stream`` events to each of ``streams`` streams, interleaved; return (stream, n)s."""
     appended = []
     for n in range(per_stream):
         for s in range(streams):
@@ -76,7 +76,9 @@ class Stack:
         self.partitions = partitions
         self.relay = Relay(
             store,
-            RelayConfig(namespace.bootstrap_servers, app=self.app_name, partitions=partitions, batch_size=200),
+            RelayConfig(
+                namespace.bootstrap_servers, app=self.app_name, partitions=partitions, batch_size=200
+            ),
         )
         self.runners: list[HandlerRunner] = []
         self.config = WorkerConfig(store, namespace.bootstrap_servers, partitions=partitions)
