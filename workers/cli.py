@@ -18,8 +18,10 @@ from rich.table import Table
 from eventstore import DEFAULT_SCHEMA, ConfigurationError, StoreConfig, migrate
 from tidings import devservices
 from workers.health import HealthReport, check_health
+from workers.parked_cli import parked_app
 from workers.relay_cli import relay_app
 from workers.schemas_cli import schemas_app
+from workers.worker_cli import reset_command, worker_command
 
 __all__ = ["app"]
 
@@ -39,6 +41,9 @@ dev_app = typer.Typer(
 app.add_typer(dev_app, name="dev")
 app.add_typer(schemas_app, name="schemas")
 app.add_typer(relay_app, name="relay")
+app.add_typer(parked_app, name="parked")
+app.command("worker")(worker_command)
+app.command("reset")(reset_command)
 
 out = Console()
 err = Console(stderr=True)

@@ -1,0 +1,287 @@
+"""Worker: one process running an application's handlers, with probes and metrics over HTTP.
+
+A worker runs one ``HandlerRunner`` per selected handler (every handler of the app by default) and
+serves, on one port:
+
+- ``/healthz``: liveness, 200 while the process serves. A handler stopped by its error policy does not
+  fail it: restarting the pod would only meet the same event again.
+- ``/readyz``: readiness, 200 only while every handler runs, else 503; the JSON body lists each handler's
+  state (starting, running, stopped, failed), reason and assigned partitions.
+- ``/metrics``: the Prometheus exposition of the process (``workers.metrics`` and the store's).
+
+``tidings worker bank.workers:app`` is this class behind a command line; ``load_app`` finds the
+``WorkerApp`` that ``module:attribute`` names.
+
+Example::
+
+    worker = Worker(app, WorkerConfig(store, "kafka:9092"), handlers=["balances"], port=8000)
+    stopping = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stopping.set())
+    worker.run(until=stopping)      # starts, serves, and stops gracefully once stopping is set
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import json
+import logging
+import threading
+import time
+from collections.abc import Sequence
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import urlsplit
+
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
+
+from eventstore.errors import ConfigurationError
+from workers.app import WorkerApp, WorkerConfig
+from workers.handler import EventHandler
+from workers.runner import HandlerRunner, HandlerStatus
+
+__all__ = ["AppNotFound", "Worker", "load_app"]
+
+log = logging.getLogger("workers.worker")
+
+WATCH_SECONDS = 0.5
+"""How often ``run`` looks for handlers that stopped or failed, to log them."""
+
+
+class AppNotFound(ConfigurationError):
+    """``module:attribute`` does not name a ``WorkerApp`` (or a zero-argument callable returning one)."""
+
+
+def load_app(spec: str) -> WorkerApp:
+    """The ``WorkerApp`` that ``spec`` (``module:attribute``, e.g. ``bank.workers:app``) names.
+
+    The attribute may be a dotted path inside the module, and may be a zero-argument callable that
+    returns the app (a factory reading its settings from the environment).
+
+    Raises:
+        AppNotFound: ``spec`` is malformed, the module or attribute is missing, importing or calling
+            it failed, or it is not a WorkerApp.
+    """
+    module_name, sep, attribute = spec.partition(":")
+    if not sep or not module_name or not attribute:
+        raise AppNotFound(
+            f"APP must be module:attribute naming a WorkerApp (e.g. bank.workers:app), got {spec!r}"
+        )
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if exc.name is not None and (module_name == exc.name or module_name.startswith(exc.name + ".")):
+            raise AppNotFound(
+                f"cannot import {module_name!r}: no module named {exc.name!r} "
+                "(run from the directory that holds it, or install it)"
+            ) from None
+        raise AppNotFound(f"importing {module_name!r} failed: {type(exc).__name__}: {exc}") from exc
+    except Exception as exc:
+        raise AppNotFound(f"importing {module_name!r} failed: {type(exc).__name__}: {exc}") from exc
+    found: Any = module
+    for part in attribute.split("."):
+        try:
+            found = getattr(found, part)
+        except AttributeError:
+            apps = sorted(name for name, value in vars(module).items() if isinstance(value, WorkerApp))
+            hint = f"; its WorkerApps: {', '.join(apps)}" if apps else ""
+            raise AppNotFound(f"module {module_name!r} has no attribute {attribute!r}{hint}") from None
+    if isinstance(found, WorkerApp):
+        return found
+    if callable(found) and not isinstance(found, type):
+        try:
+            made = found()
+        except Exception as exc:
+            raise AppNotFound(f"calling {spec}() failed: {type(exc).__name__}: {exc}") from exc
+        if isinstance(made, WorkerApp):
+            return made
+        raise AppNotFound(f"{spec}() returned {type(made).__name__}, not a WorkerApp")
+    raise AppNotFound(
+        f"{spec} is {type(found).__name__}, not a WorkerApp (or a zero-argument callable returning one)"
+    )
+
+
+class Worker:
+    """Runs handlers of ``app`` in this process: ``start()``, ``stop()``, ``statuses()``, or ``run()``.
+
+    Args:
+        handlers: names of the handlers to run (default: all of the app's).
+        port: the port of ``/healthz``, ``/readyz`` and ``/metrics``; 0 picks a free one (see ``port``
+            once started); None serves nothing.
+        host: the interface to listen on (default: all).
+
+    Raises:
+        ConfigurationError: a name in ``handlers`` is not one of the app's (the message lists them), or
+            the app has no handlers.
+    """
+
+    def __init__(
+        self,
+        app: WorkerApp,
+        config: WorkerConfig,
+        handlers: Sequence[str] | None = None,
+        *,
+        port: int | None = None,
+        host: str = "0.0.0.0",  # noqa: S104 - the kubelet probes the pod's address
+    ) -> None:
+        self.app = app
+        self.config = config
+        self.runners = [HandlerRunner(handler, app, config) for handler in _select(app, handlers)]
+        self._address = (host, port)
+        self._server: _ProbeServer | None = None
+        self._serving: threading.Thread | None = None
+        self._stopping = threading.Event()
+        self._stopped = False
+
+    # --- running -----------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Listen for probes (if a port was given), then start every handler.
+
+        Raises:
+            ConfigurationError: the port cannot be listened on.
+        """
+        host, port = self._address
+        if port is not None:
+            try:
+                self._server = _ProbeServer((host, port), self)
+            except OSError as exc:
+                raise ConfigurationError(f"cannot listen on {host or '*'}:{port}: {exc.strerror}") from exc
+            self._serving = threading.Thread(
+                target=self._server.serve_forever, kwargs={"poll_interval": 0.2}, name="probes", daemon=True
+            )
+            self._serving.start()
+            log.info("serving /healthz, /readyz and /metrics", extra={"host": host, "port": self.port})
+        for runner in self.runners:
+            runner.start()
+        log.info("worker started", extra={"app": self.app.name, "handlers": [r.name for r in self.runners]})
+
+    def stop(self, timeout: float | None = None) -> None:
+        """Stop every handler gracefully (in-flight work finished and committed), then the probes.
+
+        ``timeout`` bounds the whole stop (default: the config's ``shutdown_timeout`` plus 5 s).
+        """
+        if self._stopped:
+            return
+        self._stopped = True
+        self._stopping.set()  # not ready from now on: traffic should go elsewhere
+        for runner in self.runners:
+            runner.stopping.set()  # all at once: each finishes its in-flight work in parallel
+        deadline = time.monotonic() + (self.config.shutdown_timeout + 5.0 if timeout is None else timeout)
+        for runner in self.runners:
+            runner.stop(max(0.0, deadline - time.monotonic()))
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+        if self._serving is not None:
+            self._serving.join(5)
+        log.info(
+            "worker stopped",
+            extra={"app": self.app.name, "handlers": {s.handler: s.state for s in self.statuses()}},
+        )
+
+    def run(self, until: threading.Event) -> None:
+        """Start, run until ``until`` is set (a signal handler sets it), then stop gracefully.
+
+        A handler that stops (its error policy answered Stop) or fails is logged once; the process stays
+        up and ``/readyz`` reports it.
+        """
+        self.start()
+        reported: set[str] = set()
+        try:
+            while not until.wait(WATCH_SECONDS):
+                for status in self.statuses():
+                    if status.state in ("stopped", "failed") and status.handler not in reported:
+                        reported.add(status.handler)
+                        log.error(
+                            "handler %s: the worker stays up and reports it not ready; "
+                            "see its reason, fix the cause and restart the worker",
+                            status.state,
+                            extra={"handler": status.handler, "state": status.state, "reason": status.reason},
+                        )
+        finally:
+            self.stop()
+
+    def __enter__(self) -> Worker:
+        self.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.stop()
+
+    # --- what it reports ---------------------------------------------------------------------------
+
+    @property
+    def port(self) -> int:
+        """The port the probes listen on (the one picked when started with port 0)."""
+        if self._server is None:
+            raise RuntimeError("the worker serves no probes: give it a port and start it")
+        return int(self._server.server_address[1])
+
+    def statuses(self) -> list[HandlerStatus]:
+        """Each handler's state, reason and assigned partitions, as of now."""
+        return [
+            dataclasses.replace(runner.status, assigned=list(runner.status.assigned))
+            for runner in self.runners
+        ]
+
+    def readiness(self) -> tuple[bool, dict[str, Any]]:
+        """Whether every handler runs (and the worker is not stopping), and the ``/readyz`` document."""
+        statuses = self.statuses()
+        ready = not self._stopping.is_set() and all(status.ready for status in statuses)
+        return ready, {
+            "ready": ready,
+            "stopping": self._stopping.is_set(),
+            "handlers": [
+                {"handler": s.handler, "state": s.state, "reason": s.reason, "assigned": s.assigned}
+                for s in statuses
+            ],
+        }
+
+
+def _select(app: WorkerApp, names: Sequence[str] | None) -> list[type[EventHandler]]:
+    if not app.handlers:
+        raise ConfigurationError(f"the app {app.name!r} has no handlers to run")
+    if not names:
+        return list(app.handlers)
+    available = [handler.name for handler in app.handlers]
+    unknown = [name for name in names if name not in available]
+    if unknown:
+        raise ConfigurationError(
+            f"no handler named {', '.join(map(repr, unknown))}; this app has {available}"
+        )
+    return [app.handler(name) for name in dict.fromkeys(names)]
+
+
+class _ProbeServer(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def __init__(self, address: tuple[str, int], worker: Worker) -> None:
+        self.worker = worker
+        super().__init__(address, _Probes)
+
+
+class _Probes(BaseHTTPRequestHandler):
+    server: _ProbeServer
+
+    def do_GET(self) -> None:
+        match urlsplit(self.path).path:
+            case "/healthz":
+                self._send(200, "application/json", b'{"alive": true}')
+            case "/readyz":
+                ready, document = self.server.worker.readiness()
+                self._send(200 if ready else 503, "application/json", json.dumps(document).encode())
+            case "/metrics":
+                self._send(200, CONTENT_TYPE_LATEST, generate_latest(REGISTRY))
+            case _:
+                self._send(404, "text/plain", b"not found: /healthz, /readyz, /metrics\n")
+
+    def _send(self, status: int, content_type: str, body: bytes) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        log.debug(format, *args)

@@ -1,0 +1,253 @@
+"""`tidings worker APP`: run an application's handlers; `tidings reset HANDLER`: rebuild one from scratch.
+
+Both read PostgreSQL from ``DATABASE_URL`` (schema ``TIDINGS_SCHEMA``) and Kafka from
+``KAFKA_BOOTSTRAP_SERVERS``, with further librdkafka settings from ``--kafka name=value`` and
+``TIDINGS_KAFKA_<NAME>`` variables, as ``tidings relay`` does. APP is ``module:attribute`` naming a
+``WorkerApp`` (or a zero-argument callable returning one); the current directory is importable.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import threading
+from types import FrameType
+from typing import Annotated
+
+import sqlalchemy.exc
+import typer
+from confluent_kafka import KafkaException
+
+from eventstore import (
+    DEFAULT_SCHEMA,
+    ConfigurationError,
+    PostgresEventStore,
+    StoreConfig,
+    current_revision,
+    head_revision,
+)
+from eventstore.errors import StoreUnavailable
+from workers.app import WorkerApp, WorkerConfig
+from workers.logs import configure_logging
+from workers.projection import Projection
+from workers.relay_cli import kafka_settings
+from workers.reset import GroupActive, GroupNotDeleted, active_members, reset_handler
+from workers.worker import Worker, load_app
+
+__all__ = ["reset_command", "worker_command"]
+
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+
+DatabaseUrl = Annotated[
+    str,
+    typer.Option(envvar="DATABASE_URL", show_default=False, help="PostgreSQL URL; read from DATABASE_URL."),
+]
+Schema = Annotated[str, typer.Option(envvar="TIDINGS_SCHEMA", help="PostgreSQL schema of the store.")]
+Bootstrap = Annotated[
+    str,
+    typer.Option(
+        envvar="KAFKA_BOOTSTRAP_SERVERS",
+        show_default=False,
+        help="Kafka bootstrap servers; read from KAFKA_BOOTSTRAP_SERVERS.",
+    ),
+]
+Kafka = Annotated[
+    list[str] | None,
+    typer.Option(help="A librdkafka setting, name=value (repeatable); also TIDINGS_KAFKA_<NAME>."),
+]
+
+
+def required(value: str, what: str) -> str:
+    if not value:
+        raise ConfigurationError(f"{what} is required")
+    return value
+
+
+def store_config(database_url: str, schema: str) -> StoreConfig:
+    """The store's config, once its schema is known to be migrated.
+
+    Raises:
+        ConfigurationError: no URL, a bad one, or a store that is not migrated.
+        StoreUnavailable: PostgreSQL could not be reached.
+    """
+    config = StoreConfig(required(database_url, "--database-url / DATABASE_URL"), schema)
+    try:
+        revision = current_revision(config)
+    except sqlalchemy.exc.OperationalError as exc:
+        raise StoreUnavailable(f"cannot reach PostgreSQL: {exc.orig}".strip()) from exc
+    if revision != head_revision():
+        raise ConfigurationError(
+            f"the store in schema {schema!r} is not migrated: run `tidings migrate` first"
+        )
+    return config
+
+
+def load(spec: str) -> WorkerApp:
+    """``load_app`` with the current directory importable, as ``python -m`` has it."""
+    if os.getcwd() not in sys.path and "" not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    return load_app(spec)
+
+
+def fail(message: str, code: int) -> typer.Exit:
+    typer.echo(f"error: {message}", err=True)
+    return typer.Exit(code)
+
+
+def worker_command(
+    app_spec: Annotated[
+        str, typer.Argument(metavar="APP", help="module:attribute naming a WorkerApp, e.g. bank.workers:app.")
+    ],
+    handler: Annotated[
+        list[str] | None,
+        typer.Option("--handler", help="Run only this handler (repeatable; default: all of the app's)."),
+    ] = None,
+    port: Annotated[
+        int,
+        typer.Option(
+            envvar="TIDINGS_WORKER_PORT", help="Port of /healthz, /readyz and /metrics (0: any free)."
+        ),
+    ] = 8000,
+    host: Annotated[str, typer.Option(help="Interface the probes listen on.")] = "0.0.0.0",  # noqa: S104
+    partitions: Annotated[
+        int, typer.Option(help="Partitions of the topics the worker creates (-1: broker default).")
+    ] = -1,
+    replication_factor: Annotated[
+        int, typer.Option(help="Replicas of the topics the worker creates (-1: broker default).")
+    ] = -1,
+    instance_id: Annotated[
+        str,
+        typer.Option(envvar="POD_NAME", help="This member's stable id, for handlers with static membership."),
+    ] = "",
+    max_poll_records: Annotated[int, typer.Option(help="Messages taken from Kafka at a time.")] = 500,
+    shutdown_timeout: Annotated[
+        float, typer.Option(help="Seconds a stop waits for the messages in flight.")
+    ] = 30.0,
+    kafka: Kafka = None,
+    database_url: DatabaseUrl = "",
+    bootstrap_servers: Bootstrap = "",
+    schema: Schema = DEFAULT_SCHEMA,
+    log_level: Annotated[str, typer.Option(envvar="TIDINGS_LOG_LEVEL")] = "info",
+    log_format: Annotated[str, typer.Option(envvar="TIDINGS_LOG_FORMAT", help="json or text.")] = "json",
+) -> None:
+    """Run the handlers of APP until SIGTERM, serving /healthz, /readyz and /metrics on --port.
+
+    A handler stopped by its error policy (or failed) is logged and shown by /readyz; the others go on.
+
+    SIGTERM or SIGINT finish the messages in flight, commit, and exit 0.
+
+    Example: [bold]tidings worker bank.workers:app --handler balances --port 8000[/]
+    """
+    configure_logging(log_level, log_format)
+    try:
+        worker_app = load(app_spec)
+        config = store_config(database_url, schema)
+        brokers = required(bootstrap_servers, "--bootstrap-servers / KAFKA_BOOTSTRAP_SERVERS")
+        settings = kafka_settings(kafka or [], dict(os.environ))
+    except ConfigurationError as exc:
+        raise fail(str(exc), EXIT_USAGE) from exc
+    except StoreUnavailable as exc:
+        raise fail(str(exc), EXIT_FAILED) from exc
+    with PostgresEventStore(config, sequencer=False) as store:
+        try:
+            worker_config = WorkerConfig(
+                store,
+                brokers,
+                settings,
+                partitions=partitions,
+                replication_factor=replication_factor,
+                max_poll_records=max_poll_records,
+                shutdown_timeout=shutdown_timeout,
+                instance_id=instance_id,
+            )
+            worker = Worker(worker_app, worker_config, handler, port=port, host=host)
+        except ConfigurationError as exc:
+            raise fail(str(exc), EXIT_USAGE) from exc
+        stopping = threading.Event()
+
+        def stop(signum: int, frame: FrameType | None) -> None:
+            stopping.set()
+
+        signal.signal(signal.SIGTERM, stop)
+        signal.signal(signal.SIGINT, stop)
+        try:
+            worker.run(until=stopping)
+        except ConfigurationError as exc:
+            raise fail(str(exc), EXIT_USAGE) from exc
+        finally:
+            worker_config.dispose()
+
+
+def reset_command(
+    handler: Annotated[
+        str, typer.Argument(metavar="HANDLER", help="The handler's name (its consumer group).")
+    ],
+    app_spec: Annotated[
+        str,
+        typer.Option(
+            "--app", metavar="APP", envvar="TIDINGS_WORKER_APP", help="module:attribute naming the WorkerApp."
+        ),
+    ],
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
+    kafka: Kafka = None,
+    database_url: DatabaseUrl = "",
+    bootstrap_servers: Bootstrap = "",
+    schema: Schema = DEFAULT_SCHEMA,
+) -> None:
+    """Make HANDLER start over from its start_from: a projection's read model is rebuilt from scratch.
+
+    Refused while any worker runs the handler: scale them to zero first.
+
+    First the handler's before_reset() is called.
+
+    Then, in one transaction: a projection's tables are emptied; checkpoints, start_from and parked go.
+
+    Last, the handler's consumer group is deleted in Kafka.
+
+    Example: [bold]tidings reset balances --app bank.workers:app --yes[/]
+    """
+    try:
+        worker_app = load(app_spec)
+        handler_class = worker_app.handler(handler)
+        config = store_config(database_url, schema)
+        brokers = required(bootstrap_servers, "--bootstrap-servers / KAFKA_BOOTSTRAP_SERVERS")
+        settings = kafka_settings(kafka or [], dict(os.environ))
+    except ConfigurationError as exc:
+        raise fail(str(exc), EXIT_USAGE) from exc
+    except StoreUnavailable as exc:
+        raise fail(str(exc), EXIT_FAILED) from exc
+    with PostgresEventStore(config, sequencer=False) as store:
+        worker_config = WorkerConfig(store, brokers, settings)
+        try:
+            members = active_members(worker_config, handler)
+            if members:
+                raise GroupActive(handler, members)
+            if not yes:
+                tables = (
+                    [t.fullname for t in handler_class.tables]
+                    if issubclass(handler_class, Projection)
+                    else []
+                )
+                emptied = f"empty the tables {', '.join(tables)}, " if tables else ""
+                typer.confirm(
+                    f"Reset {handler!r}? This will {emptied}delete its checkpoints, start_from subscription "
+                    f"and parked events, and its consumer group; it then starts over from "
+                    f"{handler_class.start_from!r}.",
+                    abort=True,
+                )
+            report = reset_handler(worker_app, worker_config, handler)
+        except (GroupActive, GroupNotDeleted) as exc:
+            raise fail(str(exc), EXIT_FAILED) from exc
+        except KafkaException as exc:
+            raise fail(f"cannot reach Kafka: {exc}", EXIT_FAILED) from exc
+        except StoreUnavailable as exc:
+            raise fail(str(exc), EXIT_FAILED) from exc
+    truncated = f"truncated {', '.join(report.tables)}; " if report.tables else ""
+    group = "consumer group deleted" if report.group_deleted else "no consumer group to delete"
+    typer.echo(
+        f"reset {handler!r}: {truncated}checkpoints and start_from subscription deleted; "
+        f"{report.parked} parked event(s) deleted; {group}. "
+        f"It starts over from {handler_class.start_from!r} when a worker runs it next."
+    )
