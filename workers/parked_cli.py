@@ -85,7 +85,8 @@ def list_command(
     if not events:
         out.print("no parked events" + (f" for {handler!r}" if handler else ""))
         return
-    table = Table(
+    table = Table(title=f"{len(events)} parked event(s)")
+    for column in (
         "id",
         "handler",
         "where",
@@ -96,8 +97,8 @@ def list_command(
         "error",
         "released",
         "parked at",
-        title=f"{len(events)} parked event(s)",
-    )
+    ):
+        table.add_column(column, overflow="fold")  # wrapped, never cut: operators copy these values
     for e in events:
         table.add_row(
             str(e.id),

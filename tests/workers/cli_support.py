@@ -33,7 +33,7 @@ def worker_env(schema: PostgresSchema, kafka: KafkaNamespace, app_name: str, **e
         "KAFKA_BOOTSTRAP_SERVERS": kafka.bootstrap_servers,
         "TIDINGS_TEST_APP_NAME": app_name,
         "TIDINGS_TEST_PREFIX": kafka.prefix,
-        "COLUMNS": "250",  # Rich tables on one line each, whatever the terminal
+        "COLUMNS": "400",  # Rich tables with a row on one line, whatever the terminal
         **extra,
     }
 
@@ -70,8 +70,11 @@ class WorkerProcess:
         return self
 
     def __exit__(self, *_: object) -> None:
-        if self.process.poll() is None:
-            self.kill()
+        if self.process.poll() is None:  # the test failed: leave the group cleanly if possible
+            try:
+                self.terminate(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.kill()
 
     def lines(self) -> list[dict[str, Any]]:
         return [json.loads(line) for line in self.log_path.read_text().splitlines() if line.startswith("{")]
@@ -107,14 +110,16 @@ class WorkerProcess:
     def terminate(self, timeout: float = 45) -> int:
         """SIGTERM, and the exit code."""
         self.process.send_signal(signal.SIGTERM)
-        code = self.process.wait(timeout)
-        self._log.close()
-        return code
+        try:
+            return self.process.wait(timeout)
+        finally:
+            self._log.close()
 
     def kill(self) -> None:
         self.process.kill()
         self.process.wait(30)
-        self._log.close()
+        if not self._log.closed:
+            self._log.close()
 
 
 def rows(url: str, schema: str, table: str, columns: str = "*", order: str = "1") -> list[tuple[Any, ...]]:
