@@ -74,6 +74,7 @@ class PartitionState:
     partition: int
     last_event_number: int = 0
     parked_keys: set[bytes] = field(default_factory=set)
+    parked_checked: dict[bytes, float] = field(default_factory=dict)
     revoked: threading.Event = field(default_factory=threading.Event)
     next_offset: int | None = None
     """The offset after the last message finished with (handled, skipped, parked...)."""
@@ -296,7 +297,7 @@ class Executor:
 
     def _commit(self, ps: PartitionState, staged: _Staged) -> None:
         """A plain handler's outcomes: parked events and acknowledgements, then its position."""
-        if staged.parks or staged.acks:
+        if staged.parks or staged.acks or staged.dead_letters:
             with self.shared.store.connection() as conn:
                 self._record(conn, staged)
         self._applied(ps, staged)
@@ -353,7 +354,9 @@ class Executor:
             else:
                 self._poison(staged, delivery, answer.answer.reason or "parked by the error policy", None)
             return None
-        if delivery.key in ps.parked_keys or delivery.key in staged.new_parked_keys:
+        if delivery.key in staged.new_parked_keys or (
+            delivery.key in ps.parked_keys and self._still_parked(ps, delivery.key)
+        ):
             staged.parks.append((delivery, "behind an earlier parked event of its key"))
             staged.count("parked")
             return None
@@ -363,6 +366,20 @@ class Executor:
             self._poison(staged, delivery, f"cannot decode: {exc}", "undecodable")
             return None
         return event, EventMetadata.of(delivery, self.name, user_metadata, self.handler.state)
+
+    def _still_parked(self, ps: PartitionState, key: bytes) -> bool:
+        """Whether the key still has parked events: an operator may have discarded them meanwhile.
+
+        Asked of PostgreSQL at most once a second per key, so a busy parked key costs no query per event.
+        """
+        now = time.monotonic()
+        if now - ps.parked_checked.get(key, 0.0) < 1.0:
+            return True
+        ps.parked_checked[key] = now
+        if self.shared.parked.of_key(self.name, ps.topic, ps.partition, key):
+            return True
+        ps.parked_keys.discard(key)
+        return False
 
     def _poison(self, staged: _Staged, delivery: Delivery, reason: str, error_kind: str | None) -> None:
         if error_kind is not None:
