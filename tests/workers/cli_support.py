@@ -38,11 +38,14 @@ def worker_env(schema: PostgresSchema, kafka: KafkaNamespace, app_name: str, **e
     }
 
 
-def tidings(*args: str, env: dict[str, str], timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    """Run ``tidings ARGS`` to its end."""
+def tidings(
+    *args: str, env: dict[str, str], input: str | None = None, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
+    """Run ``tidings ARGS`` to its end (``input`` on its stdin)."""
     return subprocess.run(
         [tidings_script(), *args],
         env=env,
+        input=input,
         cwd=ROOT,
         capture_output=True,
         text=True,
