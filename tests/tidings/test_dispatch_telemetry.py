@@ -9,31 +9,17 @@ from decimal import Decimal
 
 import pytest
 from opentelemetry import trace
-from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from eventstore import PostgresEventStore
 from examples.bank.accounts import Deposit, InsufficientFunds, OpenAccount, Withdraw, accounts
 from examples.bank.events import events
+from tests.telemetry import spans  # noqa: F401 - a fixture
 from tests.tidings.avro_support import SCHEMAS
 from tidings import Application, EventMapper
 from tidings.avro import AvroCodec, SchemaSet
 
 MAPPER = EventMapper(AvroCodec(events, SchemaSet.load(SCHEMAS)))
-_EXPORTER = InMemorySpanExporter()
-
-
-@pytest.fixture
-def spans() -> Iterator[InMemorySpanExporter]:
-    """Finished spans of this test (the SDK provider is installed once per process, as an app would)."""
-    if not isinstance(trace.get_tracer_provider(), TracerProvider):
-        provider = TracerProvider()
-        provider.add_span_processor(SimpleSpanProcessor(_EXPORTER))
-        trace.set_tracer_provider(provider)
-    _EXPORTER.clear()
-    yield _EXPORTER
-    _EXPORTER.clear()
 
 
 def test_dispatch_and_execute_are_spans_and_the_events_carry_the_trace(

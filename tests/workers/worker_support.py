@@ -68,8 +68,15 @@ class Recorder:
 class Stack:
     """A relay and handler runners for one test, all stopped at its end."""
 
-    def __init__(self, store: PostgresEventStore, namespace: KafkaNamespace, partitions: int = 4) -> None:
+    def __init__(
+        self,
+        store: PostgresEventStore,
+        namespace: KafkaNamespace,
+        partitions: int = 4,
+        mapper: EventMapper = mapper,
+    ) -> None:
         self.store = store
+        self.mapper = mapper
         self.namespace = namespace
         self.app_name = namespace.topic("app")
         self.topic = f"{self.app_name}.events"
@@ -84,7 +91,7 @@ class Stack:
         self.config = WorkerConfig(store, namespace.bootstrap_servers, partitions=partitions)
 
     def app(self, *handlers: type[EventHandler]) -> WorkerApp:
-        return WorkerApp(self.app_name, mapper=mapper, handlers=handlers, routing=Routing(self.topic))
+        return WorkerApp(self.app_name, mapper=self.mapper, handlers=handlers, routing=Routing(self.topic))
 
     def run(self, handler: type[EventHandler]) -> HandlerRunner:
         runner = HandlerRunner(handler, self.app(handler), self.config)
@@ -103,8 +110,10 @@ class Stack:
 
 
 @contextmanager
-def stack(store: PostgresEventStore, namespace: KafkaNamespace, partitions: int = 4) -> Iterator[Stack]:
-    running = Stack(store, namespace, partitions)
+def stack(
+    store: PostgresEventStore, namespace: KafkaNamespace, partitions: int = 4, mapper: EventMapper = mapper
+) -> Iterator[Stack]:
+    running = Stack(store, namespace, partitions, mapper)
     running.relay.start()
     try:
         yield running
