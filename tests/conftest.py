@@ -4,7 +4,7 @@ import os
 
 from hypothesis import settings
 
-pytest_plugins = ["pytester"]
+pytest_plugins = ["pytester", "tests.telemetry"]
 
 # CI must be deterministic: the same examples on every run. Locally, hypothesis keeps exploring.
 settings.register_profile("ci", derandomize=True, deadline=None, print_blob=True)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Iterator
 from decimal import Decimal
 
 import pytest
@@ -14,7 +13,6 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from eventstore import PostgresEventStore
 from examples.bank.accounts import Deposit, InsufficientFunds, OpenAccount, Withdraw, accounts
 from examples.bank.events import events
-from tests.telemetry import spans  # noqa: F401 - a fixture
 from tests.tidings.avro_support import SCHEMAS
 from tidings import Application, EventMapper
 from tidings.avro import AvroCodec, SchemaSet

@@ -8,7 +8,6 @@ from confluent_kafka.admin import AdminClient
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from eventstore import ANY, EventData, PostgresEventStore
-from tests.telemetry import spans  # noqa: F401 - a fixture
 from tests.workers.worker_support import Noted, Recorder, append_noted, eventually, mapper, stack
 from tidings import EventMapper, RenameEventType
 from tidings.pytest_plugin import KafkaNamespace
