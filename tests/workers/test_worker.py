@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -89,7 +90,7 @@ def test_readiness_follows_every_handler_and_liveness_outlives_a_stopped_one(
         assert {status.handler: status.reason for status in worker.statuses()}[journal] == ""
 
 
-def test_handlers_are_chosen_by_name_and_unknown_names_are_refused(
+def test_handlers_are_chosen_by_name_and_unknown_names_or_a_taken_port_are_refused(
     event_store: PostgresEventStore, postgres_schema: PostgresSchema
 ) -> None:
     app = apps.build_app("bank", "p.", postgres_schema.name, postgres_schema.server_url)
@@ -100,6 +101,15 @@ def test_handlers_are_chosen_by_name_and_unknown_names_are_refused(
         ConfigurationError, match=r"no handler named 'nope'; this app has \['p.journal', 'p.picky'\]"
     ):
         Worker(app, config, ["p.journal", "nope"])
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        worker = Worker(app, config, port=taken.getsockname()[1], host="127.0.0.1")
+        with pytest.raises(ConfigurationError, match=r"cannot listen on 127\.0\.0\.1:\d+: Address already"):
+            worker.start()
+        assert [status.state for status in worker.statuses()] == ["starting", "starting"]  # none started
+        assert not any(runner.stopping.is_set() for runner in worker.runners)
 
 
 def test_load_app_takes_an_app_or_a_factory_and_says_what_is_wrong(

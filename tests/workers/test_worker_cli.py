@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 from confluent_kafka import ConsumerGroupTopicPartitions
 from confluent_kafka.admin import AdminClient
+from typer.testing import CliRunner
 
 from eventstore import PostgresEventStore
 from tests.eventstore.relay_support import read_to_end
@@ -15,6 +16,7 @@ from tests.workers import apps
 from tests.workers.cli_support import WorkerProcess, count, tidings, worker_env
 from tests.workers.worker_support import append_noted, eventually, stack
 from tidings.pytest_plugin import KafkaNamespace, PostgresSchema
+from workers import cli
 
 APP = "tests.workers.apps:build"
 
@@ -113,6 +115,21 @@ def test_unknown_handlers_and_an_unmigrated_store_exit_2(
     available = [kafka_namespace.group("journal"), kafka_namespace.group("picky")]
     assert f"error: no handler named 'nope'; this app has {available}" in result.stderr
 
+    result = tidings("reset", "nope", "--app", APP, "--yes", env=env)
+    assert result.returncode == 2, result.stderr
+    assert f"error: no handler named 'nope'; this app has {available}" in result.stderr
+
     result = tidings("worker", APP, env={**env, "TIDINGS_SCHEMA": f"{postgres_schema.name}_none"})
     assert result.returncode == 2, result.stderr
     assert "is not migrated: run `tidings migrate` first" in result.stderr
+
+
+@pytest.mark.parametrize(
+    "command",
+    [["worker"], ["reset"], ["parked", "list"], ["parked", "retry"], ["parked", "discard"]],
+    ids=" ".join,
+)
+def test_every_operator_command_has_help_with_an_example(command: list[str]) -> None:
+    result = CliRunner().invoke(cli.app, [*command, "--help"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    assert "Example: tidings " + " ".join(command) in result.output
