@@ -77,3 +77,12 @@ def test_reset_is_refused_while_a_worker_runs_and_then_rebuilds_the_projection(
         with WorkerProcess(worker_args, env, tmp_path / "worker-2.log") as worker:
             eventually(lambda: rows(url, schema, "journal") == built, timeout=30, what="journal rebuilt")
             assert worker.terminate() == 0
+
+        # A plain handler that never ran: no tables, no group; its parked events go.
+        never_ran = tidings("reset", picky, "--app", APP, "--yes", env=env)
+        assert never_ran.returncode == 0, never_ran.stderr
+        assert never_ran.stdout.startswith(
+            f"reset '{picky}': checkpoints and start_from subscription deleted"
+        )
+        assert "1 parked event(s) deleted; no consumer group to delete" in never_ran.stdout
+        assert parked.list() == []
