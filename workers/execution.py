@@ -243,8 +243,8 @@ class Executor:
     ) -> None:
         batch: list[tuple[int, Delivery, Any, EventMetadata]] = []
         for index, delivery in enumerate(window):
-            if (ps.revoked.is_set() or self.shared.stopping.is_set()) and not batch:
-                raise Abandoned
+            if ps.revoked.is_set() or self.shared.stopping.is_set():
+                break  # what is done so far is committed; the rest is for the next owner or run
             step = self._classify(ps, staged, delivery, decided)
             if step is None:
                 continue

@@ -379,13 +379,21 @@ class HandlerRunner:
 
     def _report_lag(self, consumer: Consumer) -> None:
         for key, ps in list(self._partitions.items()):
+            tp = TopicPartition(*key)
             try:
-                _, high = consumer.get_watermark_offsets(TopicPartition(*key), timeout=1, cached=False)
+                _, high = consumer.get_watermark_offsets(tp, timeout=1, cached=False)
+                (fetched,) = consumer.position([tp])
             except KafkaException:
                 continue
-            position = ps.next_offset if ps.next_offset is not None else self._stored.get(key)
-            if position is not None and high >= 0:
-                metrics.LAG.labels(self.name, key[0], str(key[1])).set(max(0, high - position))
+            handled = ps.next_offset if ps.next_offset is not None else -1
+            with self._lock:
+                idle = self._queued.get(key, 0) == 0
+            if idle:
+                # Nothing waits for the lane: everything fetched is finished with. The fetch position
+                # is past the transaction markers the last message is followed by; the handled one not.
+                handled = max(handled, fetched.offset)
+            if handled >= 0 and high >= 0:
+                metrics.LAG.labels(self.name, key[0], str(key[1])).set(max(0, high - handled))
 
     # --- group membership callbacks (called by consume(), on the consumer thread) -------------------
 

@@ -130,3 +130,42 @@ def settle(seconds: float) -> None:
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         time.sleep(0.05)
+
+
+class NotedWriters:
+    """A thread appending ``Noted`` events round-robin to ``streams`` streams until stopped."""
+
+    def __init__(self, store: PostgresEventStore, streams: int = 10, pause: float = 0.002) -> None:
+        self.store = store
+        self.streams = streams
+        self.pause = pause
+        self.appended: list[tuple[str, int]] = []
+        self.error: BaseException | None = None
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="noted-writers", daemon=True)
+
+    def __enter__(self) -> NotedWriters:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.stop()
+
+    def stop(self) -> list[tuple[str, int]]:
+        self._stopping.set()
+        self._thread.join(30)
+        assert self.error is None, f"the writers failed: {self.error!r}"
+        return self.appended
+
+    def _run(self) -> None:
+        number = 0
+        try:
+            while not self._stopping.is_set():
+                stream = f"w{number % self.streams}"
+                n = number // self.streams
+                self.store.append_to_stream(stream, ANY, [mapper.to_event_data(Noted(stream, n))])
+                self.appended.append((stream, n))
+                number += 1
+                self._stopping.wait(self.pause)
+        except BaseException as exc:  # noqa: BLE001 - reported by stop()
+            self.error = exc
