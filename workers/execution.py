@@ -46,7 +46,7 @@ if TYPE_CHECKING:
 
     from workers.projection import Projection
 
-__all__ = ["Abandoned", "Executor", "HandlerStopped", "PartitionState", "Shared"]
+__all__ = ["Abandoned", "Executor", "HandlerStopped", "PartitionState", "Shared", "connection_lost"]
 
 log = logging.getLogger("workers.handler")
 tracer = trace.get_tracer("tidings.workers")
@@ -427,6 +427,8 @@ class Executor:
                     assert self._loop is not None
                     result = self._loop.run_until_complete(result)
         except Exception as exc:
+            if self._projection is not None and connection_lost(exc):
+                raise  # PostgreSQL went away under the projection: waited out, never the event's fault
             metrics.ERRORS.labels(self.name, "handler").inc()
             raise _StepFailed(index, exc, event, metadata) from exc
         finally:
@@ -589,6 +591,25 @@ class Executor:
 
 _OUTCOMES = ("handled", "skipped", "parked", "dead_lettered", "already_seen", "filtered")
 _TRACE_KEYS = ("traceparent", "tracestate")
+
+
+_CONNECTION_STATES = ("57P01", "57P02", "57P03")  # admin shutdown, crash shutdown, cannot connect now
+
+
+def connection_lost(error: BaseException) -> bool:
+    """Whether ``error`` says the connection to PostgreSQL is gone (not that a statement was wrong)."""
+    import sqlalchemy.exc
+
+    if isinstance(error, sqlalchemy.exc.DBAPIError):
+        if error.connection_invalidated:
+            return True
+        error = error.orig if error.orig is not None else error
+    if isinstance(error, psycopg.InterfaceError):
+        return True
+    if isinstance(error, psycopg.OperationalError):
+        state = error.sqlstate
+        return state is None or state.startswith("08") or state in _CONNECTION_STATES
+    return False
 
 
 def _text(key: bytes) -> str:

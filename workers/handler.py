@@ -152,6 +152,11 @@ def validate_handler(handler: type[EventHandler]) -> type[EventHandler]:
             f"{where}.partition_by {by!r} is not a key source: use one of {', '.join(KEY_SOURCES)}, "
             "metadata.<field>, or a function (event, metadata) -> key"
         )
+    if handler.consistency == "strong" and by not in (None, "stream_id", "category"):
+        raise ConfigurationError(
+            f"{where}: strong consistency needs each stream's events in order, so partition_by must keep "
+            f"a stream on one partition (None, 'stream_id' or 'category'), not {by!r}"
+        )
     if by is not None and not isinstance(by, str) and not callable(by):
         raise ConfigurationError(f"{where}.partition_by must be a key source name or a function")
     projects = getattr(handler, "project", None) is not getattr(_projection_base(), "project", None)

@@ -46,7 +46,7 @@ from eventstore.routing import Routing
 from workers import metrics
 from workers.app import WorkerApp, WorkerConfig
 from workers.delivery import Delivery, EventMetadata, delivery_of
-from workers.execution import Executor, HandlerStopped, PartitionState, Shared
+from workers.execution import Executor, HandlerStopped, PartitionState, Shared, connection_lost
 from workers.handler import EventHandler, validate_handler
 from workers.parking import ParkedEvents
 from workers.positions import Positions
@@ -132,9 +132,11 @@ class _Lane:
                     ]
                     self.executor.process(ps, deliveries)
                 return
-            except (psycopg.Error, KafkaException) as exc:
+            except Exception as exc:
+                if not isinstance(exc, psycopg.Error | KafkaException) and not connection_lost(exc):
+                    raise
                 # PostgreSQL or Kafka is away: wait and try again; finished messages are not redone.
-                kind = "postgres" if isinstance(exc, psycopg.Error) else "kafka"
+                kind = "kafka" if isinstance(exc, KafkaException) else "postgres"
                 metrics.ERRORS.labels(self.runner.name, kind).inc()
                 log.warning(
                     "handling waits for %s", kind, extra={"handler": self.runner.name, "error": str(exc)}

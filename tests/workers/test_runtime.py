@@ -16,6 +16,7 @@ from tidings.devservices import LocalKafka
 from tidings.pytest_plugin import KafkaNamespace
 from workers.delivery import EventMetadata
 from workers.handler import EventHandler
+from workers.parking import ParkedEvents
 from workers.projection import Projection
 
 
@@ -147,3 +148,51 @@ def test_a_projection_goes_on_exactly_once_after_kafka_stops_and_restarts(
         )
         per_stream = dict(read(event_store, "SELECT stream_id, events FROM counters"))
     assert sum(per_stream.values()) == total, "no event lost, none projected twice"
+
+
+def test_a_projection_waits_out_lost_postgresql_connections_without_parking_or_repeating(
+    event_store: PostgresEventStore, kafka_namespace: KafkaNamespace
+) -> None:
+    table = counters(event_store)
+    schema = event_store.config.schema
+    cut: set[tuple[str, int]] = set()
+    with stack(event_store, kafka_namespace, partitions=2) as s:
+
+        class Counting(Projection):
+            name = s.name("counting")
+            tables = (table,)
+            concurrency = 2
+
+            def project(self, event: Noted, metadata: EventMetadata, connection: sa.Connection) -> None:
+                connection.execute(
+                    sa.text(
+                        f"INSERT INTO {schema}.counters VALUES (:s, 1, :n) ON CONFLICT (stream_id) "
+                        "DO UPDATE SET events = counters.events + 1, last_n = excluded.last_n"
+                    ),
+                    {"s": metadata.stream_id, "n": event.n},
+                )
+                if event.n == 3 and (event.key, event.n) not in cut:
+                    # The server ends this very session in the middle of the projection's transaction.
+                    cut.add((event.key, event.n))
+                    pid = connection.execute(sa.text("SELECT pg_backend_pid()")).scalar()
+                    with event_store.connection() as other:
+                        other.execute("SELECT pg_terminate_backend(%s)", (pid,))
+
+        errors = REGISTRY.get_sample_value(
+            "tidings_handler_errors_total", {"handler": Counting.name, "kind": "postgres"}
+        )
+        appended = append_noted(event_store, streams=6, per_stream=8)
+        s.run(Counting)
+        eventually(
+            lambda: read(event_store, "SELECT coalesce(sum(events), 0) FROM counters")[0][0] >= len(appended),
+            timeout=120,
+            what="every event projected",
+        )
+        per_stream = dict(read(event_store, "SELECT stream_id, events FROM counters"))
+    assert len(cut) == 6, "each stream's connection was cut once"
+    assert per_stream == {f"s{i}": 8 for i in range(6)}, "no event lost, none projected twice"
+    assert ParkedEvents(event_store).count(Counting.name) == 0, "a lost connection is not the event's fault"
+    after = REGISTRY.get_sample_value(
+        "tidings_handler_errors_total", {"handler": Counting.name, "kind": "postgres"}
+    )
+    assert (after or 0) - (errors or 0) >= 6, "each cut shows in tidings_handler_errors_total"
