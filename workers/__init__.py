@@ -1,5 +1,56 @@
-"""The Kafka runtime: event handlers, projections and process managers in consumer groups, and the CLI."""
+"""The Kafka runtime: event handlers, projections and process managers in consumer groups, and the CLI.
 
+Example::
+
+    from workers import EventHandler, WorkerApp
+
+    class WelcomeEmails(EventHandler):
+        name = "welcome-emails"
+
+        def handle(self, event, metadata):
+            ...
+
+    app = WorkerApp("bank", mapper=mapper, handlers=[WelcomeEmails])   # tidings worker bank.workers:app
+"""
+
+from workers.app import WorkerApp, WorkerConfig
+from workers.delivery import EventMetadata, UndecodableMessage
+from workers.execution import HandlerStopped
+from workers.failure import ErrorAnswer, FailureContext, Park, Retry, Skip, Stop
+from workers.handler import BatchFailed, EventHandler
 from workers.health import Check, HealthReport, check_health
+from workers.parking import ParkedEvent, ParkedEvents
+from workers.projection import Projection
+from workers.runner import HandlerRunner, HandlerStatus, HistoryUnavailable
+from workers.worker import Worker
 
-__all__ = ["Check", "HealthReport", "check_health"]
+__all__ = [
+    # what users write
+    "EventHandler",
+    "Projection",
+    "EventMetadata",
+    "BatchFailed",
+    # answers to failures
+    "ErrorAnswer",
+    "FailureContext",
+    "Retry",
+    "Skip",
+    "Park",
+    "Stop",
+    # running them
+    "WorkerApp",
+    "WorkerConfig",
+    "Worker",
+    "HandlerRunner",
+    "HandlerStatus",
+    # operating them
+    "ParkedEvent",
+    "ParkedEvents",
+    "Check",
+    "HealthReport",
+    "check_health",
+    # errors
+    "HandlerStopped",
+    "HistoryUnavailable",
+    "UndecodableMessage",
+]

@@ -162,18 +162,29 @@ class ParkedEvents:
             )
             return cursor.rowcount
 
-    def discard(self, handler: str, key: bytes | None = None, ids: builtins.list[int] | None = None) -> int:
-        """Delete parked events of ``key``, or those with the given ids, or all of the handler's."""
-        with self.store.connection() as conn:
-            cursor = conn.execute(
-                self._sql(
-                    "DELETE FROM {t} WHERE handler = %(handler)s "
-                    "AND (%(key)s::bytea IS NULL OR key = %(key)s) "
-                    "AND (%(ids)s::bigint[] IS NULL OR id = ANY(%(ids)s))"
-                ),
-                {"handler": handler, "key": key, "ids": ids},
-            )
-            return cursor.rowcount
+    def discard(
+        self,
+        handler: str,
+        key: bytes | None = None,
+        ids: builtins.list[int] | None = None,
+        connection: psycopg.Connection | None = None,
+    ) -> int:
+        """Delete parked events of ``key``, or those with the given ids, or all of the handler's.
+
+        With ``connection`` the deletion is part of the caller's transaction (a reset's).
+        """
+        if connection is None:
+            with self.store.connection() as conn:
+                return self.discard(handler, key, ids, conn)
+        cursor = connection.execute(
+            self._sql(
+                "DELETE FROM {t} WHERE handler = %(handler)s "
+                "AND (%(key)s::bytea IS NULL OR key = %(key)s) "
+                "AND (%(ids)s::bigint[] IS NULL OR id = ANY(%(ids)s))"
+            ),
+            {"handler": handler, "key": key, "ids": ids},
+        )
+        return cursor.rowcount
 
     def count(self, handler: str) -> int:
         with self.store.connection() as conn:

@@ -28,6 +28,7 @@ from confluent_kafka.admin import AdminClient
 from psycopg import sql
 
 from workers.app import WorkerApp, WorkerConfig
+from workers.parking import ParkedEvents
 from workers.positions import Positions
 from workers.projection import Projection
 
@@ -93,16 +94,16 @@ def reset_handler(app: WorkerApp, config: WorkerConfig, name: str) -> ResetRepor
     members = active_members(config, name)
     if members:
         raise GroupActive(name, members)
-    handler(0).before_reset()
+    instance = handler(0)
+    instance.init()  # before_reset may need what init sets up, as in a running handler
+    instance.before_reset()
     tables = list(handler.tables) if issubclass(handler, Projection) else []
     store = config.store
-    parked_table = sql.Identifier(store.config.schema, "parked_events")
     with store.connection() as conn:
         if tables:
             conn.execute(sql.SQL("TRUNCATE {}").format(sql.SQL(", ").join(_qualified(t) for t in tables)))
         Positions(store).unsubscribe(name, conn)
-        parked = conn.execute(sql.SQL("DELETE FROM {} WHERE handler = %s").format(parked_table), (name,))
-        parked_count = parked.rowcount
+        parked_count = ParkedEvents(store).discard(name, connection=conn)
     deleted = _delete_group(config, name)
     report = ResetReport(name, [t.fullname for t in tables], parked_count, deleted)
     log.info(
