@@ -5,7 +5,8 @@ prefix), ``TIDINGS_SCHEMA`` and ``DATABASE_URL`` (the tables below live in the s
 
 - ``ordered`` (concurrency 4): appends what it handles, and in which process, to ``ordered_seen``.
 - ``tally`` (a projection, concurrency 4): per stream, a count and the list of event_numbers projected.
-  Neither is idempotent, so a repeated effect shows.
+  Neither is idempotent, so a repeated effect shows. ``TIDINGS_TEST_STATIC=1`` gives ``tally`` static
+  membership (each worker's ``--instance-id`` names its member).
 """
 
 from __future__ import annotations
@@ -62,6 +63,7 @@ def build() -> WorkerApp:
     class Tally(Projection):
         name = f"{prefix}tally"
         concurrency = 4
+        static_membership = os.environ.get("TIDINGS_TEST_STATIC") == "1"
 
         def project(self, event: Noted, metadata: EventMetadata, connection: sa.Connection) -> None:
             connection.execute(

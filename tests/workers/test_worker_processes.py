@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import random
 from collections import defaultdict
 from pathlib import Path
+
+from confluent_kafka.admin import AdminClient
 
 from eventstore import PostgresEventStore
 from tests.workers.cli_support import WorkerProcess, rows, worker_env
@@ -12,6 +15,12 @@ from tests.workers.worker_support import NotedWriters, eventually, stack
 from tidings.pytest_plugin import KafkaNamespace, PostgresSchema
 
 APP = "tests.workers.process_apps:build"
+
+
+def group_state(namespace: KafkaNamespace, group: str) -> str:
+    admin = AdminClient({"bootstrap.servers": namespace.bootstrap_servers})
+    description = admin.describe_consumer_groups([group])[group].result(timeout=30)
+    return str(description.state.name)
 
 
 def assigned(worker: WorkerProcess) -> list[str]:
@@ -70,7 +79,9 @@ def test_a_rebalance_and_a_kill_lose_nothing_and_project_each_event_once(
 
     with stack(event_store, kafka_namespace, partitions=8) as s:
         env = worker_env(postgres_schema, kafka_namespace, s.app_name)
+        # A killed member's partitions move once its session times out: 6 s instead of librdkafka's 45.
         args = [APP, "--handler", f"{kafka_namespace.prefix}tally", "--partitions", "8"]
+        args += ["--kafka", "session.timeout.ms=6000"]
         with (
             WorkerProcess(args, env, tmp_path / "a.log") as a,
             WorkerProcess(args, env, tmp_path / "b.log") as b,
@@ -97,5 +108,72 @@ def test_a_rebalance_and_a_kill_lose_nothing_and_project_each_event_once(
         expected[recorded.stream_id].append(recorded.event_number or 0)
     tally = {stream: (events, numbers) for stream, events, numbers in rows(url, schema, "tally")}
     assert set(tally) == set(expected)
+    for stream, numbers in expected.items():
+        assert tally[stream] == (len(numbers), numbers), f"{stream}: each event projected once, in order"
+
+
+def test_kill_9_loop_with_static_membership_each_member_comes_back_to_its_partitions(
+    event_store: PostgresEventStore,
+    postgres_schema: PostgresSchema,
+    kafka_namespace: KafkaNamespace,
+    tmp_path: Path,
+) -> None:
+    url, schema = postgres_schema.server_url, postgres_schema.name
+    create_tables(url, schema)
+    rng = random.Random(7)
+
+    def projected() -> int:
+        return sum(events for (events,) in rows(url, schema, "tally", "events"))
+
+    with stack(event_store, kafka_namespace, partitions=6) as s:
+        env = worker_env(postgres_schema, kafka_namespace, s.app_name, TIDINGS_TEST_STATIC="1")
+        # Static members do not leave the group when they stop: they expire after the session timeout.
+        args = [APP, "--handler", f"{kafka_namespace.prefix}tally", "--partitions", "6"]
+        args += ["--kafka", "session.timeout.ms=6000"]
+
+        def start(member: str, round_: int) -> WorkerProcess:
+            return WorkerProcess([*args, "--instance-id", member], env, tmp_path / f"{member}.{round_}.log")
+
+        workers = {member: start(member, 0) for member in ("w0", "w1")}
+        try:
+            with NotedWriters(event_store, streams=12, pause=0.001) as writers:
+                eventually(lambda: all(assigned(w) for w in workers.values()), what="both members assigned")
+                eventually(
+                    lambda: (
+                        sorted(assigned(workers["w0"]) + assigned(workers["w1"]))
+                        == sorted(f"{s.topic}[{p}]" for p in range(6))
+                    ),
+                    what="the partitions shared out",
+                )
+                for round_ in range(1, 6):
+                    owned = {member: assigned(worker) for member, worker in workers.items()}
+                    victim = rng.choice(sorted(workers))
+                    before = projected()
+                    eventually(
+                        lambda b=before: projected() > b + 100, what=f"projecting before kill {round_}"
+                    )
+                    workers[victim].kill()
+                    workers[victim] = start(victim, round_)
+                    # The same member id takes its partitions back at once: no rebalance moved them.
+                    eventually(
+                        lambda v=victim, o=owned: assigned(workers[v]) == o[v], what="its partitions back"
+                    )
+                    for member, worker in workers.items():
+                        assert assigned(worker) == owned[member], f"{member} kept its partitions"
+                appended = writers.stop()
+            eventually(lambda: projected() >= len(appended), timeout=120, what="every event projected")
+        finally:
+            for worker in workers.values():
+                if worker.process.poll() is None:
+                    worker.terminate()
+        eventually(
+            lambda: group_state(kafka_namespace, f"{kafka_namespace.prefix}tally") == "EMPTY",
+            30,
+            what="the static members expired",
+        )
+    expected: dict[str, list[int]] = defaultdict(list)
+    for recorded in event_store.read_all_forward(1, count=len(appended) + 10):
+        expected[recorded.stream_id].append(recorded.event_number or 0)
+    tally = {stream: (events, numbers) for stream, events, numbers in rows(url, schema, "tally")}
     for stream, numbers in expected.items():
         assert tally[stream] == (len(numbers), numbers), f"{stream}: each event projected once, in order"
