@@ -224,7 +224,7 @@ class OutgoingEvent(NamedTuple):
             event.metadata,
             str(event.event_id),
             str(event.stream_version),
-            event.created_at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f+00:00"),
+            event.created_at.astimezone(UTC).isoformat(timespec="microseconds"),
             event.schema_id,
             None if event.causation_id is None else str(event.causation_id),
             None if event.correlation_id is None else str(event.correlation_id),
