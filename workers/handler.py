@@ -159,13 +159,16 @@ def validate_handler(handler: type[EventHandler]) -> type[EventHandler]:
         )
     if by is not None and not isinstance(by, str) and not callable(by):
         raise ConfigurationError(f"{where}.partition_by must be a key source name or a function")
-    projects = getattr(handler, "project", None) is not getattr(_projection_base(), "project", None)
-    if handler.handle is EventHandler.handle and not handler.handles_batches() and not projects:
+    projection = _projection_base()
+    if issubclass(handler, projection):
+        if handler.project is projection.project:  # type: ignore[attr-defined]
+            raise ConfigurationError(f"{where} must define project(event, metadata, connection)")
+    elif handler.handle is EventHandler.handle and not handler.handles_batches():
         raise ConfigurationError(f"{where} must define handle(event, metadata) or handle_batch(batch)")
     return handler
 
 
-def _projection_base() -> type:
+def _projection_base() -> type[EventHandler]:
     from workers.projection import Projection
 
     return Projection
