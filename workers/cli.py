@@ -17,6 +17,7 @@ from rich.table import Table
 
 from eventstore import DEFAULT_SCHEMA, ConfigurationError, StoreConfig, migrate
 from tidings import devservices
+from workers.cli_options import Bootstrap, DatabaseUrl, Schema
 from workers.health import HealthReport, check_health
 from workers.parked_cli import parked_app
 from workers.relay_cli import relay_app
@@ -48,21 +49,6 @@ app.command("reset")(reset_command)
 out = Console()
 err = Console(stderr=True)
 
-DatabaseUrl = Annotated[
-    str,
-    typer.Option(
-        envvar="DATABASE_URL", show_default=False, help="PostgreSQL URL (libpq form); read from DATABASE_URL."
-    ),
-]
-Bootstrap = Annotated[
-    str,
-    typer.Option(
-        envvar="KAFKA_BOOTSTRAP_SERVERS",
-        show_default=False,
-        help="Kafka bootstrap servers; read from KAFKA_BOOTSTRAP_SERVERS.",
-    ),
-]
-Schema = Annotated[str, typer.Option(envvar="TIDINGS_SCHEMA", help="PostgreSQL schema of the store.")]
 AsJson = Annotated[bool, typer.Option("--json", help="Print JSON for scripts instead of tables.")]
 
 

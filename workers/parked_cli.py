@@ -17,8 +17,8 @@ from rich.table import Table
 
 from eventstore import DEFAULT_SCHEMA, ConfigurationError, PostgresEventStore
 from eventstore.errors import StoreUnavailable
+from workers.cli_options import EXIT_FAILED, EXIT_USAGE, DatabaseUrl, Schema, fail, migrated_store
 from workers.parking import ParkedEvent, ParkedEvents
-from workers.worker_cli import EXIT_FAILED, EXIT_USAGE, DatabaseUrl, Schema, fail, store_config
 
 __all__ = ["parked_app"]
 
@@ -35,7 +35,7 @@ All = Annotated[bool, typer.Option("--all", help="Every parked event of the hand
 
 def _parked(database_url: str, schema: str) -> tuple[PostgresEventStore, ParkedEvents]:
     try:
-        store = PostgresEventStore(store_config(database_url, schema), sequencer=False)
+        store = PostgresEventStore(migrated_store(database_url, schema), sequencer=False)
     except ConfigurationError as exc:
         raise fail(str(exc), EXIT_USAGE) from exc
     except StoreUnavailable as exc:

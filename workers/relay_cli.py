@@ -34,40 +34,16 @@ from eventstore import (
 )
 from eventstore.relay import Relay, RelayConfig, TopicCreationFailed, TopicMissing, relay_status
 from eventstore.routing import Routing
+from workers.cli_options import EXIT_FAILED, EXIT_USAGE, DatabaseUrl, Schema, kafka_settings, required
 from workers.logs import configure_logging
 
 __all__ = ["relay_app"]
-
-EXIT_FAILED = 1
-EXIT_USAGE = 2
-KAFKA_ENV_PREFIX = "TIDINGS_KAFKA_"
 
 relay_app = typer.Typer(
     help="Publish the store's committed events to Kafka, exactly once and in order.",
     invoke_without_command=True,
 )
 out = Console()
-
-DatabaseUrl = Annotated[
-    str,
-    typer.Option(envvar="DATABASE_URL", show_default=False, help="PostgreSQL URL; read from DATABASE_URL."),
-]
-Schema = Annotated[str, typer.Option(envvar="TIDINGS_SCHEMA", help="PostgreSQL schema of the store.")]
-
-
-def kafka_settings(pairs: list[str], environ: dict[str, str]) -> dict[str, str]:
-    """librdkafka settings from ``name=value`` pairs and ``TIDINGS_KAFKA_<NAME>`` variables (pairs win)."""
-    settings = {
-        name[len(KAFKA_ENV_PREFIX) :].lower().replace("_", "."): value
-        for name, value in environ.items()
-        if name.startswith(KAFKA_ENV_PREFIX) and len(name) > len(KAFKA_ENV_PREFIX)
-    }
-    for pair in pairs:
-        name, sep, value = pair.partition("=")
-        if not sep or not name.strip():
-            raise ConfigurationError(f"--kafka takes name=value (a librdkafka setting), got {pair!r}")
-        settings[name.strip()] = value
-    return settings
 
 
 def load_routing(path: Path) -> Routing:
@@ -137,9 +113,9 @@ def relay_command(
         return
     configure_logging(log_level, log_format)
     try:
-        config = StoreConfig(_required(database_url, "--database-url / DATABASE_URL"), schema)
+        config = StoreConfig(required(database_url, "--database-url / DATABASE_URL"), schema)
         relay_config = RelayConfig(
-            _required(bootstrap_servers, "--bootstrap-servers / KAFKA_BOOTSTRAP_SERVERS"),
+            required(bootstrap_servers, "--bootstrap-servers / KAFKA_BOOTSTRAP_SERVERS"),
             app=app_name,
             routing=load_routing(routing_file) if routing_file else None,
             name=name,
@@ -188,7 +164,7 @@ def status_command(
 ) -> None:
     """Each relay's last published event, lag behind the sequencer and last leader."""
     try:
-        config = StoreConfig(_required(database_url, "--database-url / DATABASE_URL"), schema)
+        config = StoreConfig(required(database_url, "--database-url / DATABASE_URL"), schema)
     except ConfigurationError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(EXIT_USAGE) from exc
@@ -201,9 +177,3 @@ def status_command(
     for s in statuses:
         table.add_row(s.name, str(s.last_published), str(s.last_numbered), str(s.lag_events), s.leader or "-")
     out.print(table)
-
-
-def _required(value: str, what: str) -> str:
-    if not value:
-        raise ConfigurationError(f"{what} is required")
-    return value

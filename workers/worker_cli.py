@@ -15,7 +15,6 @@ import threading
 from types import FrameType
 from typing import Annotated
 
-import sqlalchemy.exc
 import typer
 from confluent_kafka import KafkaException
 
@@ -23,65 +22,27 @@ from eventstore import (
     DEFAULT_SCHEMA,
     ConfigurationError,
     PostgresEventStore,
-    StoreConfig,
-    current_revision,
-    head_revision,
 )
 from eventstore.errors import StoreUnavailable
 from workers.app import WorkerApp, WorkerConfig
+from workers.cli_options import (
+    EXIT_FAILED,
+    EXIT_USAGE,
+    Bootstrap,
+    DatabaseUrl,
+    Kafka,
+    Schema,
+    fail,
+    kafka_settings,
+    migrated_store,
+    required,
+)
 from workers.logs import configure_logging
 from workers.projection import Projection
-from workers.relay_cli import kafka_settings
 from workers.reset import GroupActive, GroupNotDeleted, active_members, reset_handler
 from workers.worker import Worker, load_app
 
 __all__ = ["reset_command", "worker_command"]
-
-EXIT_FAILED = 1
-EXIT_USAGE = 2
-
-DatabaseUrl = Annotated[
-    str,
-    typer.Option(envvar="DATABASE_URL", show_default=False, help="PostgreSQL URL; read from DATABASE_URL."),
-]
-Schema = Annotated[str, typer.Option(envvar="TIDINGS_SCHEMA", help="PostgreSQL schema of the store.")]
-Bootstrap = Annotated[
-    str,
-    typer.Option(
-        envvar="KAFKA_BOOTSTRAP_SERVERS",
-        show_default=False,
-        help="Kafka bootstrap servers; read from KAFKA_BOOTSTRAP_SERVERS.",
-    ),
-]
-Kafka = Annotated[
-    list[str] | None,
-    typer.Option(help="A librdkafka setting, name=value (repeatable); also TIDINGS_KAFKA_<NAME>."),
-]
-
-
-def required(value: str, what: str) -> str:
-    if not value:
-        raise ConfigurationError(f"{what} is required")
-    return value
-
-
-def store_config(database_url: str, schema: str) -> StoreConfig:
-    """The store's config, once its schema is known to be migrated.
-
-    Raises:
-        ConfigurationError: no URL, a bad one, or a store that is not migrated.
-        StoreUnavailable: PostgreSQL could not be reached.
-    """
-    config = StoreConfig(required(database_url, "--database-url / DATABASE_URL"), schema)
-    try:
-        revision = current_revision(config)
-    except sqlalchemy.exc.OperationalError as exc:
-        raise StoreUnavailable(f"cannot reach PostgreSQL: {exc.orig}".strip()) from exc
-    if revision != head_revision():
-        raise ConfigurationError(
-            f"the store in schema {schema!r} is not migrated: run `tidings migrate` first"
-        )
-    return config
 
 
 def load(spec: str) -> WorkerApp:
@@ -89,11 +50,6 @@ def load(spec: str) -> WorkerApp:
     if os.getcwd() not in sys.path and "" not in sys.path:
         sys.path.insert(0, os.getcwd())
     return load_app(spec)
-
-
-def fail(message: str, code: int) -> typer.Exit:
-    typer.echo(f"error: {message}", err=True)
-    return typer.Exit(code)
 
 
 def worker_command(
@@ -143,7 +99,7 @@ def worker_command(
     configure_logging(log_level, log_format)
     try:
         worker_app = load(app_spec)
-        config = store_config(database_url, schema)
+        config = migrated_store(database_url, schema)
         brokers = required(bootstrap_servers, "--bootstrap-servers / KAFKA_BOOTSTRAP_SERVERS")
         settings = kafka_settings(kafka or [], dict(os.environ))
     except ConfigurationError as exc:
@@ -211,7 +167,7 @@ def reset_command(
     try:
         worker_app = load(app_spec)
         handler_class = worker_app.handler(handler)
-        config = store_config(database_url, schema)
+        config = migrated_store(database_url, schema)
         brokers = required(bootstrap_servers, "--bootstrap-servers / KAFKA_BOOTSTRAP_SERVERS")
         settings = kafka_settings(kafka or [], dict(os.environ))
     except ConfigurationError as exc:

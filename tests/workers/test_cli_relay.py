@@ -13,7 +13,8 @@ from eventstore import ConfigurationError, PostgresEventStore
 from tests.eventstore.relay_support import append_events, read_committed
 from tests.support import tidings_script
 from tidings.pytest_plugin import KafkaNamespace, PostgresSchema
-from workers.relay_cli import kafka_settings, load_routing
+from workers.cli_options import kafka_settings
+from workers.relay_cli import load_routing
 
 
 def _run(*args: str, env: dict[str, str], timeout: float = 120) -> subprocess.CompletedProcess[str]:

@@ -1,0 +1,99 @@
+"""What the ``tidings`` commands share: the options naming the store and Kafka, and how they fail.
+
+Every long-running command reads the same environment (``DATABASE_URL``, ``TIDINGS_SCHEMA``,
+``KAFKA_BOOTSTRAP_SERVERS``, ``TIDINGS_KAFKA_<NAME>``), so one container spec serves them all.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import sqlalchemy.exc
+import typer
+
+from eventstore import ConfigurationError, StoreConfig, current_revision, head_revision
+from eventstore.errors import StoreUnavailable
+
+__all__ = [
+    "EXIT_FAILED",
+    "EXIT_USAGE",
+    "KAFKA_ENV_PREFIX",
+    "Bootstrap",
+    "DatabaseUrl",
+    "Kafka",
+    "Schema",
+    "fail",
+    "kafka_settings",
+    "migrated_store",
+    "required",
+]
+
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+KAFKA_ENV_PREFIX = "TIDINGS_KAFKA_"
+
+DatabaseUrl = Annotated[
+    str,
+    typer.Option(
+        envvar="DATABASE_URL", show_default=False, help="PostgreSQL URL (libpq form); read from DATABASE_URL."
+    ),
+]
+Schema = Annotated[str, typer.Option(envvar="TIDINGS_SCHEMA", help="PostgreSQL schema of the store.")]
+Bootstrap = Annotated[
+    str,
+    typer.Option(
+        envvar="KAFKA_BOOTSTRAP_SERVERS",
+        show_default=False,
+        help="Kafka bootstrap servers; read from KAFKA_BOOTSTRAP_SERVERS.",
+    ),
+]
+Kafka = Annotated[
+    list[str] | None,
+    typer.Option(help="A librdkafka setting, name=value (repeatable); also TIDINGS_KAFKA_<NAME>."),
+]
+
+
+def kafka_settings(pairs: list[str], environ: dict[str, str]) -> dict[str, str]:
+    """librdkafka settings from ``name=value`` pairs and ``TIDINGS_KAFKA_<NAME>`` variables (pairs win)."""
+    settings = {
+        name[len(KAFKA_ENV_PREFIX) :].lower().replace("_", "."): value
+        for name, value in environ.items()
+        if name.startswith(KAFKA_ENV_PREFIX) and len(name) > len(KAFKA_ENV_PREFIX)
+    }
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        if not sep or not name.strip():
+            raise ConfigurationError(f"--kafka takes name=value (a librdkafka setting), got {pair!r}")
+        settings[name.strip()] = value
+    return settings
+
+
+def required(value: str, what: str) -> str:
+    if not value:
+        raise ConfigurationError(f"{what} is required")
+    return value
+
+
+def migrated_store(database_url: str, schema: str) -> StoreConfig:
+    """The store's config, once its schema is known to be migrated.
+
+    Raises:
+        ConfigurationError: no URL, a bad one, or a store that is not migrated.
+        StoreUnavailable: PostgreSQL could not be reached.
+    """
+    config = StoreConfig(required(database_url, "--database-url / DATABASE_URL"), schema)
+    try:
+        revision = current_revision(config)
+    except sqlalchemy.exc.OperationalError as exc:
+        raise StoreUnavailable(f"cannot reach PostgreSQL: {exc.orig}".strip()) from exc
+    if revision != head_revision():
+        raise ConfigurationError(
+            f"the store in schema {schema!r} is not migrated: run `tidings migrate` first"
+        )
+    return config
+
+
+def fail(message: str, code: int) -> typer.Exit:
+    """Say ``message`` on stderr and end with ``code``: ``raise fail(...)``."""
+    typer.echo(f"error: {message}", err=True)
+    return typer.Exit(code)
