@@ -27,6 +27,7 @@ from typing import Any
 import psycopg
 
 from eventstore import metrics
+from eventstore.errors import StoreUnavailable
 from eventstore.postgres.pool import SessionPool
 from eventstore.postgres.statements import Statements, notification_channel
 
@@ -194,7 +195,8 @@ class Sequencer:
                     self.look()
                     last_look = time.monotonic()
                 backoff = self._poll_interval
-            except psycopg.Error as exc:
+            except (psycopg.Error, StoreUnavailable) as exc:
+                # PostgreSQL away (the pool says StoreUnavailable when it cannot connect): wait, retry.
                 log.warning(
                     "sequencer step failed; retrying", extra={"schema": self._schema, "error": str(exc)}
                 )

@@ -71,6 +71,8 @@ class WorkerConfig:
         max_poll_records: messages taken from the consumer at a time.
         shutdown_timeout: seconds a stop waits for the messages in flight.
         instance_id: this member's stable id for static membership (a StatefulSet pod's name).
+        acknowledgement_ttl: seconds after which strongly consistent handlers' acknowledgements of a
+            stream nobody appended to since are deleted (they would otherwise grow without bound).
     """
 
     store: PostgresEventStore
@@ -81,6 +83,7 @@ class WorkerConfig:
     max_poll_records: int = 500
     shutdown_timeout: float = 30.0
     instance_id: str = ""
+    acknowledgement_ttl: float = 3600.0
     _engine: sa.Engine | None = field(default=None, init=False, repr=False)
     _engine_lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
 

@@ -31,6 +31,7 @@ import psycopg
 from opentelemetry import propagate, trace
 
 from eventstore.acknowledgements import Acknowledgements
+from eventstore.errors import StoreUnavailable
 from eventstore.postgres.store import PostgresEventStore
 from tidings.errors import CodecError
 from tidings.mapper import EventMapper
@@ -46,7 +47,16 @@ if TYPE_CHECKING:
 
     from workers.projection import Projection
 
-__all__ = ["Abandoned", "Executor", "HandlerStopped", "PartitionState", "Shared", "connection_lost"]
+__all__ = [
+    "Abandoned",
+    "Executor",
+    "Fenced",
+    "HandlerStopped",
+    "PartitionState",
+    "Shared",
+    "connection_lost",
+    "transient",
+]
 
 log = logging.getLogger("workers.handler")
 tracer = trace.get_tracer("tidings.workers")
@@ -60,6 +70,17 @@ class HandlerStopped(Exception):
         super().__init__(f"handler {handler!r} stopped at {where} (event {delivery.event_number}): {reason}")
         self.reason = reason
         self.delivery = delivery
+
+
+class Fenced(Exception):
+    """Another member wrote the partition's checkpoint since this one read it: this one stands down."""
+
+    def __init__(self, handler: str, ps: PartitionState, found: Checkpoint | None) -> None:
+        super().__init__(
+            f"{handler!r} found {ps.topic}[{ps.partition}] at offset "
+            f"{found.next_offset if found else 'none'}, not {ps.next_offset}: another member projects it"
+        )
+        self.found = found
 
 
 class Abandoned(Exception):
@@ -95,6 +116,8 @@ class Shared:
     stopping: threading.Event
     dead_letter: Callable[[Delivery, str], None] | None = None
     engine: sa.Engine | None = None
+    resync: Callable[[PartitionState], None] | None = None
+    """Asks the consumer to read a partition's position again (a projection that was fenced)."""
 
 
 @dataclass
@@ -167,6 +190,16 @@ class Executor:
         Raises:
             HandlerStopped: the handler answered Stop; ``ps.next_offset`` stays before that message.
         """
+        try:
+            self._process(ps, deliveries)
+        except Fenced as fenced:
+            # Another member projects this partition now: drop it here, and read its position again.
+            log.warning("stood down from a partition", extra={"handler": self.name, "reason": str(fenced)})
+            ps.revoked.set()
+            if self.shared.resync is not None:
+                self.shared.resync(ps)
+
+    def _process(self, ps: PartitionState, deliveries: list[Delivery]) -> None:
         start = 0
         limit = len(deliveries)
         decided: dict[int, _Decided] = {}
@@ -272,6 +305,7 @@ class Executor:
         last: Delivery | None = None
         with self.shared.engine.begin() as connection:
             raw: psycopg.Connection = connection.connection.driver_connection  # type: ignore[assignment]
+            self._fence(raw, ps)
             for index, delivery in enumerate(window):
                 step = self._classify(ps, staged, delivery, decided)
                 last = delivery
@@ -292,8 +326,33 @@ class Executor:
                     Checkpoint(last.offset + 1, staged.last_event_number),
                 )
         self._applied(ps, staged)
+        self._after_update(staged)
+
+    def _after_update(self, staged: _Staged) -> None:
+        """The projection's hook, after its writes committed: a failure here cannot undo them, so it is
+        logged and counted, and projecting goes on."""
+        assert self._projection is not None
         for event, metadata in staged.handled:
-            projection.after_update(event, metadata)
+            try:
+                self._projection.after_update(event, metadata)
+            except Exception:
+                metrics.ERRORS.labels(self.name, "after_update").inc()
+                log.exception(
+                    "after_update failed (the event's writes are committed)",
+                    extra={"handler": self.name, "event_number": metadata.event_number},
+                )
+
+    def _fence(self, raw: psycopg.Connection, ps: PartitionState) -> None:
+        """Make sure this process still owns the partition's checkpoint, for the rest of the transaction.
+
+        A member that lost its partition without noticing (cut off from Kafka, or slower than a
+        revocation) must not write effects the new owner already wrote: the checkpoint it finds must be
+        the one it last wrote (or read on assignment). A lock on the (handler, partition) serialises two
+        such writers, so the second sees the first's checkpoint and stands down.
+        """
+        found = self.shared.positions.lock_checkpoint(raw, self.name, ps.topic, ps.partition)
+        if (found.next_offset if found is not None else None) != ps.next_offset:
+            raise Fenced(self.name, ps, found)
 
     def _commit(self, ps: PartitionState, staged: _Staged) -> None:
         """A plain handler's outcomes: parked events and acknowledgements, then its position."""
@@ -576,8 +635,7 @@ class Executor:
                 self._handled(staged, delivery, event, metadata)
             parked_again = self._finish_parked(raw, parked_id, staged)
         self._applied(ps, staged)
-        for event, metadata in staged.handled:
-            projection.after_update(event, metadata)
+        self._after_update(staged)
         return parked_again
 
     def _finish_parked(self, conn: psycopg.Connection, parked_id: int, staged: _Staged) -> bool:
@@ -597,9 +655,11 @@ _CONNECTION_STATES = ("57P01", "57P02", "57P03")  # admin shutdown, crash shutdo
 
 
 def connection_lost(error: BaseException) -> bool:
-    """Whether ``error`` says the connection to PostgreSQL is gone (not that a statement was wrong)."""
+    """Whether ``error`` says PostgreSQL is away (not that a statement was wrong): wait, then retry."""
     import sqlalchemy.exc
 
+    if isinstance(error, StoreUnavailable):
+        return True
     if isinstance(error, sqlalchemy.exc.DBAPIError):
         if error.connection_invalidated:
             return True
@@ -610,6 +670,18 @@ def connection_lost(error: BaseException) -> bool:
         state = error.sqlstate
         return state is None or state.startswith("08") or state in _CONNECTION_STATES
     return False
+
+
+def transient(error: BaseException) -> bool:
+    """Whether ``error`` is worth waiting out: PostgreSQL away, a serialisation failure or deadlock, a
+    statement timeout. Anything else from PostgreSQL (bad SQL, bad data) is a bug to report."""
+    import sqlalchemy.exc
+
+    if connection_lost(error):
+        return True
+    if isinstance(error, sqlalchemy.exc.DBAPIError) and error.orig is not None:
+        error = error.orig
+    return isinstance(error, psycopg.OperationalError)
 
 
 def _text(key: bytes) -> str:

@@ -41,6 +41,7 @@ class Positions:
     def __init__(self, store: PostgresEventStore) -> None:
         self.store = store
         schema = store.config.schema
+        self._schema = schema
         subscriptions = sql.Identifier(schema, "handler_subscriptions")
         checkpoints = sql.Identifier(schema, "handler_checkpoints")
         self._subscribe = sql.SQL(
@@ -61,6 +62,9 @@ class Positions:
             "next_offset = excluded.next_offset, event_number = excluded.event_number, updated_at = now()"
         ).format(t=checkpoints)
         self._forget = sql.SQL("DELETE FROM {} WHERE handler = %s").format(checkpoints)
+        self._one = sql.SQL(
+            "SELECT next_offset, event_number FROM {} WHERE handler = %s AND topic = %s AND partition = %s"
+        ).format(checkpoints)
 
     def subscribe(self, handler: str, start_from: str | int) -> Subscription:
         """The handler's subscription, created from ``start_from`` if this is its first start."""
@@ -99,6 +103,20 @@ class Positions:
         with self.store.connection() as conn:
             rows = conn.execute(self._checkpoints, (handler, topics)).fetchall()
         return {(topic, partition): Checkpoint(offset, number) for topic, partition, offset, number in rows}
+
+    def lock_checkpoint(
+        self, connection: psycopg.Connection, handler: str, topic: str, partition: int
+    ) -> Checkpoint | None:
+        """The partition's checkpoint, with a transaction-scoped lock that makes other writers of it wait.
+
+        An advisory lock rather than ``FOR UPDATE``: it holds before the partition has a row.
+        """
+        connection.execute(
+            "SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))",
+            (f"{self._schema}/{handler}/{topic}/{partition}",),
+        )
+        row = connection.execute(self._one, (handler, topic, partition)).fetchone()
+        return Checkpoint(row[0], row[1]) if row else None
 
     def save_checkpoint(
         self, connection: psycopg.Connection, handler: str, topic: str, partition: int, checkpoint: Checkpoint

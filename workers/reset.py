@@ -22,11 +22,13 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
+import psycopg
 import sqlalchemy as sa
 from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient
 from psycopg import sql
 
+from eventstore.errors import ConfigurationError
 from workers.app import WorkerApp, WorkerConfig
 from workers.parking import ParkedEvents
 from workers.positions import Positions
@@ -101,7 +103,14 @@ def reset_handler(app: WorkerApp, config: WorkerConfig, name: str) -> ResetRepor
     store = config.store
     with store.connection() as conn:
         if tables:
-            conn.execute(sql.SQL("TRUNCATE {}").format(sql.SQL(", ").join(_qualified(t) for t in tables)))
+            statement = sql.SQL("TRUNCATE {}").format(sql.SQL(", ").join(_qualified(t) for t in tables))
+            try:
+                conn.execute(statement)
+            except psycopg.errors.UndefinedTable as exc:
+                raise ConfigurationError(
+                    f"{name!r} lists a table that does not exist ({exc.diag.message_primary}): create the "
+                    "read model's tables (your migrations) or fix its tables, then reset again"
+                ) from None
         Positions(store).unsubscribe(name, conn)
         parked_count = ParkedEvents(store).discard(name, connection=conn)
     deleted = _delete_group(config, name)

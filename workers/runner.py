@@ -20,15 +20,15 @@ whatever the concurrency; different partitions run in parallel.
 
 from __future__ import annotations
 
+import functools
 import logging
 import queue
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
-import psycopg
 from confluent_kafka import (
     OFFSET_BEGINNING,
     OFFSET_INVALID,
@@ -46,7 +46,7 @@ from eventstore.routing import Routing
 from workers import metrics
 from workers.app import WorkerApp, WorkerConfig
 from workers.delivery import Delivery, EventMetadata, delivery_of
-from workers.execution import Executor, HandlerStopped, PartitionState, Shared, connection_lost
+from workers.execution import Executor, HandlerStopped, PartitionState, Shared, connection_lost, transient
 from workers.handler import EventHandler, validate_handler
 from workers.parking import ParkedEvents
 from workers.positions import Positions
@@ -61,6 +61,14 @@ PAUSE_AT = 2000
 """Messages queued for one partition's lane before the partition is paused."""
 PARKED_POLL_SECONDS = 1.0
 LAG_POLL_SECONDS = 5.0
+ACK_EXPIRY_SECONDS = 60.0
+
+
+T = TypeVar("T")
+
+
+class _Stopping(Exception):
+    """Asked to stop while waiting for PostgreSQL."""
 
 
 class HistoryUnavailable(Exception):
@@ -133,7 +141,7 @@ class _Lane:
                     self.executor.process(ps, deliveries)
                 return
             except Exception as exc:
-                if not isinstance(exc, psycopg.Error | KafkaException) and not connection_lost(exc):
+                if not isinstance(exc, KafkaException) and not transient(exc):
                     raise
                 # PostgreSQL or Kafka is away: wait and try again; finished messages are not redone.
                 kind = "kafka" if isinstance(exc, KafkaException) else "postgres"
@@ -170,6 +178,7 @@ class HandlerRunner:
         self._queued: dict[tuple[str, int], int] = {}
         self._paused: set[tuple[str, int]] = set()
         self._finished: set[tuple[str, int]] = set()
+        self._resyncs: list[PartitionState] = []
         self._stored: dict[tuple[str, int], int] = {}
         self._thread: threading.Thread | None = None
         self._consumer: Consumer | None = None
@@ -195,6 +204,8 @@ class HandlerRunner:
     def run(self) -> None:
         try:
             self._run()
+        except _Stopping:
+            self.status.state = "stopped" if self.status.state == "starting" else self.status.state
         except HistoryUnavailable as exc:
             self.failed(str(exc))
         except Exception as exc:
@@ -204,11 +215,15 @@ class HandlerRunner:
             metrics.RUNNING.labels(self.name).set(0)
 
     def _run(self) -> None:
-        subscription = self.positions.subscribe(self.name, self.handler.start_from)
-        acks = None
+        subscription = self._while_postgres_away(
+            "subscribing", lambda: self.positions.subscribe(self.name, self.handler.start_from)
+        )
+        acks = Acknowledgements(self.store)
         if self.handler.consistency == "strong":
-            acks = Acknowledgements(self.store)
-            acks.register_strong(self.name)
+            self._while_postgres_away("registering", lambda: acks.register_strong(self.name))
+        else:
+            # A handler made eventual must no longer hold strong dispatches back.
+            self._while_postgres_away("registering", lambda: acks.unregister_strong(self.name))
         ensure_topics(self.config, self.topics)
         if self.handler.on_poison == "dead_letter":
             ensure_topics(self.config, [self.dead_letter_topic])
@@ -223,10 +238,11 @@ class HandlerRunner:
             subscribe_to=self.handler.subscribe_to,
             positions=self.positions,
             parked=self.parked,
-            acknowledgements=acks,
+            acknowledgements=acks if self.handler.consistency == "strong" else None,
             stopping=self.stopping,
             dead_letter=self._dead_letter if self._dead_letters is not None else None,
             engine=self.config.engine() if self.is_projection else None,
+            resync=self.resync,
         )
         for index in range(self.handler.concurrency):
             instance = self.handler(index)
@@ -254,14 +270,18 @@ class HandlerRunner:
                 "projection": self.is_projection,
             },
         )
-        next_parked = next_lag = 0.0
+        next_parked = next_lag = next_expiry = 0.0
         try:
             while not self.stopping.is_set():
                 messages = consumer.consume(num_messages=self.config.max_poll_records, timeout=0.1)
                 self._route(messages)
                 self._store_finished(consumer)
                 self._flow_control(consumer)
+                self._resync(consumer)
                 now = time.monotonic()
+                if now >= next_expiry and self.handler.consistency == "strong":
+                    self._expire_acknowledgements(acks)
+                    next_expiry = now + ACK_EXPIRY_SECONDS
                 if now >= next_parked:
                     self._release_parked()
                     next_parked = now + PARKED_POLL_SECONDS
@@ -288,6 +308,7 @@ class HandlerRunner:
             self._repartition.stop()
         if self._dead_letters is not None:
             self._dead_letters.flush(10)
+        self.status.assigned = []
         if self.status.state in ("starting", "running"):
             self.status.state = "stopped" if not self.status.reason else self.status.state
         log.info("handler stopped", extra={"handler": self.name, "state": self.status.state})
@@ -368,7 +389,9 @@ class HandlerRunner:
         """Hand released keys to the lanes, and let lanes recheck keys an operator discarded."""
         try:
             overview = self.parked.overview(self.name)
-        except psycopg.Error as exc:
+        except Exception as exc:
+            if not transient(exc):
+                raise
             metrics.ERRORS.labels(self.name, "postgres").inc()
             log.warning("cannot read parked events", extra={"handler": self.name, "error": str(exc)})
             return
@@ -400,7 +423,13 @@ class HandlerRunner:
     # --- group membership callbacks (called by consume(), on the consumer thread) -------------------
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        checkpoints = self.positions.checkpoints(self.name, self.topics) if self.is_projection else {}
+        checkpoints = (
+            self._while_postgres_away(
+                "reading checkpoints", lambda: self.positions.checkpoints(self.name, self.topics)
+            )
+            if self.is_projection
+            else {}
+        )
         committed = (
             {}
             if self.is_projection
@@ -408,8 +437,7 @@ class HandlerRunner:
         )
         for tp in partitions:
             key = (tp.topic, tp.partition)
-            ps = PartitionState(tp.topic, tp.partition)
-            ps.parked_keys = self.parked.keys(self.name, tp.topic, tp.partition)
+            ps = self._partition_state(tp.topic, tp.partition)
             checkpoint = checkpoints.get(key)
             if checkpoint is not None:
                 tp.offset = checkpoint.next_offset
@@ -419,7 +447,7 @@ class HandlerRunner:
                 tp.offset = committed[key]
             else:
                 tp.offset = OFFSET_BEGINNING
-                self._check_history(consumer, tp)
+            self._check_history(consumer, tp)
             self._partitions[key] = ps
             lane = min(self._lanes, key=lambda lane: lane.partitions)
             lane.partitions += 1
@@ -435,20 +463,88 @@ class HandlerRunner:
             },
         )
 
-    def _check_history(self, consumer: Consumer, tp: TopicPartition) -> None:
-        low, _ = consumer.get_watermark_offsets(tp, timeout=30, cached=False)
-        if low <= 0:
-            return
-        message = (
-            f"{tp.topic}[{tp.partition}] starts at offset {low}: retention deleted events before it. "
-            f"{self.name!r} has no position there yet"
+    def _partition_state(self, topic: str, partition: int) -> PartitionState:
+        ps = PartitionState(topic, partition)
+        ps.parked_keys = self._while_postgres_away(
+            "reading parked keys", lambda: self.parked.keys(self.name, topic, partition)
         )
+        return ps
+
+    def _check_history(self, consumer: Consumer, tp: TopicPartition) -> None:
+        """Refuse to skip events retention deleted before this handler saw them."""
+        low, _ = consumer.get_watermark_offsets(tp, timeout=30, cached=False)
+        where = f"{tp.topic}[{tp.partition}] starts at offset {low}: retention deleted the events before it"
+        if tp.offset >= 0 and tp.offset < low:
+            raise HistoryUnavailable(
+                f"{where}, and {self.name!r} stopped at offset {tp.offset}: events it never handled are "
+                "gone from Kafka. Keep the events topics' retention.ms=-1 (the relay creates them so); "
+                "`tidings reset` starts the handler over from its start_from"
+            )
+        if tp.offset != OFFSET_BEGINNING or low <= 0:
+            return
         if self.handler.start_from == "origin":
             raise HistoryUnavailable(
-                message + ", and starting from the origin needs every event. Keep the events topics' "
-                "retention.ms=-1 (the relay creates them so), or start the handler from 'current'"
+                f"{where}. {self.name!r} has no position there yet, and starting from the origin needs "
+                "every event. Keep the events topics' retention.ms=-1 (the relay creates them so), or "
+                "start the handler from 'current'"
             )
-        log.warning(message + "; starting at the oldest event kept", extra={"handler": self.name})
+        log.warning(f"{where}; {self.name!r} starts at the oldest event kept", extra={"handler": self.name})
+
+    def resync(self, ps: PartitionState) -> None:
+        """Called by a lane: read the partition's position again (on the consumer thread)."""
+        with self._lock:
+            self._resyncs.append(ps)
+
+    def _resync(self, consumer: Consumer) -> None:
+        with self._lock:
+            pending, self._resyncs = self._resyncs, []
+        for stale in pending:
+            key = (stale.topic, stale.partition)
+            if self._partitions.get(key) is not stale:
+                continue  # revoked meanwhile
+            checkpoint = self._while_postgres_away(
+                "reading checkpoints", functools.partial(self.positions.checkpoints, self.name, [stale.topic])
+            ).get(key)
+            ps = self._partition_state(stale.topic, stale.partition)
+            if checkpoint is not None:
+                ps.last_event_number = checkpoint.event_number
+                ps.next_offset = checkpoint.next_offset
+            offset = checkpoint.next_offset if checkpoint is not None else OFFSET_BEGINNING
+            self._partitions[key] = ps
+            self._stored.pop(key, None)
+            consumer.seek(TopicPartition(stale.topic, stale.partition, offset))
+            log.info(
+                "partition read again from its checkpoint", extra={"handler": self.name, "offset": offset}
+            )
+
+    def _expire_acknowledgements(self, acks: Acknowledgements) -> None:
+        try:
+            expired = acks.expire(self.config.acknowledgement_ttl)
+        except Exception as exc:
+            if not transient(exc):
+                raise
+            return
+        if expired:
+            log.info("acknowledgements expired", extra={"handler": self.name, "rows": expired})
+
+    def _while_postgres_away(self, what: str, action: Callable[[], T]) -> T:
+        """``action()``, retried with backoff while PostgreSQL is away.
+
+        Raises:
+            _Stopping: asked to stop while waiting.
+        """
+        backoff = 0.2
+        while True:
+            try:
+                return action()
+            except Exception as exc:
+                if not connection_lost(exc):
+                    raise
+                metrics.ERRORS.labels(self.name, "postgres").inc()
+                log.warning(f"{what} waits for PostgreSQL", extra={"handler": self.name, "error": str(exc)})
+                if self.stopping.wait(backoff):
+                    raise _Stopping from None
+                backoff = min(backoff * 2, 5.0)
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         self._release(consumer, partitions, commit=True)
@@ -584,6 +680,15 @@ def _key_function(handler: type[EventHandler], app: WorkerApp) -> Callable[[Any]
             name,
             user_metadata,
         )
-        return partition_by(event, metadata)
+        try:
+            return partition_by(event, metadata)
+        except Exception:
+            # Keyed by its stream instead, so the repartitioning relay goes on: it is logged and counted.
+            metrics.ERRORS.labels(name, "partition_by").inc()
+            log.exception(
+                "partition_by failed; the event is keyed by its stream id",
+                extra={"handler": name, "event_number": recorded.event_number},
+            )
+            return str(recorded.stream_id)
 
     return key

@@ -194,7 +194,7 @@ def reset_command(
                     abort=True,
                 )
             report = reset_handler(worker_app, worker_config, handler)
-        except (GroupActive, GroupNotDeleted) as exc:
+        except (GroupActive, GroupNotDeleted, ConfigurationError) as exc:
             raise fail(str(exc), EXIT_FAILED) from exc
         except KafkaException as exc:
             raise fail(f"cannot reach Kafka: {exc}", EXIT_FAILED) from exc

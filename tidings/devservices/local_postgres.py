@@ -169,23 +169,33 @@ class LocalPostgres:
 
     def stop(self, *, keep_logs: bool = True) -> None:
         """Stop the server (fast shutdown) and delete the data directory; the log stays for diagnosis."""
-        if (self.data_dir / "postmaster.pid").exists():
-            command = [
-                str(self.bindir / "pg_ctl"),
-                "-D",
-                str(self.data_dir),
-                "-m",
-                "fast",
-                "-w",
-                "-t",
-                "30",
-                "stop",
-            ]
-            subprocess.run(self._as_owner(command), capture_output=True, check=False)
+        self.pause()
         shutil.rmtree(self.data_dir, ignore_errors=True)
         shutil.rmtree(self.socket_dir, ignore_errors=True)
         if not keep_logs:
             shutil.rmtree(self.run_dir, ignore_errors=True)
+
+    def pause(self) -> None:
+        """Stop the server (fast shutdown: sessions are cut) but keep its data and port.
+
+        For tests of what clients do while PostgreSQL is down; ``resume()`` brings the same cluster back.
+        """
+        if (self.data_dir / "postmaster.pid").exists():
+            command = [str(self.bindir / "pg_ctl"), "-D", str(self.data_dir), "-m", "fast", "-w", "-t", "30", "stop"]
+            subprocess.run(self._as_owner(command), capture_output=True, check=False)
+
+    def resume(self) -> str:
+        """Start a paused cluster again, with its data, on its old port; return its URL.
+
+        Raises:
+            ServiceStartFailed: the server did not start (its old port taken, say).
+        """
+        if self.is_running() or not (self.data_dir / "PG_VERSION").exists():
+            raise RuntimeError("resume() is for a cluster that was started, then paused")
+        if not self._pg_ctl_start():
+            raise ServiceStartFailed("postgres", "pg_ctl start failed", self.log_path, tail(self.log_path))
+        self._record_owner(service_pid=self._postmaster_pid())
+        return self.url
 
     def is_running(self) -> bool:
         pid = self._postmaster_pid()
