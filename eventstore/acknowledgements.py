@@ -69,7 +69,11 @@ class Acknowledgements:
         with self.store.connection() as conn:
             conn.execute(self._register, (handler,))
 
-    def unregister_strong(self, handler: str) -> None:
+    def unregister_strong(self, handler: str, connection: psycopg.Connection | None = None) -> None:
+        """Dispatches stop waiting for ``handler`` (in the caller's transaction, with ``connection``)."""
+        if connection is not None:
+            connection.execute(self._unregister, (handler,))
+            return
         with self.store.connection() as conn:
             conn.execute(self._unregister, (handler,))
 

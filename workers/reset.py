@@ -28,6 +28,7 @@ from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient
 from psycopg import sql
 
+from eventstore.acknowledgements import Acknowledgements
 from eventstore.errors import ConfigurationError
 from workers.app import WorkerApp, WorkerConfig
 from workers.parking import ParkedEvents
@@ -112,6 +113,8 @@ def reset_handler(app: WorkerApp, config: WorkerConfig, name: str) -> ResetRepor
                     "read model's tables (your migrations) or fix its tables, then reset again"
                 ) from None
         Positions(store).unsubscribe(name, conn)
+        # Strong dispatches stop waiting for it until it runs again (and registers what it is then).
+        Acknowledgements(store).unregister_strong(name, conn)
         parked_count = ParkedEvents(store).discard(name, connection=conn)
     deleted = _delete_group(config, name)
     report = ResetReport(name, [t.fullname for t in tables], parked_count, deleted)

@@ -181,7 +181,17 @@ class LocalPostgres:
         For tests of what clients do while PostgreSQL is down; ``resume()`` brings the same cluster back.
         """
         if (self.data_dir / "postmaster.pid").exists():
-            command = [str(self.bindir / "pg_ctl"), "-D", str(self.data_dir), "-m", "fast", "-w", "-t", "30", "stop"]
+            command = [
+                str(self.bindir / "pg_ctl"),
+                "-D",
+                str(self.data_dir),
+                "-m",
+                "fast",
+                "-w",
+                "-t",
+                "30",
+                "stop",
+            ]
             subprocess.run(self._as_owner(command), capture_output=True, check=False)
 
     def resume(self) -> str:
