@@ -125,7 +125,7 @@ def _dump(document: JsonValue, where: str) -> bytes:
 
 def _load(data: bytes, where: str) -> dict[str, Any]:
     try:
-        document = json.loads(data.decode("utf-8"), parse_constant=_no_constants)
+        document = _DECODER.decode(data.decode("utf-8"))
     except (UnicodeDecodeError, ValueError) as err:
         raise DeserializationError(
             where, f"the stored bytes are not UTF-8 JSON ({err}): they were damaged or written by other means"
@@ -138,3 +138,7 @@ def _load(data: bytes, where: str) -> dict[str, Any]:
 def _no_constants(name: str) -> NoReturn:
     # Python's json reads NaN and Infinity, which no other JSON reader accepts; never take them in.
     raise ValueError(f"{name} is not JSON")
+
+
+# One decoder for every read: ``json.loads`` with an argument builds a new one per call.
+_DECODER = json.JSONDecoder(parse_constant=_no_constants)

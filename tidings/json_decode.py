@@ -33,7 +33,16 @@ def build_dataclass(cls: type, raw: dict[str, Any], path: str) -> object:
                 path,
                 f"missing field {f.name!r}: add an upcaster that fills it in, or give the field a default",
             )
-    kwargs = {f.name: _decode(raw[f.name], f.hint, f"{path}.{f.name}") for f in fields if f.name in raw}
+    kwargs: dict[str, object] = {}
+    for f in fields:
+        if f.name not in raw:
+            continue
+        value, hint = raw[f.name], f.hint
+        # Text and whole numbers as they came: most fields, and no path string to build for them.
+        if (hint is str or hint is int) and type(value) is hint:
+            kwargs[f.name] = value
+        else:
+            kwargs[f.name] = _decode(value, hint, f"{path}.{f.name}")
     try:
         return cls(**kwargs)
     except (TypeError, ValueError) as err:

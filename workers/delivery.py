@@ -13,6 +13,7 @@ from datetime import datetime
 from typing import Any
 
 from eventstore.records import RecordedEvent
+from tidings.avro.binding import uuid_from_text
 
 __all__ = ["Delivery", "EventMetadata", "UndecodableMessage", "delivery_of"]
 
@@ -24,7 +25,7 @@ class UndecodableMessage(Exception):
     """
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, eq=False)
 class Delivery:
     """One message: its place in Kafka and, once read, the recorded event it carries."""
 
@@ -95,34 +96,30 @@ def delivery_of(
     topic: str, partition: int, offset: int, key: bytes | None, value: bytes | None, headers: Any
 ) -> Delivery:
     """The delivery of one message; an unreadable one comes back with ``recorded=None`` and an error."""
-    pairs = tuple((name, bytes(raw or b"")) for name, raw in (headers or ()))
+    pairs = tuple(headers) if headers else ()
+    key = key or b""
+    value = value or b""
     found = dict(pairs)
-    base = Delivery(topic, partition, offset, key or b"", value or b"", pairs)
     try:
-        missing = [name for name in _REQUIRED if name not in found]
-        if missing:
-            raise UndecodableMessage(f"missing headers {missing}: not published by a tidings relay")
         causation = found.get("causation_id")
         correlation = found.get("correlation_id")
         recorded = RecordedEvent(
-            uuid.UUID(found["event_id"].decode()),
+            uuid_from_text(found["event_id"].decode()),
             int(found["event_number"]),
             found["stream_id"].decode(),
             int(found["stream_version"]),
             found["event_type"].decode(),
-            value or b"",
+            value,
             found.get("metadata") or b"{}",
-            found.get("schema_id", b"").decode(),
-            uuid.UUID(causation.decode()) if causation else None,
-            uuid.UUID(correlation.decode()) if correlation else None,
+            found["schema_id"].decode() if "schema_id" in found else "",
+            uuid_from_text(causation.decode()) if causation else None,
+            uuid_from_text(correlation.decode()) if correlation else None,
             datetime.fromisoformat(found["created_at"].decode()),
         )
-    except UndecodableMessage as exc:
-        return Delivery(*_fields(base), error=str(exc))
-    except (ValueError, UnicodeDecodeError) as exc:
-        return Delivery(*_fields(base), error=f"malformed headers: {exc}")
-    return Delivery(*_fields(base), recorded=recorded)
-
-
-def _fields(base: Delivery) -> tuple[str, int, int, bytes, bytes, tuple[tuple[str, bytes], ...]]:
-    return base.topic, base.partition, base.offset, base.key, base.value, base.headers
+    except KeyError:
+        missing = [name for name in _REQUIRED if name not in found]
+        error = f"missing headers {missing}: not published by a tidings relay"
+        return Delivery(topic, partition, offset, key, value, pairs, None, error)
+    except (ValueError, TypeError, AttributeError, UnicodeDecodeError) as exc:
+        return Delivery(topic, partition, offset, key, value, pairs, None, f"malformed headers: {exc}")
+    return Delivery(topic, partition, offset, key, value, pairs, recorded)

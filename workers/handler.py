@@ -161,8 +161,11 @@ def validate_handler(handler: type[EventHandler]) -> type[EventHandler]:
         raise ConfigurationError(f"{where}.partition_by must be a key source name or a function")
     projection = _projection_base()
     if issubclass(handler, projection):
-        if handler.project is projection.project:  # type: ignore[attr-defined]
-            raise ConfigurationError(f"{where} must define project(event, metadata, connection)")
+        if handler.project is projection.project and not handler.projects_batches():  # type: ignore[attr-defined]
+            raise ConfigurationError(
+                f"{where} must define project(event, metadata, connection) "
+                "or project_batch(batch, connection)"
+            )
     elif handler.handle is EventHandler.handle and not handler.handles_batches():
         raise ConfigurationError(f"{where} must define handle(event, metadata) or handle_batch(batch)")
     return handler

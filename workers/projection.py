@@ -23,6 +23,7 @@ Example::
                                        .values(cents=balances.c.cents + cents))
 
 ``tidings reset balances`` empties ``tables`` and replays from ``start_from`` (a rebuild).
+``project_batch`` takes the events of a poll at once, for read models written in bulk.
 """
 
 from __future__ import annotations
@@ -50,6 +51,22 @@ class Projection(EventHandler):
         raise NotImplementedError(
             f"{type(self).__qualname__} must define project(event, metadata, connection)"
         )
+
+    def project_batch(self, batch: list[tuple[Any, EventMetadata]], connection: sa.Connection) -> None:
+        """Project consecutive events of one partition at once, in the same transaction as ever.
+
+        Override it to write a batch in few statements (``upsert_many``, or one ``execute`` with a list
+        of parameters, which psycopg sends in one round trip). Raise ``BatchFailed(index, error)`` to
+        name the event that failed; any other exception counts against the batch's first event. Either
+        way the transaction rolls back, the events before the failed one are projected again on their
+        own, and the failed one alone goes to ``error``. The default calls ``project`` for each event.
+        """
+        for event, metadata in batch:
+            self.project(event, metadata, connection)
+
+    @classmethod
+    def projects_batches(cls) -> bool:
+        return cls.project_batch is not Projection.project_batch
 
     def after_update(self, event: Any, metadata: EventMetadata) -> None:
         """Called after the transaction with the event's effect committed (notify, invalidate caches)."""

@@ -57,8 +57,11 @@ __all__ = ["HandlerRunner", "HandlerStatus", "HistoryUnavailable"]
 
 log = logging.getLogger("workers.runner")
 
-PAUSE_AT = 2000
-"""Messages queued for one partition's lane before the partition is paused."""
+PAUSE_AT = 10_000
+"""Messages queued for one partition's lane before it may be paused (the least, whatever the pace)."""
+PAUSE_SECONDS = 5.0
+RESUME_SECONDS = 2.0
+MIN_RATE = 100.0
 PARKED_POLL_SECONDS = 1.0
 LAG_POLL_SECONDS = 5.0
 ACK_EXPIRY_SECONDS = 60.0
@@ -87,6 +90,26 @@ class HandlerStatus:
     @property
     def ready(self) -> bool:
         return self.state == "running"
+
+
+class _Rate:
+    """Messages a partition's lane gets through per second (the slowest recent lane pace, roughly)."""
+
+    def __init__(self, window: float = 1.0) -> None:
+        self._window = window
+        self._started = time.monotonic()
+        self._count = 0
+        self._last = 0.0
+
+    def add(self, count: int) -> None:
+        self._count += count
+        now = time.monotonic()
+        if now - self._started >= self._window:
+            self._last = self._count / (now - self._started)
+            self._started, self._count = now, 0
+
+    def per_second(self) -> float:
+        return self._last
 
 
 class _Lane:
@@ -179,6 +202,7 @@ class HandlerRunner:
         self._paused: set[tuple[str, int]] = set()
         self._finished: set[tuple[str, int]] = set()
         self._resyncs: list[PartitionState] = []
+        self._rate = _Rate()
         self._stored: dict[tuple[str, int], int] = {}
         self._thread: threading.Thread | None = None
         self._consumer: Consumer | None = None
@@ -273,8 +297,7 @@ class HandlerRunner:
         next_parked = next_lag = next_expiry = 0.0
         try:
             while not self.stopping.is_set():
-                messages = consumer.consume(num_messages=self.config.max_poll_records, timeout=0.1)
-                self._route(messages)
+                self._route(self._poll(consumer))
                 self._store_finished(consumer)
                 self._flow_control(consumer)
                 self._resync(consumer)
@@ -334,6 +357,7 @@ class HandlerRunner:
         with self._lock:
             key = (ps.topic, ps.partition)
             self._queued[key] = self._queued.get(key, 0) - count
+            self._rate.add(count)
 
     # --- the consumer thread -----------------------------------------------------------------------
 
@@ -355,6 +379,14 @@ class HandlerRunner:
                 self._queued[key] = self._queued.get(key, 0) + len(batch)
             self._lane_of[key].work.put((ps, batch))
 
+    def _poll(self, consumer: Consumer) -> list[Message]:
+        """What is there now, without waiting for a full batch: wait for one message, then take what
+        else has arrived. ``consume(n, timeout)`` would wait out its timeout for n messages."""
+        first = consumer.poll(0.1)
+        if first is None:
+            return []
+        return [first, *consumer.consume(num_messages=self.config.max_poll_records - 1, timeout=0)]
+
     def _store_finished(self, consumer: Consumer) -> None:
         with self._lock:
             finished, self._finished = self._finished, set()
@@ -372,12 +404,18 @@ class HandlerRunner:
                 log.info("offsets not stored", extra={"handler": self.name, "error": str(exc)})
 
     def _flow_control(self, consumer: Consumer) -> None:
+        """Pause partitions whose lane has over ``PAUSE_SECONDS`` of work queued; resume them below
+        ``RESUME_SECONDS``. Pausing drops librdkafka's prefetched messages and resuming costs a fetch
+        round (up to a second), so the thresholds are in time at the lane's pace, never a few messages.
+        """
         with self._lock:
             queued = dict(self._queued)
+        rate = max(self._rate.per_second(), MIN_RATE)
+        pause_at, resume_at = max(PAUSE_AT, rate * PAUSE_SECONDS), max(PAUSE_AT // 2, rate * RESUME_SECONDS)
         pause = [
-            k for k, n in queued.items() if n >= PAUSE_AT and k not in self._paused and k in self._partitions
+            k for k, n in queued.items() if n >= pause_at and k not in self._paused and k in self._partitions
         ]
-        resume = [k for k in self._paused if queued.get(k, 0) < PAUSE_AT // 2 and k in self._partitions]
+        resume = [k for k in self._paused if queued.get(k, 0) < resume_at and k in self._partitions]
         if pause:
             consumer.pause([TopicPartition(*k) for k in pause])
             self._paused.update(pause)
@@ -406,7 +444,9 @@ class HandlerRunner:
         for key, ps in list(self._partitions.items()):
             tp = TopicPartition(*key)
             try:
-                _, high = consumer.get_watermark_offsets(tp, timeout=1, cached=False)
+                # The high watermark that fetch responses carry: asking the broker here would queue behind
+                # the consumer's own long-poll fetch and hold the consumer thread for half a second.
+                _, high = consumer.get_watermark_offsets(tp, cached=True)
                 (fetched,) = consumer.position([tp])
             except KafkaException:
                 continue

@@ -61,6 +61,7 @@ def test_a_handler_must_handle_something_and_a_projection_must_project() -> None
         validate_handler(type("Idle", (EventHandler,), {"name": "idle"}))
     with pytest.raises(ConfigurationError, match="must define project"):
         validate_handler(type("Blank", (Projection,), {"name": "blank"}))
+    assert validate_handler(type("Bulk", (Projection,), {"name": "bulk", "project_batch": lambda *_: None}))
 
 
 def test_an_app_refuses_two_handlers_with_one_name() -> None:

@@ -19,6 +19,7 @@ from tidings.avro import AvroCodec, SchemaSet
 from tidings.pytest_plugin import KafkaNamespace
 from workers.delivery import EventMetadata
 from workers.failure import ErrorAnswer, FailureContext, Retry
+from workers.handler import BatchFailed
 from workers.projection import Projection
 
 BANK = EventMapper(AvroCodec(events, SchemaSet.load(SCHEMAS)))
@@ -141,3 +142,46 @@ def test_strong_dispatch_returns_after_the_projection_shows_the_change(
             (balance,) = read(event_store, f"SELECT balance FROM balances WHERE account = '{account}'")[0]
             expected = {"10.00": "10.00", "5.50": "15.50", "1.25": "16.75"}[amount]
             assert balance == Decimal(expected)
+
+
+def test_project_batch_writes_a_poll_at_once_exactly_once_and_isolates_a_failure(
+    event_store: PostgresEventStore, kafka_namespace: KafkaNamespace
+) -> None:
+    table = counters(event_store)
+    calls: list[list[int]] = []
+    poisoned = {"s2": 2}  # s2's event n=2 fails twice, then goes through
+    with stack(event_store, kafka_namespace, partitions=2) as s:
+
+        class Bulk(Projection):
+            name = s.name("bulk")
+            tables = (table,)
+
+            def project_batch(
+                self, batch: list[tuple[Noted, EventMetadata]], connection: sa.Connection
+            ) -> None:
+                calls.append([metadata.event_number for _, metadata in batch])
+                connection.execute(
+                    sa.text(
+                        f'INSERT INTO "{table.schema}".counters VALUES (:s, 1, :n) ON CONFLICT (stream_id) '
+                        "DO UPDATE SET events = counters.events + 1, last_n = excluded.last_n"
+                    ),
+                    [{"s": metadata.stream_id, "n": event.n} for event, metadata in batch],
+                )
+                for i, (event, _) in enumerate(batch):
+                    if event.n == 2 and poisoned.get(event.key, 0) > 0:
+                        poisoned[event.key] -= 1
+                        raise BatchFailed(i, RuntimeError("not yet"))
+
+            def error(self, error: BaseException, event: object, context: FailureContext) -> ErrorAnswer:
+                return Retry()
+
+        appended = append_noted(event_store, streams=4, per_stream=6)
+        s.run(Bulk)
+        eventually(
+            lambda: read(event_store, "SELECT coalesce(sum(events), 0) FROM counters")[0][0] >= len(appended),
+            what="every event projected",
+        )
+        rows = dict(read(event_store, "SELECT stream_id, events FROM counters"))
+    assert rows == {f"s{i}": 6 for i in range(4)}, "each event's effect once, the failed batch rolled back"
+    assert any(len(call) > 1 for call in calls), "events came in batches"
+    assert poisoned == {"s2": 0}
