@@ -131,7 +131,7 @@ def _wait_for(what: str, done: Callable[[], bool], deadline_seconds: float = DEA
 class Job:
     """What one worker process runs: ``role`` over ``<app>.events`` as consumer group ``group``."""
 
-    role: str  # noop | projection | raw | raw-projection | noop-latency | raw-latency
+    role: str  # noop | projection | projection-batch | raw | raw-projection | noop-latency | raw-latency
     url: str
     schema: str
     bootstrap: str
@@ -214,6 +214,20 @@ class Upserts(Projection):
         )
 
 
+class BatchUpserts(Upserts):
+    """The same UPSERT per event, sent for a whole poll at once: one ``execute`` with a list of
+    parameters (psycopg pipelines it), as ``Projection.project_batch`` allows."""
+
+    def project_batch(self, batch: list[tuple[Any, EventMetadata]], connection: sa.Connection) -> None:
+        connection.execute(
+            self.statement,
+            [
+                {"stream_id": metadata.stream_id, "number": metadata.event_number, "cents": event.cents}
+                for event, metadata in batch
+            ],
+        )
+
+
 def raw_upsert(schema: str, table: str) -> sql.Composed:
     """The statement ``Upserts`` runs, for psycopg."""
     return sql.SQL(
@@ -251,6 +265,7 @@ def child_main(job: Job, slot: int, counts: Any, ready: Event, go: Event, stop: 
         run = {
             "noop": _run_tidings,
             "projection": _run_tidings,
+            "projection-batch": _run_tidings,
             "noop-latency": _run_tidings,
             "raw": _run_raw,
             "raw-latency": _run_raw,
@@ -277,8 +292,13 @@ def _handled(name: str) -> int:
 
 
 def _run_tidings(job: Job, child: Child) -> list[tuple[int, float]]:
-    base: type[EventHandler] = {"noop": NoOp, "projection": Upserts, "noop-latency": LatencyNoOp}[job.role]
-    if base is Upserts:
+    base: type[EventHandler] = {
+        "noop": NoOp,
+        "projection": Upserts,
+        "projection-batch": BatchUpserts,
+        "noop-latency": LatencyNoOp,
+    }[job.role]
+    if issubclass(base, Upserts):
         Upserts.prepare(projection_table(job.schema, job.table))
     handler = cast(
         type[EventHandler], type(base.__name__, (base,), {"name": job.group, "concurrency": job.partitions})
@@ -286,7 +306,7 @@ def _run_tidings(job: Job, child: Child) -> list[tuple[int, float]]:
     store = PostgresEventStore(StoreConfig(job.url, job.schema), sequencer=False)
     config = WorkerConfig(store, job.bootstrap, partitions=job.partitions)
     runner = HandlerRunner(handler, WorkerApp(job.app, mapper=MAPPER, handlers=[handler]), config)
-    if base is Upserts:
+    if issubclass(base, Upserts):
         with config.engine().connect():  # the pool's first connection, as a running worker has it
             pass
     child.start()
@@ -640,6 +660,7 @@ def throughput_cases(setup: Setup, repeat: int) -> list[Row]:
     kinds = (
         ("noop", "raw", "no-op handler"),
         ("projection", "raw-projection", "projection, one UPSERT per event"),
+        ("projection-batch", "raw-projection", "projection, project_batch (the UPSERTs of a poll at once)"),
     )
     turn = 0
     for ours_role, raw_role, label in kinds:
