@@ -108,6 +108,8 @@ class JsonCodec:
         return _dump(document, "metadata")
 
     def decode_metadata(self, data: bytes) -> dict[str, Any]:
+        if data == b"{}":  # most events carry no metadata of the user's
+            return {}
         return _load(data, "metadata")
 
 
