@@ -18,24 +18,28 @@ from tidings.json_hints import ValueProblem, fields_of, is_enum, optional_of, tu
 __all__ = ["build_dataclass"]
 
 
+_KNOWN: dict[type, frozenset[str]] = {}
+"""Each class's field names (its fields never change)."""
+
+
 def build_dataclass(cls: type, raw: dict[str, Any], path: str) -> object:
     """An instance of ``cls`` rebuilt from its decoded JSON object; ``path`` names it in messages."""
     fields = fields_of(cls)
-    known = {f.name for f in fields}
+    known = _KNOWN.get(cls)
+    if known is None:
+        known = _KNOWN[cls] = frozenset(f.name for f in fields)
     for name in raw:
         if name not in known:
             raise ValueProblem(
                 path, f"unexpected field {name!r}: add it to {cls.__qualname__}, or drop it with an upcaster"
             )
-    for f in fields:
-        if f.required and f.name not in raw:
-            raise ValueProblem(
-                path,
-                f"missing field {f.name!r}: add an upcaster that fills it in, or give the field a default",
-            )
     kwargs: dict[str, object] = {}
     for f in fields:
         if f.name not in raw:
+            if f.required:
+                raise ValueProblem(
+                    path, f"missing field {f.name!r}: add an upcaster that fills it in, or give it a default"
+                )
             continue
         value, hint = raw[f.name], f.hint
         # Text and whole numbers as they came: most fields, and no path string to build for them.

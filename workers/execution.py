@@ -543,7 +543,7 @@ class Executor:
 
     def _run(self, run: Callable[[], Any]) -> Any:
         result = run()
-        if inspect.isawaitable(result):
+        if result is not None and inspect.isawaitable(result):
             assert self._loop is not None
             result = self._loop.run_until_complete(result)
         return result
