@@ -28,6 +28,8 @@ Every run has a fresh store schema and fresh topics (a unique prefix), dropped a
     pipelined) and a checkpoint row per partition, then ``store_offsets``; on assignment it seeks to its
     checkpoints, so it is exactly-once too. Both tables are checked afterwards: N events counted, over
     every stream.
+  - projection with ``project_batch``: the same UPSERT per event, sent for a whole poll at once (one
+    ``execute`` with a list of parameters, which psycopg pipelines), against the same reference.
 - Latency at 1k events/s: a topic of ``LATENCY_PARTITIONS`` partitions; a relay running; a tidings no-op
   handler (one process) and the raw consumer (one process), two groups on the same topic, so both see
   the same events at the same time. A writer appends single events at ``RATE`` a second for
