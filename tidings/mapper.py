@@ -9,15 +9,34 @@ from __future__ import annotations
 import copy
 import uuid
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import Any, Protocol
 
 from eventstore.ids import new_event_id
-from eventstore.records import EventData, RecordedEvent
+from eventstore.records import EventData
 from tidings.codec import Codec, DocumentCodec
 from tidings.errors import CodecError
 from tidings.upcasting import Upcaster, Upcasters
 
-__all__ = ["EventMapper"]
+__all__ = ["EventMapper", "StoredEvent"]
+
+
+class StoredEvent(Protocol):
+    """What the mapper reads of a stored event: a ``RecordedEvent``, or a worker's lighter view of one."""
+
+    @property
+    def event_type(self) -> str: ...
+    @property
+    def data(self) -> bytes: ...
+    @property
+    def metadata(self) -> bytes: ...
+    @property
+    def schema_id(self) -> str: ...
+    @property
+    def stream_id(self) -> str: ...
+    @property
+    def stream_version(self) -> int: ...
+    @property
+    def event_number(self) -> int | None: ...
 
 
 class EventMapper:
@@ -58,7 +77,7 @@ class EventMapper:
             correlation_id=correlation_id,
         )
 
-    def from_recorded(self, recorded: RecordedEvent) -> tuple[object, dict[str, Any]]:
+    def from_recorded(self, recorded: StoredEvent) -> tuple[object, dict[str, Any]]:
         """The event (upcast to today's shape) and the metadata of a stored record.
 
         Errors say which stream and event number the record has, so that it can be found and repaired.
@@ -70,7 +89,7 @@ class EventMapper:
             err.locate(recorded.stream_id, recorded.stream_version, recorded.event_number)
             raise
 
-    def event_of(self, recorded: RecordedEvent) -> object:
+    def event_of(self, recorded: StoredEvent) -> object:
         """The event alone (upcast to today's shape), for replays that need no metadata.
 
         The metadata is decoded only when an upcaster of the event's type needs it.
@@ -83,7 +102,7 @@ class EventMapper:
             err.locate(recorded.stream_id, recorded.stream_version, recorded.event_number)
             raise
 
-    def _decode(self, recorded: RecordedEvent, metadata: dict[str, Any]) -> object:
+    def _decode(self, recorded: StoredEvent, metadata: dict[str, Any]) -> object:
         if self._documents is None or not self.upcasters.handles(recorded.event_type):
             # Nothing to rewrite: the codec's direct path (for Avro, schema resolution while decoding).
             return self.codec.decode(recorded.event_type, recorded.data, recorded.schema_id)

@@ -8,6 +8,7 @@ The relay sends the stored bytes as the value and everything else as headers (``
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -15,7 +16,7 @@ from typing import Any
 from eventstore.records import RecordedEvent
 from tidings.avro.binding import uuid_from_text
 
-__all__ = ["Delivery", "EventMetadata", "UndecodableMessage", "delivery_of"]
+__all__ = ["Delivery", "EventMetadata", "Relayed", "UndecodableMessage", "delivery_of"]
 
 
 class UndecodableMessage(Exception):
@@ -25,23 +26,89 @@ class UndecodableMessage(Exception):
     """
 
 
+class Relayed:
+    """What a relayed message says of its event, read from its headers: enough to filter, order,
+    acknowledge and decode it, without building a full ``RecordedEvent`` for every message."""
+
+    __slots__ = (
+        "causation_id",
+        "correlation_id",
+        "created_at",
+        "data",
+        "event_id",
+        "event_number",
+        "event_type",
+        "metadata",
+        "schema_id",
+        "stream_id",
+        "stream_version",
+    )
+
+    def __init__(
+        self,
+        event_id: uuid.UUID,
+        event_number: int,
+        stream_id: str,
+        stream_version: int,
+        event_type: str,
+        data: bytes,
+        metadata: bytes,
+        schema_id: str,
+        causation_id: uuid.UUID | None,
+        correlation_id: uuid.UUID | None,
+        created_at: datetime,
+    ) -> None:
+        self.event_id = event_id
+        self.event_number = event_number
+        self.stream_id = stream_id
+        self.stream_version = stream_version
+        self.event_type = event_type
+        self.data = data
+        self.metadata = metadata
+        self.schema_id = schema_id
+        self.causation_id = causation_id
+        self.correlation_id = correlation_id
+        self.created_at = created_at
+
+    def recorded(self) -> RecordedEvent:
+        """The full ``RecordedEvent``."""
+        return RecordedEvent(
+            self.event_id,
+            self.event_number,
+            self.stream_id,
+            self.stream_version,
+            self.event_type,
+            self.data,
+            self.metadata,
+            self.schema_id,
+            self.causation_id,
+            self.correlation_id,
+            self.created_at,
+        )
+
+
 @dataclass(slots=True, eq=False)
 class Delivery:
-    """One message: its place in Kafka and, once read, the recorded event it carries."""
+    """One message: its place in Kafka and, once read, what its headers say of the event it carries."""
 
     topic: str
     partition: int
     offset: int
     key: bytes
     value: bytes
-    headers: tuple[tuple[str, bytes], ...]
-    recorded: RecordedEvent | None = None
+    headers: Sequence[tuple[str, bytes]]
+    relayed: Relayed | None = None
     """None when the message could not be read (``error`` says why)."""
     error: str = ""
 
     @property
     def event_number(self) -> int:
-        return (self.recorded.event_number or 0) if self.recorded is not None else 0
+        return self.relayed.event_number if self.relayed is not None else 0
+
+    @property
+    def recorded(self) -> RecordedEvent | None:
+        """The full recorded event, or None for an unreadable message."""
+        return self.relayed.recorded() if self.relayed is not None else None
 
 
 @dataclass(slots=True)
@@ -69,8 +136,29 @@ class EventMetadata:
 
     @classmethod
     def of(cls, delivery: Delivery, handler_name: str, metadata: dict[str, Any], state: Any) -> EventMetadata:
-        recorded = delivery.recorded
-        assert recorded is not None
+        relayed = delivery.relayed
+        assert relayed is not None
+        return cls(
+            relayed.event_id,
+            relayed.event_number,
+            relayed.stream_id,
+            relayed.stream_version,
+            relayed.event_type,
+            relayed.causation_id,
+            relayed.correlation_id,
+            relayed.created_at,
+            handler_name,
+            metadata,
+            state,
+            delivery.topic,
+            delivery.partition,
+            delivery.offset,
+        )
+
+    @classmethod
+    def of_recorded(
+        cls, recorded: RecordedEvent, handler_name: str, metadata: dict[str, Any]
+    ) -> EventMetadata:
         return cls(
             recorded.event_id,
             recorded.event_number or 0,
@@ -82,10 +170,6 @@ class EventMetadata:
             recorded.created_at,
             handler_name,
             metadata,
-            state,
-            delivery.topic,
-            delivery.partition,
-            delivery.offset,
         )
 
 
@@ -95,15 +179,15 @@ _REQUIRED = ("event_id", "event_type", "event_number", "stream_id", "stream_vers
 def delivery_of(
     topic: str, partition: int, offset: int, key: bytes | None, value: bytes | None, headers: Any
 ) -> Delivery:
-    """The delivery of one message; an unreadable one comes back with ``recorded=None`` and an error."""
-    pairs = tuple(headers) if headers else ()
+    """The delivery of one message; an unreadable one comes back with ``relayed=None`` and an error."""
+    pairs = headers or []
     key = key or b""
     value = value or b""
     found = dict(pairs)
     try:
         causation = found.get("causation_id")
         correlation = found.get("correlation_id")
-        recorded = RecordedEvent(
+        relayed = Relayed(
             uuid_from_text(found["event_id"].decode()),
             int(found["event_number"]),
             found["stream_id"].decode(),
@@ -122,4 +206,4 @@ def delivery_of(
         return Delivery(topic, partition, offset, key, value, pairs, None, error)
     except (ValueError, TypeError, AttributeError, UnicodeDecodeError) as exc:
         return Delivery(topic, partition, offset, key, value, pairs, None, f"malformed headers: {exc}")
-    return Delivery(topic, partition, offset, key, value, pairs, recorded)
+    return Delivery(topic, partition, offset, key, value, pairs, relayed)

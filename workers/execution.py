@@ -175,6 +175,7 @@ class Executor:
             if self._async or inspect.iscoroutinefunction(handler.handle_batch)
             else None
         )
+        self._acknowledging = shared.acknowledgements is not None
         self._traced = False
         self._tracing_checked = 0.0
         self._events = {o: metrics.EVENTS.labels(self.name, o) for o in _OUTCOMES}
@@ -418,23 +419,23 @@ class Executor:
     ) -> tuple[Any, EventMetadata] | None:
         """The event and metadata to handle, or None when the message is finished with otherwise."""
         staged.next_offset = delivery.offset + 1
-        recorded = delivery.recorded
-        if recorded is None:
+        relayed = delivery.relayed
+        if relayed is None:
             self._poison(staged, delivery, f"undecodable message: {delivery.error}", "undecodable")
             return None
-        number = recorded.event_number or 0
+        number = relayed.event_number
         if number <= staged.last_event_number:
             staged.count("already_seen")
             return None
         staged.last_event_number = number
         subscription = self.shared.subscription
         if number <= subscription.start_after or (
-            self.shared.subscribe_to != "all" and recorded.stream_id != self.shared.subscribe_to
+            self.shared.subscribe_to != "all" and relayed.stream_id != self.shared.subscribe_to
         ):
             staged.count("filtered")
             self._acknowledge(staged, delivery)
             return None
-        answer = decided.pop(delivery.offset, None)
+        answer = decided.pop(delivery.offset, None) if decided else None
         if answer is not None:
             if isinstance(answer.answer, Skip):
                 staged.count("skipped")
@@ -442,14 +443,15 @@ class Executor:
             else:
                 self._poison(staged, delivery, answer.answer.reason or "parked by the error policy", None)
             return None
-        if delivery.key in staged.new_parked_keys or (
-            delivery.key in ps.parked_keys and self._still_parked(ps, delivery.key)
+        if (staged.new_parked_keys or ps.parked_keys) and (
+            delivery.key in staged.new_parked_keys
+            or (delivery.key in ps.parked_keys and self._still_parked(ps, delivery.key))
         ):
             staged.parks.append((delivery, "behind an earlier parked event of its key"))
             staged.count("parked")
             return None
         try:
-            event, user_metadata = self.shared.mapper.from_recorded(recorded)
+            event, user_metadata = self.shared.mapper.from_recorded(relayed)
         except CodecError as exc:
             self._poison(staged, delivery, f"cannot decode: {exc}", "undecodable")
             return None
@@ -499,10 +501,10 @@ class Executor:
         self._end_to_end.observe(max(0.0, time.time() - created.timestamp()))
 
     def _acknowledge(self, staged: _Staged, delivery: Delivery) -> None:
-        if self.shared.acknowledgements is not None and delivery.recorded is not None:
-            recorded = delivery.recorded
-            if staged.acks.get(recorded.stream_id, 0) < recorded.stream_version:
-                staged.acks[recorded.stream_id] = recorded.stream_version
+        if self._acknowledging and delivery.relayed is not None:
+            relayed = delivery.relayed
+            if staged.acks.get(relayed.stream_id, 0) < relayed.stream_version:
+                staged.acks[relayed.stream_id] = relayed.stream_version
 
     # --- calling the handler -----------------------------------------------------------------------
 

@@ -60,7 +60,7 @@ class ParkedEvents:
 
     def park(self, connection: psycopg.Connection, handler: str, delivery: Delivery, error: str) -> None:
         """Park ``delivery`` (in the caller's transaction, so it commits with the handler's position)."""
-        recorded = delivery.recorded
+        recorded = delivery.relayed
         connection.execute(
             self._sql(
                 "INSERT INTO {t} (handler, topic, partition, kafka_offset, key, event_number, stream_id, "

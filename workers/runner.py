@@ -708,18 +708,7 @@ def _key_function(handler: type[EventHandler], app: WorkerApp) -> Callable[[Any]
             event, user_metadata = app.mapper.from_recorded(recorded)
         except Exception:  # noqa: BLE001 - undecodable: keyed by its stream, and parked by the handler
             return str(recorded.stream_id)
-        metadata = EventMetadata(
-            recorded.event_id,
-            recorded.event_number or 0,
-            recorded.stream_id,
-            recorded.stream_version,
-            recorded.event_type,
-            recorded.causation_id,
-            recorded.correlation_id,
-            recorded.created_at,
-            name,
-            user_metadata,
-        )
+        metadata = EventMetadata.of_recorded(recorded, name, user_metadata)
         try:
             return partition_by(event, metadata)
         except Exception:
