@@ -22,8 +22,32 @@ _KNOWN: dict[type, frozenset[str]] = {}
 """Each class's field names (its fields never change)."""
 
 
+_PLAIN: dict[type, tuple[tuple[str, type], ...] | None] = {}
+"""Per class: its fields' names and types when every field is required text, integer or boolean."""
+
+
+def _plain_fields(cls: type) -> tuple[tuple[str, type], ...] | None:
+    found = _PLAIN.get(cls, ())
+    if found == ():
+        fields = fields_of(cls)
+        positional = not any(f.kw_only for f in dataclasses.fields(cls))
+        plain = positional and all(f.required and f.hint in (str, int, bool) for f in fields)
+        found = _PLAIN[cls] = tuple((f.name, f.hint) for f in fields) if plain else None
+    return found
+
+
 def build_dataclass(cls: type, raw: dict[str, Any], path: str) -> object:
     """An instance of ``cls`` rebuilt from its decoded JSON object; ``path`` names it in messages."""
+    plain = _plain_fields(cls)
+    if plain is not None and len(raw) == len(plain):
+        # The common small event: exactly its fields, each of exactly its type. Anything else takes the
+        # general path below, which says what is wrong.
+        values = [raw.get(name) for name, _ in plain]
+        if all(type(value) is hint for value, (_, hint) in zip(values, plain, strict=True)):
+            try:
+                return cls(*values)
+            except (TypeError, ValueError) as err:
+                raise ValueProblem(path, f"{cls.__qualname__} rejected the stored values: {err}") from err
     fields = fields_of(cls)
     known = _KNOWN.get(cls)
     if known is None:
