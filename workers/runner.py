@@ -620,8 +620,7 @@ class HandlerRunner:
             lane.partitions -= 1
             self._queued.pop(key, None)
             self._stored.pop(key, None)
-            if key in self._paused:
-                self._paused.discard(key)
+            self._paused.discard(key)
         consumer.incremental_unassign(partitions)
         self.status.assigned = sorted(f"{t}[{p}]" for t, p in self._partitions)
         log.info(

@@ -18,11 +18,7 @@ from typing import Annotated
 import typer
 from confluent_kafka import KafkaException
 
-from eventstore import (
-    DEFAULT_SCHEMA,
-    ConfigurationError,
-    PostgresEventStore,
-)
+from eventstore import DEFAULT_SCHEMA, ConfigurationError, PostgresEventStore, StoreConfig
 from eventstore.errors import StoreUnavailable
 from workers.app import WorkerApp, WorkerConfig
 from workers.cli_options import (
@@ -50,6 +46,22 @@ def load(spec: str) -> WorkerApp:
     if os.getcwd() not in sys.path and "" not in sys.path:
         sys.path.insert(0, os.getcwd())
     return load_app(spec)
+
+
+def _setup(
+    app_spec: str, database_url: str, schema: str, bootstrap_servers: str, kafka: list[str] | None
+) -> tuple[WorkerApp, StoreConfig, str, dict[str, str]]:
+    """The app, the migrated store's config, the brokers and the Kafka settings; or the command's exit
+    (2 for what the user must fix, 1 when PostgreSQL does not answer)."""
+    try:
+        worker_app = load(app_spec)
+        config = migrated_store(database_url, schema)
+        brokers = required(bootstrap_servers, "--bootstrap-servers / KAFKA_BOOTSTRAP_SERVERS")
+        return worker_app, config, brokers, kafka_settings(kafka or [], dict(os.environ))
+    except ConfigurationError as exc:
+        raise fail(str(exc), EXIT_USAGE) from exc
+    except StoreUnavailable as exc:
+        raise fail(str(exc), EXIT_FAILED) from exc
 
 
 def worker_command(
@@ -97,15 +109,7 @@ def worker_command(
     Example: [bold]tidings worker bank.workers:app --handler balances --port 8000[/]
     """
     configure_logging(log_level, log_format)
-    try:
-        worker_app = load(app_spec)
-        config = migrated_store(database_url, schema)
-        brokers = required(bootstrap_servers, "--bootstrap-servers / KAFKA_BOOTSTRAP_SERVERS")
-        settings = kafka_settings(kafka or [], dict(os.environ))
-    except ConfigurationError as exc:
-        raise fail(str(exc), EXIT_USAGE) from exc
-    except StoreUnavailable as exc:
-        raise fail(str(exc), EXIT_FAILED) from exc
+    worker_app, config, brokers, settings = _setup(app_spec, database_url, schema, bootstrap_servers, kafka)
     with PostgresEventStore(config, sequencer=False) as store:
         try:
             worker_config = WorkerConfig(
@@ -164,16 +168,11 @@ def reset_command(
 
     Example: [bold]tidings reset balances --app bank.workers:app --yes[/]
     """
+    worker_app, config, brokers, settings = _setup(app_spec, database_url, schema, bootstrap_servers, kafka)
     try:
-        worker_app = load(app_spec)
         handler_class = worker_app.handler(handler)
-        config = migrated_store(database_url, schema)
-        brokers = required(bootstrap_servers, "--bootstrap-servers / KAFKA_BOOTSTRAP_SERVERS")
-        settings = kafka_settings(kafka or [], dict(os.environ))
     except ConfigurationError as exc:
         raise fail(str(exc), EXIT_USAGE) from exc
-    except StoreUnavailable as exc:
-        raise fail(str(exc), EXIT_FAILED) from exc
     with PostgresEventStore(config, sequencer=False) as store:
         worker_config = WorkerConfig(store, brokers, settings)
         try:

@@ -172,8 +172,15 @@ def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> None
 class Writers:
     """A thread appending single events round-robin to ``streams`` streams until stopped."""
 
-    def __init__(self, store: PostgresEventStore, streams: int = 30, pause: float = 0.002) -> None:
+    def __init__(
+        self,
+        store: PostgresEventStore,
+        streams: int = 30,
+        pause: float = 0.002,
+        make: Callable[[str, int], EventData] | None = None,  # (stream, index in it) -> event
+    ) -> None:
         self.store = store
+        self.make = make or _opaque
         self.streams = streams
         self.pause = pause
         self.appended: list[uuid.UUID] = []
@@ -198,13 +205,18 @@ class Writers:
         number = 0
         try:
             while not self._stopping.is_set():
-                event = EventData("Noted", b"%d" % number, schema_id="test:1")
-                self.store.append_to_stream(f"account-{number % self.streams}", ANY, [event])
+                stream = f"account-{number % self.streams}"
+                event = self.make(stream, number // self.streams)  # the event's index in its stream
+                self.store.append_to_stream(stream, ANY, [event])
                 self.appended.append(event.event_id)
                 number += 1
                 self._stopping.wait(self.pause)  # a steady trickle, not a flood
         except BaseException as exc:  # noqa: BLE001  # reported by stop()
             self.error = exc
+
+
+def _opaque(stream: str, n: int) -> EventData:
+    return EventData("Noted", b"%d" % n, schema_id="test:1")
 
 
 def relay_row(store: PostgresEventStore, name: str = "default") -> tuple[str | None, int]:

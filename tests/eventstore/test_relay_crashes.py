@@ -9,10 +9,7 @@ from __future__ import annotations
 import os
 import random
 import time
-from collections.abc import Iterator
 from pathlib import Path
-
-import pytest
 
 from eventstore import PostgresEventStore
 from eventstore import metrics as store_metrics
@@ -122,15 +119,6 @@ def test_a_standby_takes_over_within_seconds_of_the_leaders_kill_9(
     assert takeover < 10, f"the standby took {takeover:.1f}s to lead"
     seen = read_to_end(kafka_namespace.bootstrap_servers, [kafka_namespace.topic("bank.events")])
     assert_exactly_once_in_order(seen, writers.appended)
-
-
-@pytest.fixture
-def own_broker() -> Iterator[LocalKafka]:
-    """A broker of this test's own, which it may stop and start again."""
-    broker = LocalKafka()
-    broker.start()
-    yield broker
-    broker.stop(keep_logs=False)
 
 
 def test_a_broker_stopped_and_restarted_mid_stream_costs_no_event_and_no_duplicate(

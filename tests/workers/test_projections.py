@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import uuid
 from decimal import Decimal
-from typing import Any
 
 import sqlalchemy as sa
 from psycopg import sql
@@ -13,7 +12,7 @@ from eventstore import PostgresEventStore
 from examples.bank.accounts import Deposit, OpenAccount, accounts
 from examples.bank.events import AccountOpened, MoneyDeposited, events
 from tests.tidings.avro_support import SCHEMAS
-from tests.workers.worker_support import Noted, append_noted, eventually, stack
+from tests.workers.worker_support import Noted, Tally, append_noted, counters, eventually, read, stack
 from tidings import Application, EventMapper
 from tidings.avro import AvroCodec, SchemaSet
 from tidings.pytest_plugin import KafkaNamespace
@@ -25,30 +24,6 @@ from workers.projection import Projection
 BANK = EventMapper(AvroCodec(events, SchemaSet.load(SCHEMAS)))
 
 
-def counters(store: PostgresEventStore) -> sa.Table:
-    table = sa.Table(
-        "counters",
-        sa.MetaData(),
-        sa.Column("stream_id", sa.Text, primary_key=True),
-        sa.Column("events", sa.Integer, nullable=False),
-        sa.Column("last_n", sa.Integer, nullable=False),
-        schema=store.config.schema,
-    )
-    with store.connection() as conn:
-        conn.execute(
-            sql.SQL(
-                "CREATE TABLE {} (stream_id text PRIMARY KEY, events int NOT NULL, last_n int NOT NULL)"
-            ).format(sql.Identifier(store.config.schema, "counters"))
-        )
-    return table
-
-
-def read(store: PostgresEventStore, query: str) -> list[tuple[Any, ...]]:
-    with store.connection() as conn:
-        conn.execute(sql.SQL("SET LOCAL search_path TO {}").format(sql.Identifier(store.config.schema)))
-        return conn.execute(query).fetchall()  # type: ignore[arg-type]
-
-
 def test_projection_effects_happen_once_across_failures_and_restarts(
     event_store: PostgresEventStore, kafka_namespace: KafkaNamespace
 ) -> None:
@@ -57,20 +32,13 @@ def test_projection_effects_happen_once_across_failures_and_restarts(
     after_update: list[int] = []
     with stack(event_store, kafka_namespace, partitions=2) as s:
 
-        class Counting(Projection):
+        class Counting(Tally):
             name = s.name("counting")
             tables = (table,)
             concurrency = 2
 
             def project(self, event: Noted, metadata: EventMetadata, connection: sa.Connection) -> None:
-                # Not idempotent on purpose: a repeated effect would show in the count.
-                connection.execute(
-                    sa.text(
-                        f"INSERT INTO {table.schema}.counters VALUES (:s, 1, :n) ON CONFLICT (stream_id) "
-                        "DO UPDATE SET events = counters.events + 1, last_n = excluded.last_n"
-                    ),
-                    {"s": metadata.stream_id, "n": event.n},
-                )
+                super().project(event, metadata, connection)
                 if event.n == 7 and metadata.stream_id == "s3" and failures["left"]:
                     failures["left"] -= 1
                     raise RuntimeError("after writing: the transaction must roll back")

@@ -16,36 +16,24 @@ from psycopg import sql
 from eventstore import PostgresEventStore, StoreConfig, StoreUnavailable, migrate
 from eventstore.acknowledgements import Acknowledgements
 from eventstore.records import RecordedEvent
-from tests.workers.test_projections import counters, read
 from tests.workers.worker_support import (
     Noted,
     Recorder,
+    Tally,
     append_noted,
+    counters,
     eventually,
     mapper,
+    read,
     stack,
 )
 from tidings.devservices import LocalPostgres
 from tidings.pytest_plugin import KafkaNamespace
-from workers import EventHandler, EventMetadata, Projection
+from workers import EventHandler, EventMetadata
 from workers.delivery import Delivery
 from workers.execution import Executor, PartitionState, Shared
 from workers.parking import ParkedEvents
 from workers.positions import Positions
-
-
-class Tally(Projection):
-    """Counts events per stream in ``counters`` (created by the test): not idempotent on purpose."""
-
-    def project(self, event: Noted, metadata: EventMetadata, connection: sa.Connection) -> None:
-        schema = self.tables[0].schema
-        connection.execute(
-            sa.text(
-                f'INSERT INTO "{schema}".counters VALUES (:s, 1, :n) ON CONFLICT (stream_id) '
-                "DO UPDATE SET events = counters.events + 1, last_n = excluded.last_n"
-            ),
-            {"s": metadata.stream_id, "n": event.n},
-        )
 
 
 @pytest.fixture

@@ -3,21 +3,28 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
 
-import pytest
 import sqlalchemy as sa
 from prometheus_client import REGISTRY
 
 from eventstore import PostgresEventStore
-from tests.workers.test_projections import counters, read
-from tests.workers.worker_support import Noted, NotedWriters, Recorder, append_noted, eventually, stack
+from tests.eventstore.relay_support import Writers
+from tests.workers.worker_support import (
+    Noted,
+    Recorder,
+    Tally,
+    append_noted,
+    counters,
+    eventually,
+    noted,
+    read,
+    stack,
+)
 from tidings.devservices import LocalKafka
 from tidings.pytest_plugin import KafkaNamespace
 from workers.delivery import EventMetadata
 from workers.handler import EventHandler
 from workers.parking import ParkedEvents
-from workers.projection import Projection
 
 
 def test_a_stop_finishes_the_event_in_flight_and_the_next_run_does_not_repeat_it(
@@ -97,15 +104,6 @@ def test_metrics_count_outcomes_and_show_the_lag_per_partition(
         )
 
 
-@pytest.fixture
-def own_broker() -> Iterator[LocalKafka]:
-    """A broker of this test's own, which it may stop and start again."""
-    broker = LocalKafka()
-    broker.start()
-    yield broker
-    broker.stop(keep_logs=False)
-
-
 def test_a_projection_goes_on_exactly_once_after_kafka_stops_and_restarts(
     event_store: PostgresEventStore, own_broker: LocalKafka
 ) -> None:
@@ -114,25 +112,16 @@ def test_a_projection_goes_on_exactly_once_after_kafka_stops_and_restarts(
     projected = {"count": 0}
     with stack(event_store, namespace, partitions=3) as s:
 
-        class Counting(Projection):
+        class Counting(Tally):
             name = s.name("counting")
             tables = (table,)
             concurrency = 3
-
-            def project(self, event: Noted, metadata: EventMetadata, connection: sa.Connection) -> None:
-                connection.execute(
-                    sa.text(
-                        f"INSERT INTO {table.schema}.counters VALUES (:s, 1, :n) ON CONFLICT (stream_id) "
-                        "DO UPDATE SET events = counters.events + 1, last_n = excluded.last_n"
-                    ),
-                    {"s": metadata.stream_id, "n": event.n},
-                )
 
             def after_update(self, event: Noted, metadata: EventMetadata) -> None:
                 projected["count"] += 1
 
         s.run(Counting)
-        with NotedWriters(event_store, streams=10) as writers:
+        with Writers(event_store, streams=10, make=noted) as writers:
             eventually(lambda: projected["count"] > 50, what="projecting before the outage")
             own_broker.pause()
             stopped_at = len(writers.appended)
@@ -154,23 +143,16 @@ def test_a_projection_waits_out_lost_postgresql_connections_without_parking_or_r
     event_store: PostgresEventStore, kafka_namespace: KafkaNamespace
 ) -> None:
     table = counters(event_store)
-    schema = event_store.config.schema
     cut: set[tuple[str, int]] = set()
     with stack(event_store, kafka_namespace, partitions=2) as s:
 
-        class Counting(Projection):
+        class Counting(Tally):
             name = s.name("counting")
             tables = (table,)
             concurrency = 2
 
             def project(self, event: Noted, metadata: EventMetadata, connection: sa.Connection) -> None:
-                connection.execute(
-                    sa.text(
-                        f"INSERT INTO {schema}.counters VALUES (:s, 1, :n) ON CONFLICT (stream_id) "
-                        "DO UPDATE SET events = counters.events + 1, last_n = excluded.last_n"
-                    ),
-                    {"s": metadata.stream_id, "n": event.n},
-                )
+                super().project(event, metadata, connection)
                 if event.n == 3 and (event.key, event.n) not in cut:
                     # The server ends this very session in the middle of the projection's transaction.
                     cut.add((event.key, event.n))

@@ -9,9 +9,10 @@ from pathlib import Path
 from confluent_kafka.admin import AdminClient
 
 from eventstore import PostgresEventStore
+from tests.eventstore.relay_support import Writers
 from tests.workers.cli_support import WorkerProcess, rows, worker_env
 from tests.workers.process_apps import create_tables
-from tests.workers.worker_support import NotedWriters, eventually, stack
+from tests.workers.worker_support import eventually, noted, stack
 from tidings.pytest_plugin import KafkaNamespace, PostgresSchema
 
 APP = "tests.workers.process_apps:build"
@@ -42,7 +43,7 @@ def test_per_key_order_with_concurrency_4_across_2_worker_processes(
         with (
             WorkerProcess(args, env, tmp_path / "a.log") as a,
             WorkerProcess(args, env, tmp_path / "b.log") as b,
-            NotedWriters(event_store, streams=24, pause=0.001) as writers,
+            Writers(event_store, streams=24, pause=0.001, make=noted) as writers,
         ):
             eventually(lambda: a.ready() and b.ready(), what="both workers ready")
             eventually(lambda: assigned(a) and assigned(b), what="both workers in the group")
@@ -85,7 +86,7 @@ def test_a_rebalance_and_a_kill_lose_nothing_and_project_each_event_once(
         with (
             WorkerProcess(args, env, tmp_path / "a.log") as a,
             WorkerProcess(args, env, tmp_path / "b.log") as b,
-            NotedWriters(event_store, streams=16, pause=0.001) as writers,
+            Writers(event_store, streams=16, pause=0.001, make=noted) as writers,
         ):
             eventually(lambda: a.ready() and b.ready(), what="two workers ready")
             eventually(lambda: assigned(a) and assigned(b), what="both workers in the group")
@@ -136,7 +137,7 @@ def test_kill_9_loop_with_static_membership_each_member_comes_back_to_its_partit
 
         workers = {member: start(member, 0) for member in ("w0", "w1")}
         try:
-            with NotedWriters(event_store, streams=12, pause=0.001) as writers:
+            with Writers(event_store, streams=12, pause=0.001, make=noted) as writers:
                 eventually(lambda: all(assigned(w) for w in workers.values()), what="both members assigned")
                 eventually(
                     lambda: (

@@ -7,15 +7,21 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import Any
 
-from eventstore import ANY, PostgresEventStore
+import sqlalchemy as sa
+from psycopg import sql
+
+from eventstore import ANY, EventData, PostgresEventStore
 from eventstore.relay import Relay, RelayConfig
 from eventstore.routing import Routing
 from tests.eventstore.relay_support import wait_until
 from tidings import EventMapper, JsonCodec, TypeRegistry
 from tidings.pytest_plugin import KafkaNamespace
 from workers.app import WorkerApp, WorkerConfig
+from workers.delivery import EventMetadata
 from workers.handler import EventHandler
+from workers.projection import Projection
 from workers.runner import HandlerRunner
 
 __all__ = ["Noted", "Recorder", "Stack", "append_noted", "mapper", "wait_until"]
@@ -132,40 +138,47 @@ def settle(seconds: float) -> None:
         time.sleep(0.05)
 
 
-class NotedWriters:
-    """A thread appending ``Noted`` events round-robin to ``streams`` streams until stopped."""
+def noted(stream: str, n: int) -> EventData:
+    """What ``Writers(make=noted)`` appends: the stream's ``n``-th ``Noted``, which handlers decode."""
+    return mapper.to_event_data(Noted(stream, n))
 
-    def __init__(self, store: PostgresEventStore, streams: int = 10, pause: float = 0.002) -> None:
-        self.store = store
-        self.streams = streams
-        self.pause = pause
-        self.appended: list[tuple[str, int]] = []
-        self.error: BaseException | None = None
-        self._stopping = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="noted-writers", daemon=True)
 
-    def __enter__(self) -> NotedWriters:
-        self._thread.start()
-        return self
+def counters(store: PostgresEventStore) -> sa.Table:
+    """The ``counters`` table of ``Tally``, created in the store's schema."""
+    table = sa.Table(
+        "counters",
+        sa.MetaData(),
+        sa.Column("stream_id", sa.Text, primary_key=True),
+        sa.Column("events", sa.Integer, nullable=False),
+        sa.Column("last_n", sa.Integer, nullable=False),
+        schema=store.config.schema,
+    )
+    with store.connection() as conn:
+        conn.execute(
+            sql.SQL(
+                "CREATE TABLE {} (stream_id text PRIMARY KEY, events int NOT NULL, last_n int NOT NULL)"
+            ).format(sql.Identifier(store.config.schema, "counters"))
+        )
+    return table
 
-    def __exit__(self, *_: object) -> None:
-        self.stop()
 
-    def stop(self) -> list[tuple[str, int]]:
-        self._stopping.set()
-        self._thread.join(30)
-        assert self.error is None, f"the writers failed: {self.error!r}"
-        return self.appended
+def read(store: PostgresEventStore, query: str) -> list[tuple[Any, ...]]:
+    """Rows of ``query``, run in the store's schema."""
+    with store.connection() as conn:
+        conn.execute(sql.SQL("SET LOCAL search_path TO {}").format(sql.Identifier(store.config.schema)))
+        return conn.execute(query).fetchall()  # type: ignore[arg-type]
 
-    def _run(self) -> None:
-        number = 0
-        try:
-            while not self._stopping.is_set():
-                stream = f"w{number % self.streams}"
-                n = number // self.streams
-                self.store.append_to_stream(stream, ANY, [mapper.to_event_data(Noted(stream, n))])
-                self.appended.append((stream, n))
-                number += 1
-                self._stopping.wait(self.pause)
-        except BaseException as exc:  # noqa: BLE001 - reported by stop()
-            self.error = exc
+
+class Tally(Projection):
+    """Counts events per stream in ``counters`` (``tables[0]``): not idempotent on purpose, so a
+    repeated effect shows in the count."""
+
+    def project(self, event: Noted, metadata: EventMetadata, connection: sa.Connection) -> None:
+        schema = self.tables[0].schema
+        connection.execute(
+            sa.text(
+                f'INSERT INTO "{schema}".counters VALUES (:s, 1, :n) ON CONFLICT (stream_id) '
+                "DO UPDATE SET events = counters.events + 1, last_n = excluded.last_n"
+            ),
+            {"s": metadata.stream_id, "n": event.n},
+        )
