@@ -7,9 +7,12 @@ UTF-8 JSON under the schema id ``"json"``. The store never sees a class: only wh
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, NoReturn, Protocol, runtime_checkable
+
+import orjson
 
 from tidings.errors import DeserializationError, SerializationError
 from tidings.json_decode import build_dataclass
@@ -82,15 +85,19 @@ class JsonCodec:
         return Encoded(event_type, _dump(document, event_type), self.schema_id)
 
     def decode(self, event_type: str, data: bytes, schema_id: str) -> object:
-        return self.build(event_type, self.parse(event_type, data, schema_id))
+        # parse, then build, in one call: this is every handler's and every aggregate load's path.
+        if schema_id != self.schema_id:
+            raise _another_codec(event_type, schema_id)
+        document = _load(data, event_type)
+        cls = self.registry.class_for(event_type)
+        try:
+            return build_dataclass(cls, document, event_type)
+        except ValueProblem as problem:
+            raise DeserializationError(problem.path, problem.problem) from None
 
     def parse(self, event_type: str, data: bytes, schema_id: str) -> dict[str, Any]:
         if schema_id != self.schema_id:
-            raise DeserializationError(
-                event_type,
-                f"schema id {schema_id!r} is not {self.schema_id!r}: the event was written by another codec, "
-                "so read it with that codec",
-            )
+            raise _another_codec(event_type, schema_id)
         return _load(data, event_type)
 
     def build(self, event_type: str, document: dict[str, Any]) -> object:
@@ -113,6 +120,14 @@ class JsonCodec:
         return _load(data, "metadata")
 
 
+def _another_codec(event_type: str, schema_id: str) -> DeserializationError:
+    return DeserializationError(
+        event_type,
+        f"schema id {schema_id!r} is not {JsonCodec.schema_id!r}: the event was written by another codec, "
+        "so read it with that codec",
+    )
+
+
 def _dump(document: JsonValue, where: str) -> bytes:
     text = json.dumps(document, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
     try:
@@ -126,21 +141,35 @@ def _dump(document: JsonValue, where: str) -> bytes:
 
 
 def _load(data: bytes, where: str) -> dict[str, Any]:
+    # orjson reads an integer beyond 64 bits as a float, and rejects escaped lone surrogates; Python's
+    # reader (which wrote them) keeps both exact. A run of 19 digits sends the document there.
+    if _LONG_NUMBER.search(data) is not None:
+        document = _load_slowly(data, where)
+    else:
+        try:
+            document = orjson.loads(data)
+        except orjson.JSONDecodeError:
+            document = _load_slowly(data, where)  # the reason, in Python's words, or what orjson refuses
+    if not isinstance(document, dict):
+        raise DeserializationError(where, f"expected a JSON object, found {type(document).__name__}")
+    return document
+
+
+def _load_slowly(data: bytes, where: str) -> Any:
     try:
-        document = _DECODER.decode(data.decode("utf-8"))
+        return _DECODER.decode(data.decode("utf-8"))
     except (UnicodeDecodeError, ValueError) as err:
         raise DeserializationError(
             where, f"the stored bytes are not UTF-8 JSON ({err}): they were damaged or written by other means"
         ) from None
-    if not isinstance(document, dict):
-        raise DeserializationError(where, f"expected a JSON object, found {type(document).__name__}")
-    return document
 
 
 def _no_constants(name: str) -> NoReturn:
     # Python's json reads NaN and Infinity, which no other JSON reader accepts; never take them in.
     raise ValueError(f"{name} is not JSON")
 
+
+_LONG_NUMBER = re.compile(rb"\d{19}")
 
 # One decoder for every read: ``json.loads`` with an argument builds a new one per call.
 _DECODER = json.JSONDecoder(parse_constant=_no_constants)

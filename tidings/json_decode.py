@@ -7,8 +7,10 @@ kind, is reported with the path to it instead of surfacing later as a wrong-type
 from __future__ import annotations
 
 import dataclasses
+import operator
 import typing
 import uuid
+from collections.abc import Callable
 from datetime import date, datetime
 from decimal import Decimal, InvalidOperation
 from typing import Any
@@ -22,32 +24,59 @@ _KNOWN: dict[type, frozenset[str]] = {}
 """Each class's field names (its fields never change)."""
 
 
-_PLAIN: dict[type, tuple[tuple[str, type], ...] | None] = {}
-"""Per class: its fields' names and types when every field is required text, integer or boolean."""
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Plain:
+    """A class whose fields are all text, integers or booleans, passed by position. A stored object with
+    every one of them (as the encoder writes it) is read without looking at the fields one by one."""
+
+    count: int
+    values: Callable[[dict[str, Any]], tuple[Any, ...]]
+    """The fields' values in order, read in C; KeyError when one is missing."""
+    types: tuple[type, ...]
 
 
-def _plain_fields(cls: type) -> tuple[tuple[str, type], ...] | None:
-    found = _PLAIN.get(cls, ())
-    if found == ():
-        fields = fields_of(cls)
-        positional = not any(f.kw_only for f in dataclasses.fields(cls))
-        plain = positional and all(f.required and f.hint in (str, int, bool) for f in fields)
-        found = _PLAIN[cls] = tuple((f.name, f.hint) for f in fields) if plain else None
-    return found
+_PLAIN: dict[type, _Plain | None] = {}
+
+
+def _plain(cls: type) -> _Plain | None:
+    found = _PLAIN.get(cls, _PLAIN)
+    if found is not _PLAIN:
+        return found  # type: ignore[return-value]
+    fields = fields_of(cls)
+    positional = not any(f.kw_only for f in dataclasses.fields(cls))
+    plain = None
+    if positional and all(f.hint in (str, int, bool) for f in fields):
+        names = [f.name for f in fields]
+        plain = _Plain(len(names), _values_of(names), tuple(f.hint for f in fields))
+    _PLAIN[cls] = plain
+    return plain
+
+
+def _values_of(names: list[str]) -> Callable[[dict[str, Any]], tuple[Any, ...]]:
+    if len(names) >= 2:
+        return operator.itemgetter(*names)  # a tuple, in C
+    if len(names) == 1:
+        only = names[0]
+        return lambda raw: (raw[only],)
+    return lambda raw: ()
 
 
 def build_dataclass(cls: type, raw: dict[str, Any], path: str) -> object:
     """An instance of ``cls`` rebuilt from its decoded JSON object; ``path`` names it in messages."""
-    plain = _plain_fields(cls)
-    if plain is not None and len(raw) == len(plain):
+    plain = _plain(cls)
+    if plain is not None and len(raw) == plain.count:
         # The common small event: exactly its fields, each of exactly its type. Anything else takes the
         # general path below, which says what is wrong.
-        values = [raw.get(name) for name, _ in plain]
-        if all(type(value) is hint for value, (_, hint) in zip(values, plain, strict=True)):
-            try:
-                return cls(*values)
-            except (TypeError, ValueError) as err:
-                raise ValueProblem(path, f"{cls.__qualname__} rejected the stored values: {err}") from err
+        try:
+            values = plain.values(raw)
+        except KeyError:
+            pass
+        else:
+            if tuple(map(type, values)) == plain.types:
+                try:
+                    return cls(*values)
+                except (TypeError, ValueError) as err:
+                    raise ValueProblem(path, f"{cls.__qualname__} rejected the stored values: {err}") from err
     fields = fields_of(cls)
     known = _KNOWN.get(cls)
     if known is None:

@@ -1,22 +1,24 @@
 """A Kafka message as a handler sees it: the recorded event the relay published, and where it came from.
 
 The relay sends the stored bytes as the value and everything else as headers (``eventstore.relay``);
-``delivery_of`` turns them back into a ``RecordedEvent``. A message that cannot be read that way raises
-``UndecodableMessage``: it is a poison event, parked or dead-lettered, never retried.
+``delivery_of`` reads them back into one ``Delivery``. A message that cannot be read that way comes back
+with ``error`` set: it is a poison event, parked or dead-lettered, never retried.
+
+This is the hot path of every handler, so a delivery is one object that keeps the headers' values as they
+came and makes ids and timestamps only when asked for; a handler that reads none of them pays for none.
 """
 
 from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from eventstore.records import RecordedEvent
 from tidings.avro.binding import uuid_from_text
 
-__all__ = ["Delivery", "EventMetadata", "Relayed", "UndecodableMessage", "delivery_of"]
+__all__ = ["Delivery", "EventMetadata", "UndecodableMessage", "delivery_of"]
 
 
 class UndecodableMessage(Exception):
@@ -26,59 +28,87 @@ class UndecodableMessage(Exception):
     """
 
 
-class Relayed:
-    """What a relayed message says of its event, read from its headers: enough to filter, order,
-    acknowledge and decode it, without building a full ``RecordedEvent`` for every message."""
+class Delivery:
+    """One message: its place in Kafka and, when it could be read, the event it carries.
+
+    The event's fields are those of ``RecordedEvent`` (``data`` is the message value); they are only
+    meaningful when ``readable``. ``error`` says why a message is not.
+    """
 
     __slots__ = (
-        "causation_id",
-        "correlation_id",
-        "created_at",
-        "data",
-        "event_id",
+        "_causation_id",
+        "_correlation_id",
+        "_created_at",
+        "_event_id",
+        "error",
         "event_number",
         "event_type",
+        "headers",
+        "key",
         "metadata",
+        "offset",
+        "partition",
         "schema_id",
         "stream_id",
         "stream_version",
+        "topic",
+        "value",
     )
 
-    def __init__(
-        self,
-        event_id: uuid.UUID,
-        event_number: int,
-        stream_id: str,
-        stream_version: int,
-        event_type: str,
-        data: bytes,
-        metadata: bytes,
-        schema_id: str,
-        causation_id: uuid.UUID | None,
-        correlation_id: uuid.UUID | None,
-        created_at: datetime,
-    ) -> None:
-        self.event_id = event_id
-        self.event_number = event_number
-        self.stream_id = stream_id
-        self.stream_version = stream_version
-        self.event_type = event_type
-        self.data = data
-        self.metadata = metadata
-        self.schema_id = schema_id
-        self.causation_id = causation_id
-        self.correlation_id = correlation_id
-        self.created_at = created_at
+    topic: str
+    partition: int
+    offset: int
+    key: bytes
+    value: bytes
+    headers: Sequence[tuple[str, bytes]]
+    error: str
+    _event_id: str
+    _created_at: datetime
+    _causation_id: str
+    _correlation_id: str
+    event_number: int
+    event_type: str
+    stream_id: str
+    stream_version: int
+    schema_id: str
+    metadata: bytes
 
-    def recorded(self) -> RecordedEvent:
-        """The full ``RecordedEvent``."""
+    @property
+    def readable(self) -> bool:
+        return not self.error
+
+    @property
+    def data(self) -> bytes:
+        return self.value
+
+    @property
+    def event_id(self) -> uuid.UUID:
+        return uuid_from_text(self._event_id)
+
+    @property
+    def causation_id(self) -> uuid.UUID | None:
+        return uuid_from_text(self._causation_id) if self._causation_id else None
+
+    @property
+    def correlation_id(self) -> uuid.UUID | None:
+        return uuid_from_text(self._correlation_id) if self._correlation_id else None
+
+    @property
+    def created_at(self) -> datetime:
+        return self._created_at
+
+    @property
+    def recorded(self) -> RecordedEvent | None:
+        """The full recorded event, or None for an unreadable message."""
+        if self.error:
+            return None
         return RecordedEvent(
             self.event_id,
             self.event_number,
             self.stream_id,
             self.stream_version,
             self.event_type,
-            self.data,
+            self.value,
             self.metadata,
             self.schema_id,
             self.causation_id,
@@ -87,123 +117,139 @@ class Relayed:
         )
 
 
-@dataclass(slots=True, eq=False)
-class Delivery:
-    """One message: its place in Kafka and, once read, what its headers say of the event it carries."""
-
-    topic: str
-    partition: int
-    offset: int
-    key: bytes
-    value: bytes
-    headers: Sequence[tuple[str, bytes]]
-    relayed: Relayed | None = None
-    """None when the message could not be read (``error`` says why)."""
-    error: str = ""
-
-    @property
-    def event_number(self) -> int:
-        return self.relayed.event_number if self.relayed is not None else 0
-
-    @property
-    def recorded(self) -> RecordedEvent | None:
-        """The full recorded event, or None for an unreadable message."""
-        return self.relayed.recorded() if self.relayed is not None else None
-
-
-@dataclass(slots=True)
 class EventMetadata:
     """What a handler knows about the event besides its data (Commanded's metadata map).
 
     ``metadata`` is the user's metadata recorded with the event (``dispatch(..., metadata=...)``);
-    ``state`` is the handler's state when the event arrived.
+    ``state`` is the handler's state when the event arrived. The event's fields are read from its
+    delivery when asked for. ``topic``, ``partition`` and ``offset`` are its place in Kafka: empty for
+    an event read from the store (``partition_by`` while the worker repartitions).
     """
 
-    event_id: uuid.UUID
-    event_number: int
-    stream_id: str
-    stream_version: int
-    event_type: str
-    causation_id: uuid.UUID | None
-    correlation_id: uuid.UUID | None
-    created_at: datetime
-    handler_name: str
-    metadata: dict[str, Any] = field(default_factory=dict)
-    state: Any = None
-    topic: str = ""
-    partition: int = 0
-    offset: int = 0
+    __slots__ = ("_delivery", "handler_name", "metadata", "state")
 
-    @classmethod
-    def of(cls, delivery: Delivery, handler_name: str, metadata: dict[str, Any], state: Any) -> EventMetadata:
-        relayed = delivery.relayed
-        assert relayed is not None
-        return cls(
-            relayed.event_id,
-            relayed.event_number,
-            relayed.stream_id,
-            relayed.stream_version,
-            relayed.event_type,
-            relayed.causation_id,
-            relayed.correlation_id,
-            relayed.created_at,
-            handler_name,
-            metadata,
-            state,
-            delivery.topic,
-            delivery.partition,
-            delivery.offset,
+    def __init__(
+        self, delivery: Delivery | RecordedEvent, handler_name: str, metadata: dict[str, Any], state: Any
+    ) -> None:
+        self._delivery = delivery
+        self.handler_name = handler_name
+        self.metadata = metadata
+        self.state = state
+
+    @property
+    def event_id(self) -> uuid.UUID:
+        return self._delivery.event_id
+
+    @property
+    def event_number(self) -> int:
+        return self._delivery.event_number or 0
+
+    @property
+    def stream_id(self) -> str:
+        return self._delivery.stream_id
+
+    @property
+    def stream_version(self) -> int:
+        return self._delivery.stream_version
+
+    @property
+    def event_type(self) -> str:
+        return self._delivery.event_type
+
+    @property
+    def causation_id(self) -> uuid.UUID | None:
+        return self._delivery.causation_id
+
+    @property
+    def correlation_id(self) -> uuid.UUID | None:
+        return self._delivery.correlation_id
+
+    @property
+    def created_at(self) -> datetime:
+        return self._delivery.created_at
+
+    @property
+    def topic(self) -> str:
+        return getattr(self._delivery, "topic", "")
+
+    @property
+    def partition(self) -> int:
+        return getattr(self._delivery, "partition", 0)
+
+    @property
+    def offset(self) -> int:
+        return getattr(self._delivery, "offset", 0)
+
+    def __repr__(self) -> str:
+        d = self._delivery
+        return (
+            f"EventMetadata(event_number={d.event_number}, stream_id={d.stream_id!r}, "
+            f"stream_version={d.stream_version}, event_type={d.event_type!r}, "
+            f"handler_name={self.handler_name!r})"
         )
 
-    @classmethod
-    def of_recorded(
-        cls, recorded: RecordedEvent, handler_name: str, metadata: dict[str, Any]
-    ) -> EventMetadata:
-        return cls(
-            recorded.event_id,
-            recorded.event_number or 0,
-            recorded.stream_id,
-            recorded.stream_version,
-            recorded.event_type,
-            recorded.causation_id,
-            recorded.correlation_id,
-            recorded.created_at,
-            handler_name,
-            metadata,
-        )
 
-
+_NEVER = datetime.fromtimestamp(0, UTC)
 _REQUIRED = ("event_id", "event_type", "event_number", "stream_id", "stream_version", "created_at")
+_REQUIRED_SET = frozenset(_REQUIRED)
+_new = object.__new__
 
 
 def delivery_of(
     topic: str, partition: int, offset: int, key: bytes | None, value: bytes | None, headers: Any
 ) -> Delivery:
-    """The delivery of one message; an unreadable one comes back with ``relayed=None`` and an error."""
-    pairs = headers or []
-    key = key or b""
-    value = value or b""
+    """The delivery of one message; an unreadable one comes back with ``error`` saying why."""
+    d: Delivery = _new(Delivery)
+    d.topic = topic
+    d.partition = partition
+    d.offset = offset
+    d.key = key or b""
+    d.value = value or b""
+    d.headers = pairs = headers or []
     found = dict(pairs)
-    try:
-        causation = found.get("causation_id")
-        correlation = found.get("correlation_id")
-        relayed = Relayed(
-            uuid_from_text(found["event_id"].decode()),
-            int(found["event_number"]),
-            found["stream_id"].decode(),
-            int(found["stream_version"]),
-            found["event_type"].decode(),
-            value,
-            found.get("metadata") or b"{}",
-            found["schema_id"].decode() if "schema_id" in found else "",
-            uuid_from_text(causation.decode()) if causation else None,
-            uuid_from_text(correlation.decode()) if correlation else None,
-            datetime.fromisoformat(found["created_at"].decode()),
-        )
-    except KeyError:
+    if not found.keys() >= _REQUIRED_SET:
         missing = [name for name in _REQUIRED if name not in found]
-        error = f"missing headers {missing}: not published by a tidings relay"
-        return Delivery(topic, partition, offset, key, value, pairs, None, error)
+        return _unreadable(d, f"missing headers {missing}: not published by a tidings relay")
+    try:
+        d.event_number = int(found["event_number"])
+        d.stream_version = int(found["stream_version"])
+        d.event_type = found["event_type"].decode()
+        d.stream_id = found["stream_id"].decode()
+        d.schema_id = found["schema_id"].decode() if "schema_id" in found else ""
+        d.metadata = found.get("metadata") or b"{}"
+        # Checked now, so that a damaged message is parked on arrival, not failing a handler that reads it.
+        d._event_id = _checked_id(found["event_id"].decode())
+        d._created_at = datetime.fromisoformat(found["created_at"].decode())
+        d._causation_id = _optional_id(found.get("causation_id"))
+        d._correlation_id = _optional_id(found.get("correlation_id"))
     except (ValueError, TypeError, AttributeError, UnicodeDecodeError) as exc:
-        return Delivery(topic, partition, offset, key, value, pairs, None, f"malformed headers: {exc}")
-    return Delivery(topic, partition, offset, key, value, pairs, relayed)
+        return _unreadable(d, f"malformed headers: {exc}")
+    d.error = ""
+    return d
+
+
+def _optional_id(raw: bytes | None) -> str:
+    if not raw:
+        return ""
+    return _checked_id(raw.decode())
+
+
+def _checked_id(text: str) -> str:
+    """``text`` once it is known to be what ``uuid_from_text`` reads, without making the UUID."""
+    digits = text.replace("-", "")
+    if len(digits) == 32:
+        int(digits, 16)
+    else:
+        uuid.UUID(text)  # the other spellings UUID takes, or its ValueError
+    return text
+
+
+def _unreadable(d: Delivery, error: str) -> Delivery:
+    d.error = error
+    d.event_number = 0
+    d.stream_version = 0
+    d.event_type = d.stream_id = d.schema_id = d._event_id = ""
+    d._created_at = _NEVER
+    d._causation_id = d._correlation_id = ""
+    d.metadata = b"{}"
+    return d

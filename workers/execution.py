@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import inspect
 import logging
 import threading
@@ -177,6 +176,7 @@ class Executor:
         )
         self._acknowledging = shared.acknowledgements is not None
         self._traced = False
+        self._direct = False  # this unit calls the handler as it is: no event loop, no spans to make
         self._tracing_checked = 0.0
         self._events = {o: metrics.EVENTS.labels(self.name, o) for o in _OUTCOMES}
         self._handle_seconds = metrics.HANDLE_SECONDS.lane(self.name)
@@ -269,6 +269,7 @@ class Executor:
     def _unit(
         self, ps: PartitionState, window: list[Delivery], staged: _Staged, decided: dict[int, _Decided]
     ) -> None:
+        self._direct = self._loop is None and not self._tracing()
         if self._projection is not None:
             self._projection_unit(ps, window, staged, decided)
         else:
@@ -279,8 +280,10 @@ class Executor:
         self, ps: PartitionState, window: list[Delivery], staged: _Staged, decided: dict[int, _Decided]
     ) -> None:
         batch: list[tuple[int, Delivery, Any, EventMetadata]] = []
+        handle = self.handler.handle
+        revoked, stopping = ps.revoked, self.shared.stopping
         for index, delivery in enumerate(window):
-            if ps.revoked.is_set() or self.shared.stopping.is_set():
+            if revoked.is_set() or stopping.is_set():
                 break  # what is done so far is committed; the rest is for the next owner or run
             step = self._classify(ps, staged, delivery, decided)
             if step is None:
@@ -290,7 +293,7 @@ class Executor:
                 batch.append((index, delivery, event, metadata))
                 continue
             try:
-                self._call(functools.partial(self.handler.handle, event, metadata), index, event, metadata)
+                self._call(handle, (event, metadata), index, event, metadata)
             except _StepFailed:
                 # The failed message is not finished with: the position stays before it.
                 staged.next_offset = delivery.offset
@@ -320,9 +323,7 @@ class Executor:
                 if self._project_batches:
                     batch.append((index, delivery, event, metadata))
                     continue
-                self._call(
-                    functools.partial(projection.project, event, metadata, connection), index, event, metadata
-                )
+                self._call(projection.project, (event, metadata, connection), index, event, metadata)
                 self._handled(staged, delivery, event, metadata)
             if batch:
                 self._project_batch(projection, connection, staged, batch)
@@ -373,7 +374,7 @@ class Executor:
     ) -> None:
         items = [(event, metadata) for _, _, event, metadata in batch]
         try:
-            self._call(functools.partial(projection.project_batch, items, connection), batch[0][0], *items[0])
+            self._call(projection.project_batch, (items, connection), batch[0][0], *items[0])
         except _StepFailed as failed:
             # The transaction rolls back: name the failed event, so that those before it go alone.
             at = failed.error.index if isinstance(failed.error, BatchFailed) else 0
@@ -419,18 +420,17 @@ class Executor:
     ) -> tuple[Any, EventMetadata] | None:
         """The event and metadata to handle, or None when the message is finished with otherwise."""
         staged.next_offset = delivery.offset + 1
-        relayed = delivery.relayed
-        if relayed is None:
+        if delivery.error:
             self._poison(staged, delivery, f"undecodable message: {delivery.error}", "undecodable")
             return None
-        number = relayed.event_number
+        number = delivery.event_number
         if number <= staged.last_event_number:
             staged.count("already_seen")
             return None
         staged.last_event_number = number
         subscription = self.shared.subscription
         if number <= subscription.start_after or (
-            self.shared.subscribe_to != "all" and relayed.stream_id != self.shared.subscribe_to
+            self.shared.subscribe_to != "all" and delivery.stream_id != self.shared.subscribe_to
         ):
             staged.count("filtered")
             self._acknowledge(staged, delivery)
@@ -451,11 +451,11 @@ class Executor:
             staged.count("parked")
             return None
         try:
-            event, user_metadata = self.shared.mapper.from_recorded(relayed)
+            event, user_metadata = self.shared.mapper.from_recorded(delivery)
         except CodecError as exc:
             self._poison(staged, delivery, f"cannot decode: {exc}", "undecodable")
             return None
-        return event, EventMetadata.of(delivery, self.name, user_metadata, self.handler.state)
+        return event, EventMetadata(delivery, self.name, user_metadata, self.handler.state)
 
     def _still_parked(self, ps: PartitionState, key: bytes) -> bool:
         """Whether the key still has parked events: an operator may have discarded them meanwhile.
@@ -493,29 +493,41 @@ class Executor:
             log.error("event parked; later events of its key wait behind it", extra=where)
 
     def _handled(self, staged: _Staged, delivery: Delivery, event: Any, metadata: EventMetadata) -> None:
-        staged.count("handled")
-        self._acknowledge(staged, delivery)
+        outcomes = staged.outcomes
+        outcomes["handled"] = outcomes.get("handled", 0) + 1
+        if self._acknowledging:
+            self._acknowledge(staged, delivery)
         if self._projection is not None:
             staged.handled.append((event, metadata))
-        created = metadata.created_at
-        self._end_to_end.observe(max(0.0, time.time() - created.timestamp()))
+        self._end_to_end.observe(max(0.0, time.time() - delivery.created_at.timestamp()))
 
     def _acknowledge(self, staged: _Staged, delivery: Delivery) -> None:
-        if self._acknowledging and delivery.relayed is not None:
-            relayed = delivery.relayed
-            if staged.acks.get(relayed.stream_id, 0) < relayed.stream_version:
-                staged.acks[relayed.stream_id] = relayed.stream_version
+        if self._acknowledging and not delivery.error:
+            stream_id = delivery.stream_id
+            if staged.acks.get(stream_id, 0) < delivery.stream_version:
+                staged.acks[stream_id] = delivery.stream_version
 
     # --- calling the handler -----------------------------------------------------------------------
 
-    def _call(self, run: Callable[[], Any], index: int, event: Any, metadata: EventMetadata) -> None:
+    def _call(
+        self,
+        function: Callable[..., Any],
+        args: tuple[Any, ...],
+        index: int,
+        event: Any,
+        metadata: EventMetadata,
+    ) -> None:
+        """Call the handler's ``function(*args)`` for the event at ``index`` (a batch's first); a failure
+        raises ``_StepFailed`` naming it."""
         started = time.perf_counter()
         try:
-            if self._tracing():
+            if self._direct:
+                result = function(*args)
+            elif self._tracing():
                 with self._span(metadata):
-                    result = self._run(run)
+                    result = self._run(function, args)
             else:
-                result = self._run(run)
+                result = self._run(function, args)
         except Exception as exc:
             if self._projection is not None and connection_lost(exc):
                 raise  # PostgreSQL went away under the projection: waited out, never the event's fault
@@ -529,7 +541,7 @@ class Executor:
     def _call_batch(self, staged: _Staged, batch: list[tuple[int, Delivery, Any, EventMetadata]]) -> None:
         items = [(event, metadata) for _, _, event, metadata in batch]
         try:
-            self._call(lambda: self.handler.handle_batch(items), batch[0][0], items[0][0], items[0][1])
+            self._call(self.handler.handle_batch, (items,), batch[0][0], *items[0])
         except _StepFailed as failed:
             at = failed.error.index if isinstance(failed.error, BatchFailed) else 0
             at = min(max(at, 0), len(batch) - 1)
@@ -543,8 +555,8 @@ class Executor:
         for _, delivery, event, metadata in batch:
             self._handled(staged, delivery, event, metadata)
 
-    def _run(self, run: Callable[[], Any]) -> Any:
-        result = run()
+    def _run(self, function: Callable[..., Any], args: tuple[Any, ...]) -> Any:
+        result = function(*args)
         if result is not None and inspect.isawaitable(result):
             assert self._loop is not None
             result = self._loop.run_until_complete(result)
@@ -668,6 +680,7 @@ class Executor:
     ) -> bool:
         """One attempt at a parked event; its row goes in the same transaction as a projection's writes."""
         projection = self._projection
+        self._direct = self._loop is None and not self._tracing()
         if projection is None:
             self._handler_unit(ps, [delivery], staged, decided)
             with self.shared.store.connection() as conn:
@@ -680,12 +693,7 @@ class Executor:
             step = self._classify(ps, staged, delivery, decided)
             if step is not None:
                 event, metadata = step
-                self._call(
-                    functools.partial(projection.project_batch, [(event, metadata)], connection),
-                    0,
-                    event,
-                    metadata,
-                )
+                self._call(projection.project_batch, ([(event, metadata)], connection), 0, event, metadata)
                 self._handled(staged, delivery, event, metadata)
             parked_again = self._finish_parked(raw, parked_id, staged)
         self._applied(ps, staged)

@@ -60,7 +60,7 @@ class ParkedEvents:
 
     def park(self, connection: psycopg.Connection, handler: str, delivery: Delivery, error: str) -> None:
         """Park ``delivery`` (in the caller's transaction, so it commits with the handler's position)."""
-        recorded = delivery.relayed
+        readable = not delivery.error
         connection.execute(
             self._sql(
                 "INSERT INTO {t} (handler, topic, partition, kafka_offset, key, event_number, stream_id, "
@@ -74,9 +74,9 @@ class ParkedEvents:
                 delivery.partition,
                 delivery.offset,
                 delivery.key,
-                recorded.event_number if recorded else None,
-                recorded.stream_id if recorded else None,
-                recorded.event_type if recorded else None,
+                delivery.event_number if readable else None,
+                delivery.stream_id if readable else None,
+                delivery.event_type if readable else None,
                 delivery.value,
                 [name for name, _ in delivery.headers],
                 [value for _, value in delivery.headers],

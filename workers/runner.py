@@ -707,7 +707,7 @@ def _key_function(handler: type[EventHandler], app: WorkerApp) -> Callable[[Any]
             event, user_metadata = app.mapper.from_recorded(recorded)
         except Exception:  # noqa: BLE001 - undecodable: keyed by its stream, and parked by the handler
             return str(recorded.stream_id)
-        metadata = EventMetadata.of_recorded(recorded, name, user_metadata)
+        metadata = EventMetadata(recorded, name, user_metadata, None)
         try:
             return partition_by(event, metadata)
         except Exception:

@@ -6,12 +6,15 @@ import dataclasses
 import json
 from typing import Any
 
+import pytest
 from hypothesis import given
+from hypothesis import strategies as st
 
 from tidings import JsonCodec
+from tidings.errors import DeserializationError
 
 from .events import Everything, registry
-from .strategies import everything, metadata
+from .strategies import everything, metadata, plain_json
 
 CODEC = JsonCodec(registry())
 
@@ -45,3 +48,28 @@ def test_encoding_is_deterministic(event: Everything) -> None:
 @given(metadata)
 def test_plain_json_metadata_reads_back_equal(values: dict[str, Any]) -> None:
     assert CODEC.decode_metadata(CODEC.encode_metadata(values)) == values
+
+
+stored_documents = st.dictionaries(
+    st.text(),
+    plain_json
+    | st.integers(min_value=2**63, max_value=2**80)
+    | st.integers(max_value=-(2**63) - 1, min_value=-(2**80))
+    | st.sampled_from(["\ud800", "a\udfffb"]),
+)
+
+
+@given(stored_documents)
+def test_any_stored_json_reads_exactly_as_pythons_reader_reads_it(document: dict[str, Any]) -> None:
+    # Beyond 64-bit integers and escaped lone surrogates, which the fast reader would bend or refuse.
+    data = json.dumps(document).encode()
+    read = CODEC.decode_metadata(data)
+    expected = json.loads(data)
+    assert read == expected
+    assert [type(v) for v in read.values()] == [type(v) for v in expected.values()]
+
+
+@given(st.sampled_from([b"NaN", b"Infinity", b"-Infinity"]), st.text(max_size=5))
+def test_json_constants_no_other_reader_takes_are_refused(constant: bytes, key: str) -> None:
+    with pytest.raises(DeserializationError, match="not UTF-8 JSON"):
+        CODEC.decode_metadata(b"{" + json.dumps(key).encode() + b":" + constant + b"}")

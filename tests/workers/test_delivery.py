@@ -3,21 +3,16 @@
 from __future__ import annotations
 
 import uuid
-from datetime import UTC
+from datetime import UTC, datetime
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from eventstore.records import RecordedEvent
-from eventstore.relay import OutgoingEvent, headers
 from tests.tidings.strategies import aware_datetimes
-from workers.delivery import delivery_of
-
-
-def _as_kafka_headers(pairs: list[tuple[str, str | bytes]]) -> list[tuple[str, bytes]]:
-    # The client encodes text header values to UTF-8; a consumer gets bytes back.
-    return [(name, value.encode() if isinstance(value, str) else value) for name, value in pairs]
-
+from tests.workers.worker_support import kafka_headers
+from workers.delivery import EventMetadata, delivery_of
 
 recorded_events = st.builds(
     RecordedEvent,
@@ -39,14 +34,13 @@ recorded_events = st.builds(
 def test_the_recorded_event_the_relay_sent_is_the_one_the_worker_reads(
     recorded: RecordedEvent, partition: int, offset: int
 ) -> None:
-    outgoing = OutgoingEvent.of(recorded)
     delivery = delivery_of(
         "t",
         partition,
         offset,
         recorded.stream_id.encode(),
         recorded.data,
-        _as_kafka_headers(headers(outgoing)),
+        kafka_headers(recorded),
     )
     assert delivery.error == ""
     assert delivery.recorded == recorded
@@ -91,25 +85,40 @@ def test_a_message_without_the_relays_headers_names_what_is_missing() -> None:
     assert delivery.error.startswith("missing headers ['event_type', 'event_number'")
 
 
-def test_a_malformed_header_value_is_reported() -> None:
-    good = headers(
-        OutgoingEvent.of(
-            RecordedEvent(
-                uuid.uuid4(),
-                3,
-                "s",
-                1,
-                "T",
-                b"",
-                b"{}",
-                "",
-                None,
-                None,
-                __import__("datetime").datetime.now(UTC),
-            )
-        )
+@pytest.mark.parametrize(
+    ("header", "damaged"),
+    [
+        ("event_number", b"three"),
+        ("stream_version", b"1.5"),
+        ("event_id", b"not-a-uuid"),
+        ("event_id", b"0123456789abcdef0123456789abcdeg"),
+        ("created_at", b"yesterday"),
+        ("causation_id", b"zz"),
+        ("correlation_id", b"\xff"),
+    ],
+)
+def test_a_malformed_header_value_is_reported_on_arrival(header: str, damaged: bytes) -> None:
+    recorded = RecordedEvent(
+        uuid.uuid4(), 3, "s", 1, "T", b"", b"{}", "", uuid.uuid4(), uuid.uuid4(), datetime.now(UTC)
     )
-    damaged = [(n, b"three" if n == "event_number" else v) for n, v in _as_kafka_headers(good)]
-    delivery = delivery_of("t", 0, 0, b"s", b"", damaged)
+    pairs = [(n, damaged if n == header else v) for n, v in kafka_headers(recorded)]
+    delivery = delivery_of("t", 0, 0, b"s", b"", pairs)
     assert delivery.recorded is None
+    assert not delivery.readable
     assert "malformed headers" in delivery.error
+
+
+def test_ids_and_times_are_made_when_read_and_equal_the_recorded_ones() -> None:
+    recorded = RecordedEvent(
+        uuid.uuid4(), 3, "s", 1, "T", b"{}", b"{}", "json", None, uuid.uuid4(), datetime.now(UTC)
+    )
+    delivery = delivery_of("t", 2, 9, b"s", b"{}", kafka_headers(recorded))
+    metadata = EventMetadata(delivery, "h", {}, None)
+    assert (metadata.event_id, metadata.causation_id, metadata.correlation_id) == (
+        recorded.event_id,
+        None,
+        recorded.correlation_id,
+    )
+    assert metadata.created_at == recorded.created_at
+    assert (metadata.topic, metadata.partition, metadata.offset) == ("t", 2, 9)
+    assert (metadata.stream_id, metadata.stream_version, metadata.event_type) == ("s", 1, "T")

@@ -23,6 +23,7 @@ from tests.workers.worker_support import (
     append_noted,
     counters,
     eventually,
+    kafka_headers,
     mapper,
     read,
     stack,
@@ -30,7 +31,7 @@ from tests.workers.worker_support import (
 from tidings.devservices import LocalPostgres
 from tidings.pytest_plugin import KafkaNamespace
 from workers import EventHandler, EventMetadata
-from workers.delivery import Delivery
+from workers.delivery import Delivery, delivery_of
 from workers.execution import Executor, PartitionState, Shared
 from workers.parking import ParkedEvents
 from workers.positions import Positions
@@ -128,7 +129,7 @@ def _delivery(offset: int, number: int, stream: str = "s0") -> Delivery:
         None,
         datetime.now(UTC),
     )
-    return Delivery("topic", 0, offset, stream.encode(), event.data, (), recorded)
+    return delivery_of("topic", 0, offset, stream.encode(), event.data, kafka_headers(recorded))
 
 
 def test_a_stale_owner_of_a_partition_stands_down_instead_of_projecting_twice(

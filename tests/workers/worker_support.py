@@ -13,7 +13,8 @@ import sqlalchemy as sa
 from psycopg import sql
 
 from eventstore import ANY, EventData, PostgresEventStore
-from eventstore.relay import Relay, RelayConfig
+from eventstore.records import RecordedEvent
+from eventstore.relay import OutgoingEvent, Relay, RelayConfig, headers
 from eventstore.routing import Routing
 from tests.eventstore.relay_support import wait_until
 from tidings import EventMapper, JsonCodec, TypeRegistry
@@ -141,6 +142,14 @@ def settle(seconds: float) -> None:
 def noted(stream: str, n: int) -> EventData:
     """What ``Writers(make=noted)`` appends: the stream's ``n``-th ``Noted``, which handlers decode."""
     return mapper.to_event_data(Noted(stream, n))
+
+
+def kafka_headers(recorded: RecordedEvent) -> list[tuple[str, bytes]]:
+    """The headers the relay publishes ``recorded`` with, as a consumer gets them back (the client
+    encodes text values to UTF-8)."""
+    return [
+        (name, v.encode() if isinstance(v, str) else v) for name, v in headers(OutgoingEvent.of(recorded))
+    ]
 
 
 def counters(store: PostgresEventStore) -> sa.Table:
