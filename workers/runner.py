@@ -49,7 +49,7 @@ from workers.delivery import Delivery, EventMetadata, delivery_of
 from workers.execution import Executor, HandlerStopped, PartitionState, Shared, connection_lost, transient
 from workers.handler import EventHandler, validate_handler
 from workers.parking import ParkedEvents
-from workers.positions import Positions
+from workers.positions import Positions, Subscription
 from workers.projection import Projection
 from workers.topics import ensure_topics
 
@@ -65,6 +65,7 @@ MIN_RATE = 100.0
 PARKED_POLL_SECONDS = 1.0
 LAG_POLL_SECONDS = 5.0
 ACK_EXPIRY_SECONDS = 60.0
+WATERMARK_SECONDS = 30.0  # how long a newly assigned partition may go without an answer on its offsets
 
 
 T = TypeVar("T")
@@ -239,46 +240,19 @@ class HandlerRunner:
             metrics.RUNNING.labels(self.name).set(0)
 
     def _run(self) -> None:
-        subscription = self._while_postgres_away(
-            "subscribing", lambda: self.positions.subscribe(self.name, self.handler.start_from)
-        )
-        acks = Acknowledgements(self.store)
-        if self.handler.consistency == "strong":
-            self._while_postgres_away("registering", lambda: acks.register_strong(self.name))
-        else:
-            # A handler made eventual must no longer hold strong dispatches back.
-            self._while_postgres_away("registering", lambda: acks.unregister_strong(self.name))
-        ensure_topics(self.config, self.topics)
-        if self.handler.on_poison == "dead_letter":
-            ensure_topics(self.config, [self.dead_letter_topic])
-            self._dead_letters = Producer(
-                {**self.config.connection(), "enable.idempotence": True, "acks": "all", "linger.ms": 5}
-            )
-        shared = Shared(
-            name=self.name,
-            store=self.store,
-            mapper=self.app.mapper,
-            subscription=subscription,
-            subscribe_to=self.handler.subscribe_to,
-            positions=self.positions,
-            parked=self.parked,
-            acknowledgements=acks if self.handler.consistency == "strong" else None,
-            stopping=self.stopping,
-            dead_letter=self._dead_letter if self._dead_letters is not None else None,
-            engine=self.config.engine() if self.is_projection else None,
-            resync=self.resync,
-        )
-        for index in range(self.handler.concurrency):
-            instance = self.handler(index)
-            instance.init()
-            self._lanes.append(_Lane(self, index, Executor(instance, shared)))
-        if self._repartition is not None:
-            self._repartition.start()
+        # The consumer connects to the brokers while PostgreSQL is asked, and the topics' metadata comes
+        # over that connection: workers started together subscribe within milliseconds of one another,
+        # and so share the group's first assignment instead of waiting a heartbeat for a rebalance.
         consumer = Consumer(self._consumer_settings())
         self._consumer = consumer
-        consumer.subscribe(
-            self.topics, on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_lost
-        )
+        try:
+            subscription, acks = self._prepare(consumer)
+            consumer.subscribe(
+                self.topics, on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_lost
+            )
+        except BaseException:
+            consumer.close()
+            raise
         for lane in self._lanes:
             lane.thread.start()
             lane.executor.handler.after_start()
@@ -313,6 +287,45 @@ class HandlerRunner:
                     next_lag = now + LAG_POLL_SECONDS
         finally:
             self._shutdown(consumer)
+
+    def _prepare(self, consumer: Consumer) -> tuple[Subscription, Acknowledgements]:
+        """The handler's subscription and registration, its topics, and its lanes (not started yet)."""
+        subscription = self._while_postgres_away(
+            "subscribing", lambda: self.positions.subscribe(self.name, self.handler.start_from)
+        )
+        acks = Acknowledgements(self.store)
+        if self.handler.consistency == "strong":
+            self._while_postgres_away("registering", lambda: acks.register_strong(self.name))
+        else:
+            # A handler made eventual must no longer hold strong dispatches back.
+            self._while_postgres_away("registering", lambda: acks.unregister_strong(self.name))
+        ensure_topics(self.config, self.topics, known_by=consumer)
+        if self.handler.on_poison == "dead_letter":
+            ensure_topics(self.config, [self.dead_letter_topic], known_by=consumer)
+            self._dead_letters = Producer(
+                {**self.config.connection(), "enable.idempotence": True, "acks": "all", "linger.ms": 5}
+            )
+        shared = Shared(
+            name=self.name,
+            store=self.store,
+            mapper=self.app.mapper,
+            subscription=subscription,
+            subscribe_to=self.handler.subscribe_to,
+            positions=self.positions,
+            parked=self.parked,
+            acknowledgements=acks if self.handler.consistency == "strong" else None,
+            stopping=self.stopping,
+            dead_letter=self._dead_letter if self._dead_letters is not None else None,
+            engine=self.config.engine() if self.is_projection else None,
+            resync=self.resync,
+        )
+        for index in range(self.handler.concurrency):
+            instance = self.handler(index)
+            instance.init()
+            self._lanes.append(_Lane(self, index, Executor(instance, shared)))
+        if self._repartition is not None:
+            self._repartition.start()
+        return subscription, acks
 
     def _shutdown(self, consumer: Consumer) -> None:
         self.stopping.set()
@@ -512,7 +525,7 @@ class HandlerRunner:
 
     def _check_history(self, consumer: Consumer, tp: TopicPartition) -> None:
         """Refuse to skip events retention deleted before this handler saw them."""
-        low, _ = consumer.get_watermark_offsets(tp, timeout=30, cached=False)
+        low = self._low_watermark(consumer, tp)
         where = f"{tp.topic}[{tp.partition}] starts at offset {low}: retention deleted the events before it"
         if tp.offset >= 0 and tp.offset < low:
             raise HistoryUnavailable(
@@ -529,6 +542,21 @@ class HandlerRunner:
                 "start the handler from 'current'"
             )
         log.warning(f"{where}; {self.name!r} starts at the oldest event kept", extra={"handler": self.name})
+
+    def _low_watermark(self, consumer: Consumer, tp: TopicPartition) -> int:
+        # A partition created a moment ago may have no leader yet: ask again (a rebalance callback
+        # must not raise) until Kafka answers or the time is up.
+        deadline = time.monotonic() + WATERMARK_SECONDS
+        while True:
+            try:
+                low, _ = consumer.get_watermark_offsets(tp, timeout=WATERMARK_SECONDS, cached=False)
+                return int(low)
+            except KafkaException as exc:
+                # Not only retriable() errors: a new partition's leader answers NOT_LEADER for a moment.
+                if time.monotonic() >= deadline or self.stopping.is_set():
+                    raise
+                log.info("watermarks not available yet", extra={"handler": self.name, "error": str(exc)})
+                self.stopping.wait(0.1)
 
     def resync(self, ps: PartitionState) -> None:
         """Called by a lane: read the partition's position again (on the consumer thread)."""
