@@ -22,6 +22,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+import psycopg
 from opentelemetry import propagate, trace
 
 from eventstore import PostgresEventStore, StreamNotFound, WrongExpectedVersion
@@ -109,12 +110,18 @@ class Application:
         returning: Returning = None,
         timeout: float | None = None,
         retry_attempts: int | None = None,
+        connection: psycopg.Connection | None = None,
     ) -> Any:
         """Run ``command`` on its aggregate and append the events it produces.
 
         ``causation_id`` defaults to ``command_uuid`` and ``correlation_id`` to a new id. ``returning``
         chooses the answer: None, the aggregate's state or version after the command, the events, or an
         ``ExecutionResult``.
+
+        With ``connection`` (a psycopg connection in a transaction) the dispatch joins that transaction:
+        the aggregate is read and its events appended there, so they commit with the caller's other
+        writes, or not at all (a process manager's state and checkpoint, say). Such a dispatch cannot
+        wait for handlers, whose events are not committed yet: its consistency is always eventual.
 
         Raises:
             UnregisteredCommand, InvalidIdentity, InvalidCommand: before anything runs.
@@ -137,9 +144,14 @@ class Application:
             causation_id=causation_id or command_uuid,
             correlation_id=correlation_id or uuid.uuid4(),
             metadata=dict(metadata or {}),
-            consistency=consistency or registration.consistency or self.consistency,
+            consistency=(
+                "eventual"
+                if connection is not None
+                else consistency or registration.consistency or self.consistency
+            ),
             timeout=timeout if timeout is not None else registration.timeout or self.timeout,
             registration=registration,
+            connection=connection,
         )
         attempts = retry_attempts if retry_attempts is not None else self.retry_attempts
         span = tracer.start_span(f"dispatch {type(command).__qualname__}")
@@ -192,7 +204,8 @@ class Application:
         assert stream_id is not None, "ExtractIdentity sets the stream id"
         timeout = pipeline.timeout
         deadline = time.monotonic() + timeout
-        state, version, snapshot_at = self._load(registration.aggregate, stream_id)
+        joined = pipeline.connection
+        state, version, snapshot_at = self._load(registration.aggregate, stream_id, joined)
         for attempt in range(1, attempts + 2):
             if time.monotonic() > deadline:
                 raise ExecutionTimeout(pipeline.command, timeout)
@@ -216,12 +229,16 @@ class Application:
                 for event in events
             ]
             try:
-                new_version = self.store.append_to_stream(stream_id, version, records)
+                new_version = self._append(stream_id, version, records, joined)
             except WrongExpectedVersion:
                 # Someone else appended: catch up with what they wrote and decide again.
-                state, version = self._catch_up(state, version, stream_id)
+                state, version = self._catch_up(state, version, stream_id, joined)
                 continue
             state = self._apply(registration.aggregate, stream_id, state, events, committed=True)
+            if joined is not None:
+                # Not committed yet, and perhaps never: neither cached nor snapshotted.
+                self.cache.evict(stream_id)
+                return ExecutionResult(stream_id, state, new_version, events, pipeline.metadata, attempt)
             snapshotting = self.snapshotting.get(registration.aggregate)
             if snapshotting is not None and snapshotting.due(snapshot_at, new_version):
                 snapshotting.record(self.store, state, stream_id, new_version)
@@ -230,6 +247,15 @@ class Application:
             return ExecutionResult(stream_id, state, new_version, events, pipeline.metadata, attempt)
         self.cache.evict(stream_id)
         raise TooManyAttempts(stream_id, attempts + 1)
+
+    def _append(
+        self, stream_id: str, version: int, records: list[Any], joined: psycopg.Connection | None
+    ) -> int:
+        if joined is None:
+            return self.store.append_to_stream(stream_id, version, records)
+        # A savepoint, so that a refused append leaves the caller's transaction usable for the retry.
+        with joined.transaction():
+            return self.store.append_to_stream(stream_id, version, records, connection=joined)
 
     def _apply(
         self, aggregate: type, stream_id: str, state: Any, events: list[object], committed: bool
@@ -248,22 +274,33 @@ class Application:
             return produced(registration.handler.handle(state, command))
         return produced(state.execute(command))
 
-    def _load(self, aggregate: type, stream_id: str) -> tuple[Any, int, int]:
-        """The aggregate's state, its stream version, and the version of its latest snapshot."""
+    def _load(
+        self, aggregate: type, stream_id: str, joined: psycopg.Connection | None = None
+    ) -> tuple[Any, int, int]:
+        """The aggregate's state, its stream version, and the version of its latest snapshot.
+
+        In a joined transaction the cache and the snapshot are only where reading starts: what the
+        transaction itself appended is read from it.
+        """
         cached = self.cache.get(stream_id)
         if cached is not None:
-            return cached.state, cached.version, cached.snapshot_at
+            if joined is None:
+                return cached.state, cached.version, cached.snapshot_at
+            state, version = self._catch_up(cached.state, cached.version, stream_id, joined)
+            return state, version, cached.snapshot_at
         snapshotting = self.snapshotting.get(aggregate)
         snapshot = snapshotting.load(self.store, aggregate, stream_id) if snapshotting is not None else None
         state, snapshot_at = snapshot if snapshot is not None else (aggregate(), 0)
-        state, version = self._catch_up(state, snapshot_at, stream_id)
+        state, version = self._catch_up(state, snapshot_at, stream_id, joined)
         return state, version, snapshot_at
 
-    def _catch_up(self, state: Any, version: int, stream_id: str) -> tuple[Any, int]:
+    def _catch_up(
+        self, state: Any, version: int, stream_id: str, joined: psycopg.Connection | None = None
+    ) -> tuple[Any, int]:
         """``state`` after every event of the stream past ``version``."""
         while True:
             try:
-                recorded = self.store.read_stream_forward(stream_id, version + 1, READ_BATCH)
+                recorded = self.store.read_stream_forward(stream_id, version + 1, READ_BATCH, joined)
             except StreamNotFound:
                 return state, version
             for event in recorded:

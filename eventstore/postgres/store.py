@@ -306,17 +306,22 @@ class PostgresEventStore:
     # --- reading streams ------------------------------------------------------------------------------
 
     def read_stream_forward(
-        self, stream_id: str, start_version: int = 1, count: int = 1000
+        self,
+        stream_id: str,
+        start_version: int = 1,
+        count: int = 1000,
+        connection: Connection | None = None,
     ) -> list[RecordedEvent]:
         """Up to ``count`` events of the stream from ``start_version`` on, oldest first.
 
         Events are visible here as soon as they commit; ``event_number`` is None until the sequencer
-        has numbered them.
+        has numbered them. With ``connection`` the read is made in that connection's transaction, so it
+        also sees what the transaction appended.
 
         Raises:
             StreamNotFound, StreamDeleted: there is no such stream, or it was soft-deleted.
         """
-        return self._read_stream(self._sql.read_stream_forward, stream_id, start_version, count)
+        return self._read_stream(self._sql.read_stream_forward, stream_id, start_version, count, connection)
 
     def read_stream_backward(
         self, stream_id: str, start_version: int = END, count: int = 1000
@@ -336,10 +341,13 @@ class PostgresEventStore:
                 return
             start_version = batch[-1].stream_version + 1
 
-    def _read_stream(self, statement: Any, stream_id: str, start: int, count: int) -> list[RecordedEvent]:
+    def _read_stream(
+        self, statement: Any, stream_id: str, start: int, count: int, connection: Connection | None = None
+    ) -> list[RecordedEvent]:
         validate_stream_id(stream_id)
-        with translate_db_errors(), self._pool.connection() as conn:
-            params = {"stream_id": stream_id, "start": start, "count": count}
+        params = {"stream_id": stream_id, "start": start, "count": count}
+        with translate_db_errors(), contextlib.ExitStack() as stack:
+            conn = connection if connection is not None else stack.enter_context(self._pool.connection())
             rows = conn.execute(statement, params, binary=True).fetchall()
             state = conn.execute(self._sql.stream_state, (stream_id,)).fetchone()
         if state is None:

@@ -34,6 +34,9 @@ class Pipeline:
     """In ``after_dispatch``: the stream version the command left the aggregate at."""
     timeout: float = 5.0
     """Seconds the dispatch may take (strong consistency waits within it too)."""
+    connection: Any = None
+    """The caller's PostgreSQL connection (``dispatch(..., connection=...)``) when the dispatch joins its
+    transaction: the events commit with it, or not at all."""
 
     def assign(self, key: str, value: Any) -> Pipeline:
         """Keep ``value`` for later middleware under ``key``."""
