@@ -22,6 +22,7 @@ from eventstore.errors import ConfigurationError
 from eventstore.postgres.store import PostgresEventStore
 from eventstore.routing import Routing
 from tidings.mapper import EventMapper
+from tidings.router import Router
 from workers.handler import EventHandler, validate_handler
 
 if TYPE_CHECKING:
@@ -39,9 +40,17 @@ class WorkerApp:
     handlers: Sequence[type[EventHandler]] = ()
     routing: Routing | None = None
     """The relay's routing (default: every event on ``<name>.events``, keyed by stream id)."""
+    router: Router | None = None
+    """The application's command router: process managers dispatch their commands through it."""
 
     def __post_init__(self) -> None:
         names = [validate_handler(handler).name for handler in self.handlers]
+        managers = [h.name for h in self.handlers if _is_process_manager(h)]
+        if managers and self.router is None:
+            raise ConfigurationError(
+                f"process managers {managers} dispatch commands: give the WorkerApp the application's "
+                "router (WorkerApp(..., router=router))"
+            )
         duplicates = sorted({name for name in names if names.count(name) > 1})
         if duplicates:
             raise ConfigurationError(
@@ -56,6 +65,12 @@ class WorkerApp:
             if handler.name == name:
                 return handler
         raise ConfigurationError(f"no handler named {name!r}; this app has {[h.name for h in self.handlers]}")
+
+
+def _is_process_manager(handler: type[EventHandler]) -> bool:
+    from workers.process_manager import ProcessManager
+
+    return issubclass(handler, ProcessManager)
 
 
 @dataclass

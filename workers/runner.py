@@ -43,6 +43,7 @@ from confluent_kafka import (
 from eventstore.acknowledgements import Acknowledgements
 from eventstore.relay import Relay, RelayConfig
 from eventstore.routing import Routing
+from tidings.dispatch import Application
 from workers import metrics
 from workers.app import WorkerApp, WorkerConfig
 from workers.delivery import Delivery, EventMetadata, delivery_of
@@ -50,6 +51,8 @@ from workers.execution import Executor, HandlerStopped, PartitionState, Shared, 
 from workers.handler import EventHandler, validate_handler
 from workers.parking import ParkedEvents
 from workers.positions import Positions, Subscription
+from workers.process_instances import ProcessInstances
+from workers.process_manager import ProcessManager
 from workers.projection import Projection
 from workers.topics import ensure_topics
 
@@ -209,6 +212,7 @@ class HandlerRunner:
         self._consumer: Consumer | None = None
         self._repartition: Relay | None = None
         self._dead_letters: Producer | None = None
+        self._commands: Application | None = None
         self.positions = Positions(self.store)
         self.parked = ParkedEvents(self.store)
         self.is_projection = issubclass(handler, Projection)
@@ -321,11 +325,20 @@ class HandlerRunner:
         )
         for index in range(self.handler.concurrency):
             instance = self.handler(index)
+            if isinstance(instance, ProcessManager):
+                instance.bind(self._application(), ProcessInstances(self.store))
             instance.init()
             self._lanes.append(_Lane(self, index, Executor(instance, shared)))
         if self._repartition is not None:
             self._repartition.start()
         return subscription, acks
+
+    def _application(self) -> Application:
+        """The application a process manager's commands are dispatched through (one per handler)."""
+        if self._commands is None:
+            assert self.app.router is not None, "WorkerApp checks that process managers have a router"
+            self._commands = Application(self.store, self.app.mapper, self.app.router)
+        return self._commands
 
     def _shutdown(self, consumer: Consumer) -> None:
         self.stopping.set()

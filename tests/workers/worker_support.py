@@ -19,6 +19,7 @@ from eventstore.routing import Routing
 from tests.eventstore.relay_support import wait_until
 from tidings import EventMapper, JsonCodec, TypeRegistry
 from tidings.pytest_plugin import KafkaNamespace
+from tidings.router import Router
 from workers.app import WorkerApp, WorkerConfig
 from workers.delivery import EventMetadata
 from workers.handler import EventHandler
@@ -81,9 +82,11 @@ class Stack:
         namespace: KafkaNamespace,
         partitions: int = 4,
         mapper: EventMapper = mapper,
+        router: Router | None = None,
     ) -> None:
         self.store = store
         self.mapper = mapper
+        self.router = router
         self.namespace = namespace
         self.app_name = namespace.topic("app")
         self.topic = f"{self.app_name}.events"
@@ -98,7 +101,13 @@ class Stack:
         self.config = WorkerConfig(store, namespace.bootstrap_servers, partitions=partitions)
 
     def app(self, *handlers: type[EventHandler]) -> WorkerApp:
-        return WorkerApp(self.app_name, mapper=self.mapper, handlers=handlers, routing=Routing(self.topic))
+        return WorkerApp(
+            self.app_name,
+            mapper=self.mapper,
+            handlers=handlers,
+            routing=Routing(self.topic),
+            router=self.router,
+        )
 
     def run(self, handler: type[EventHandler]) -> HandlerRunner:
         runner = HandlerRunner(handler, self.app(handler), self.config)
@@ -118,9 +127,13 @@ class Stack:
 
 @contextmanager
 def stack(
-    store: PostgresEventStore, namespace: KafkaNamespace, partitions: int = 4, mapper: EventMapper = mapper
+    store: PostgresEventStore,
+    namespace: KafkaNamespace,
+    partitions: int = 4,
+    mapper: EventMapper = mapper,
+    router: Router | None = None,
 ) -> Iterator[Stack]:
-    running = Stack(store, namespace, partitions, mapper)
+    running = Stack(store, namespace, partitions, mapper, router)
     running.relay.start()
     try:
         yield running
