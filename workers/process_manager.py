@@ -72,6 +72,7 @@ from workers.process_routing import (
     decide_routes,
 )
 from workers.projection import Projection
+from workers.scheduling import CancelSchedule, ScheduledCommands, ScheduleOnce, command_type
 
 __all__ = ["CommandFailed", "EventTimeout", "ProcessFailureContext", "ProcessManager"]
 
@@ -128,6 +129,9 @@ class ProcessFailureContext:
 class ProcessManager(Projection):
     """Subclass, set ``name`` and ``state_type``, define ``interested``, ``handle`` and ``apply``.
 
+    ``handle`` may return ``ScheduleOnce`` and ``CancelSchedule`` beside its commands: they are written
+    in the event's transaction (``workers.scheduling``).
+
     Options beside the handlers' (``start_from``, ``concurrency``, ``consistency``...):
 
     - ``state_type``: a dataclass (or ``dict``) an instance's state starts as; stored as JSON.
@@ -149,6 +153,7 @@ class ProcessManager(Projection):
         self.application: Any = None
         """The ``tidings.Application`` commands are dispatched through (set by the worker)."""
         self._instances: ProcessInstances | None = None
+        self._schedules: ScheduledCommands | None = None
         self._outbox: sql.Composed | None = None
         self._cache: dict[str, tuple[int, Any, float]] = {}
         self._interested_takes_metadata = len(inspect.signature(self.interested).parameters) >= 2
@@ -184,10 +189,12 @@ class ProcessManager(Projection):
 
     # --- the worker's side -------------------------------------------------------------------------
 
-    def bind(self, application: Any, instances: ProcessInstances) -> None:
-        """Called by the worker before ``init``: where commands go and where instances are kept."""
+    def bind(self, application: Any, instances: ProcessInstances, schedules: ScheduledCommands) -> None:
+        """Called by the worker before ``init``: where commands go, and where instances and schedules
+        are kept."""
         self.application = application
         self._instances = instances
+        self._schedules = schedules
         self._outbox = sql.SQL(
             "INSERT INTO {t} (destination, command_type, command, metadata, causation_id, correlation_id, "
             "created_by) VALUES (%s, %s, %s, %s, %s, %s, %s)"
@@ -347,6 +354,10 @@ class ProcessManager(Projection):
     def _send(self, command: object, metadata: EventMetadata, raw: psycopg.Connection) -> None:
         causation = metadata.event_id
         correlation = metadata.correlation_id or causation
+        if isinstance(command, ScheduleOnce | CancelSchedule):
+            assert self._schedules is not None
+            self._schedules.apply([command], causation, correlation, self.name, raw)
+            return
         destination = self.external.get(type(command))
         if destination is None:
             self.application.dispatch(
@@ -370,12 +381,6 @@ class ProcessManager(Projection):
                 self.name,
             ),
         )
-
-
-def command_type(command: object) -> str:
-    """The name a command is stored under (outbox, schedules): its module and qualified name."""
-    cls = type(command)
-    return f"{cls.__module__}.{cls.__qualname__}"
 
 
 def _user_metadata(metadata: Mapping[str, Any]) -> dict[str, Any]:

@@ -54,6 +54,7 @@ from workers.positions import Positions, Subscription
 from workers.process_instances import ProcessInstances
 from workers.process_manager import ProcessManager
 from workers.projection import Projection
+from workers.scheduling import ScheduledCommands
 from workers.topics import ensure_topics
 
 __all__ = ["HandlerRunner", "HandlerStatus", "HistoryUnavailable"]
@@ -326,7 +327,11 @@ class HandlerRunner:
         for index in range(self.handler.concurrency):
             instance = self.handler(index)
             if isinstance(instance, ProcessManager):
-                instance.bind(self._application(), ProcessInstances(self.store))
+                instance.bind(
+                    self._application(),
+                    ProcessInstances(self.store),
+                    ScheduledCommands(self.store, self._application().router),
+                )
             instance.init()
             self._lanes.append(_Lane(self, index, Executor(instance, shared)))
         if self._repartition is not None:

@@ -36,9 +36,11 @@ from urllib.parse import urlsplit
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
 from eventstore.errors import ConfigurationError
+from tidings.dispatch import Application
 from workers.app import WorkerApp, WorkerConfig
 from workers.handler import EventHandler
 from workers.runner import HandlerRunner, HandlerStatus
+from workers.scheduling import ScheduledCommands, Scheduler
 
 __all__ = ["AppNotFound", "Worker", "load_app"]
 
@@ -127,6 +129,14 @@ class Worker:
         self.app = app
         self.config = config
         self.runners = [HandlerRunner(handler, app, config) for handler in _select(app, handlers)]
+        # With a router, the worker also fires scheduled commands (each exactly once across workers).
+        self.scheduler = (
+            Scheduler(
+                Application(config.store, app.mapper, app.router), ScheduledCommands(config.store, app.router)
+            )
+            if app.router is not None
+            else None
+        )
         self._address = (host, port)
         self._server: _ProbeServer | None = None
         self._serving: threading.Thread | None = None
@@ -154,6 +164,8 @@ class Worker:
             log.info("serving /healthz, /readyz and /metrics", extra={"host": host, "port": self.port})
         for runner in self.runners:
             runner.start()
+        if self.scheduler is not None:
+            self.scheduler.start()
         log.info("worker started", extra={"app": self.app.name, "handlers": [r.name for r in self.runners]})
 
     def stop(self, timeout: float | None = None) -> None:
@@ -170,6 +182,8 @@ class Worker:
         deadline = time.monotonic() + (self.config.shutdown_timeout + 5.0 if timeout is None else timeout)
         for runner in self.runners:
             runner.stop(max(0.0, deadline - time.monotonic()))
+        if self.scheduler is not None:
+            self.scheduler.stop(max(0.0, deadline - time.monotonic()))
         if self._server is not None:
             self._server.shutdown()
             self._server.server_close()
