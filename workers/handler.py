@@ -81,7 +81,7 @@ class EventHandler:
     def after_start(self) -> None:
         """Called once per instance after the consumer has subscribed."""
 
-    def handle(self, event: Any, metadata: EventMetadata) -> Any:
+    def handle(self, event: Any, metadata: EventMetadata, /) -> Any:
         """Handle one event. Raise to fail (``error`` decides what happens); return a new state or None."""
         raise NotImplementedError(f"{type(self).__qualname__} defines neither handle nor handle_batch")
 

@@ -160,20 +160,20 @@ class ProcessManager(Projection):
 
     # --- what users define -------------------------------------------------------------------------
 
-    def interested(self, event: Any, metadata: EventMetadata) -> Routing | None:
+    def interested(self, event: Any, metadata: EventMetadata, /) -> Routing | None:
         """Which instances ``event`` reaches (``Start``, ``Continue``, ``Stop``... or None to ignore it).
         May be defined as ``interested(self, event)``."""
         return None
 
-    def handle(self, state: Any, event: Any) -> Any:  # type: ignore[override]
+    def handle(self, state: Any, event: Any, /) -> Any:
         """The commands ``event`` causes for an instance in ``state``: None, one, or a list."""
         return None
 
-    def apply(self, state: Any, event: Any) -> Any:
+    def apply(self, state: Any, event: Any, /) -> Any:
         """The instance's state after ``event`` (by default the state as it was)."""
         return state
 
-    def after_command(self, state: Any, command: object) -> bool:
+    def after_command(self, state: Any, command: object, /) -> bool:
         """Called after each command dispatched; False stops the instance (its state is deleted)."""
         return True
 

@@ -71,7 +71,7 @@ class Projection(EventHandler):
     def after_update(self, event: Any, metadata: EventMetadata) -> None:
         """Called after the transaction with the event's effect committed (notify, invalidate caches)."""
 
-    def handle(self, event: Any, metadata: EventMetadata) -> Any:
+    def handle(self, event: Any, metadata: EventMetadata, /) -> Any:
         raise TypeError("a Projection is driven through project(event, metadata, connection)")
 
     @staticmethod

@@ -15,8 +15,10 @@ from typing import Any
 from examples.bank.events import (
     AccountClosed,
     AccountOpened,
+    DepositRejected,
     MoneyDeposited,
     MoneyWithdrawn,
+    RejectionReason,
     TransferRequested,
 )
 from tidings.aggregate import Multi
@@ -31,6 +33,8 @@ __all__ = [
     "Deposit",
     "InsufficientFunds",
     "OpenAccount",
+    "ReceiveTransfer",
+    "RefundTransfer",
     "RequestTransfer",
     "Withdraw",
     "accounts",
@@ -109,6 +113,27 @@ class RequestTransfer:
         return problems
 
 
+@dataclass(frozen=True)
+class ReceiveTransfer:
+    """A transfer's deposit into its target account: refused with ``DepositRejected``, not an error,
+    when the account cannot take it (the transfer is then compensated)."""
+
+    account_id: uuid.UUID
+    transfer_id: uuid.UUID
+    amount: Decimal
+    at: datetime = field(default_factory=_now)
+
+
+@dataclass(frozen=True)
+class RefundTransfer:
+    """A failed transfer's money, back into its source account."""
+
+    account_id: uuid.UUID
+    transfer_id: uuid.UUID
+    amount: Decimal
+    at: datetime = field(default_factory=_now)
+
+
 # --- domain errors -----------------------------------------------------------------------------------
 
 
@@ -176,6 +201,25 @@ class BankAccount:
             case CloseAccount():
                 self._require_open()
                 return AccountClosed(command.account_id, command.at.date(), {"closed_by": "customer"})
+            case ReceiveTransfer():
+                if self.account_id is None:
+                    raise AccountNotOpen(
+                        f"no account {command.account_id} to receive transfer {command.transfer_id}"
+                    )
+                if self.closed:
+                    return DepositRejected(
+                        command.account_id, command.transfer_id, RejectionReason.ACCOUNT_CLOSED, command.at
+                    )
+                balance = self.balance + command.amount
+                return MoneyDeposited(
+                    command.account_id, command.amount, balance, command.at, command.transfer_id
+                )
+            case RefundTransfer():
+                # The money goes back even to an account closed meanwhile: it must not vanish.
+                balance = self.balance + command.amount
+                return MoneyDeposited(
+                    command.account_id, command.amount, balance, command.at, command.transfer_id
+                )
         raise TypeError(f"BankAccount does not handle {type(command).__qualname__}")
 
     def apply(self, event: object) -> BankAccount:
@@ -187,6 +231,10 @@ class BankAccount:
             case AccountClosed():
                 return replace(self, closed=True)
         return self
+
+    def _received(self, command: ReceiveTransfer | RefundTransfer) -> MoneyDeposited:
+        balance = self.balance + command.amount
+        return MoneyDeposited(command.account_id, command.amount, balance, command.at, command.transfer_id)
 
     def _require_open(self) -> None:
         if self.account_id is None:
@@ -207,5 +255,7 @@ class BankAccount:
 
 accounts = Router()
 accounts.identify(BankAccount, by="account_id", prefix="account-")
-accounts.dispatch([OpenAccount, Deposit, Withdraw, CloseAccount], to=BankAccount)
+accounts.dispatch(
+    [OpenAccount, Deposit, Withdraw, CloseAccount, ReceiveTransfer, RefundTransfer], to=BankAccount
+)
 accounts.dispatch(RequestTransfer, to=BankAccount, identity="source_account")

@@ -1,0 +1,79 @@
+"""The bank's transfer process manager on the real PostgreSQL and Kafka: completed, compensated on a
+rejected deposit, compensated on a target that was never opened; money conserved."""
+
+from __future__ import annotations
+
+import uuid
+from decimal import Decimal
+from typing import Any
+
+from eventstore import PostgresEventStore, StreamNotFound
+from examples.bank.accounts import CloseAccount, Deposit, OpenAccount, RequestTransfer
+from examples.bank.events import TransferCompleted, TransferFailed
+from examples.bank.transfers import TransferProcess, bank
+from tests.tidings.test_dispatch import MAPPER
+from tests.workers.worker_support import eventually, stack
+from tidings import Application
+from tidings.pytest_plugin import KafkaNamespace
+from workers.process_instances import ProcessInstances
+
+
+def balance(app: Application, account: uuid.UUID) -> Decimal:
+    return app.dispatch(Deposit(account, Decimal("0.01")), returning="aggregate_state").balance - Decimal(
+        "0.01"
+    )
+
+
+def ending(store: PostgresEventStore, transfer: uuid.UUID) -> Any:
+    try:
+        recorded = store.read_stream_forward(f"transfer-{transfer}")
+    except StreamNotFound:
+        return None
+    (only,) = recorded
+    return MAPPER.event_of(only)
+
+
+def test_transfers_complete_or_are_compensated_and_money_is_conserved(
+    event_store: PostgresEventStore, kafka_namespace: KafkaNamespace
+) -> None:
+    app = Application(event_store, MAPPER, bank)
+    source, target, closed, missing = (uuid.uuid4() for _ in range(4))
+    for account in (source, target, closed):
+        app.dispatch(OpenAccount(account, "Ada"))
+    app.dispatch(Deposit(source, Decimal("100.00")))
+    app.dispatch(CloseAccount(closed))
+    done, rejected, nowhere = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
+    app.dispatch(RequestTransfer(done, source, target, Decimal("30.00")))
+    app.dispatch(RequestTransfer(rejected, source, closed, Decimal("20.00")))
+    app.dispatch(RequestTransfer(nowhere, source, missing, Decimal("10.00")))
+    with stack(event_store, kafka_namespace, partitions=4, mapper=MAPPER, router=bank) as s:
+
+        class Transfers(TransferProcess):
+            name = s.name("transfers")
+
+        s.run(Transfers)
+        eventually(
+            lambda: all(ending(event_store, t) is not None for t in (done, rejected, nowhere)),
+            what="every transfer ended",
+        )
+        instances = ProcessInstances(event_store)
+        eventually(lambda: instances.count(Transfers.name) == 0, what="every instance stopped")
+    assert isinstance(ending(event_store, done), TransferCompleted)
+    for failed in (rejected, nowhere):
+        event = ending(event_store, failed)
+        assert isinstance(event, TransferFailed)
+        assert event.compensated
+    assert balance(event_store, source) == Decimal("70.00"), "30 moved out; 20 and 10 came back"
+    assert balance(event_store, target) == Decimal("30.00")
+    refunds = [
+        MAPPER.event_of(e)
+        for e in event_store.read_stream_forward(f"account-{source}")
+        if e.event_type.endswith("MoneyDeposited")
+    ]
+    assert sorted((r.transfer_id, r.amount) for r in refunds if r.transfer_id) == sorted(
+        [(rejected, Decimal("20.00")), (nowhere, Decimal("10.00"))]
+    ), "each refund once"
+    rejections = [
+        e for e in event_store.read_stream_forward(f"account-{closed}") if "Rejected" in e.event_type
+    ]
+    assert len(rejections) == 1
