@@ -18,10 +18,10 @@ from tidings.pytest_plugin import KafkaNamespace
 from workers.process_instances import ProcessInstances
 
 
-def balance(app: Application, account: uuid.UUID) -> Decimal:
-    return app.dispatch(Deposit(account, Decimal("0.01")), returning="aggregate_state").balance - Decimal(
-        "0.01"
-    )
+def balance(store: PostgresEventStore, account: uuid.UUID) -> Decimal:
+    """The balance the account's last deposit or withdrawal left."""
+    moves = [MAPPER.event_of(e) for e in store.read_stream_forward(f"account-{account}")]
+    return Decimal([m.balance for m in moves if hasattr(m, "balance")][-1])
 
 
 def ending(store: PostgresEventStore, transfer: uuid.UUID) -> Any:
