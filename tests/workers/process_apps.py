@@ -75,3 +75,20 @@ def build() -> WorkerApp:
             )
 
     return WorkerApp(name, mapper=mapper, handlers=[Ordered, Tally], routing=Routing(f"{name}.events"))
+
+
+def build_bank() -> WorkerApp:
+    """The bank's transfer process manager, named with the test's prefix
+    (``tidings worker tests.workers.process_apps:build_bank``)."""
+    from examples.bank.transfers import TransferProcess, bank
+    from tests.tidings.test_dispatch import MAPPER
+
+    name = os.environ["TIDINGS_TEST_APP_NAME"]
+    prefix = os.environ["TIDINGS_TEST_PREFIX"]
+
+    class Transfers(TransferProcess):
+        name = f"{prefix}transfers"
+
+    return WorkerApp(
+        name, mapper=MAPPER, handlers=[Transfers], routing=Routing(f"{name}.events"), router=bank
+    )
