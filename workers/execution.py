@@ -30,7 +30,7 @@ import psycopg
 from opentelemetry import propagate, trace
 
 from eventstore.acknowledgements import Acknowledgements
-from eventstore.errors import StoreUnavailable
+from eventstore.errors import EventStoreError, StoreUnavailable
 from eventstore.postgres.store import PostgresEventStore
 from tidings.errors import CodecError
 from tidings.mapper import EventMapper
@@ -165,6 +165,7 @@ class Executor:
         if isinstance(handler, Projection):
             self._projection = handler
         self._batches = type(handler).handles_batches() and self._projection is None
+        self._per_event = getattr(handler, "transaction_per_event", False)
         self._project_batches = self._projection is not None and type(self._projection).projects_batches()
         self._async = inspect.iscoroutinefunction(handler.handle) or inspect.iscoroutinefunction(
             getattr(handler, "project", None)
@@ -205,7 +206,7 @@ class Executor:
 
     def _process(self, ps: PartitionState, deliveries: list[Delivery]) -> None:
         start = 0
-        limit = len(deliveries)
+        limit = self._window_end(0, deliveries)
         decided: dict[int, _Decided] = {}
         while start < len(deliveries):
             if ps.revoked.is_set() or self.shared.stopping.is_set():
@@ -234,11 +235,20 @@ class Executor:
                     start += 1
                 else:
                     decided[failing.offset] = answer
-                limit = len(deliveries)
+                limit = self._window_end(start, deliveries)
                 continue
             except Abandoned:
                 return
-            start, limit = limit, len(deliveries)
+            start = limit
+            limit = self._window_end(start, deliveries)
+
+    def _window_end(self, start: int, deliveries: list[Delivery]) -> int:
+        """Where the unit of work starting at ``start`` ends: the whole poll, or one event for a process
+        manager, whose transactions lock the instances and aggregates they touch until they commit (a
+        poll's worth of locks held at once made concurrent lanes wait on, and deadlock with, each other)."""
+        if self._per_event:
+            return min(start + 1, len(deliveries))
+        return len(deliveries)
 
     def drain(self, ps: PartitionState, key: bytes) -> None:
         """Hand a released key's parked events back to the handler, oldest first, then run it live."""
@@ -529,8 +539,10 @@ class Executor:
             else:
                 result = self._run(function, args)
         except Exception as exc:
-            if self._projection is not None and connection_lost(exc):
-                raise  # PostgreSQL went away under the projection: waited out, never the event's fault
+            if self._projection is not None and transient(exc):
+                # PostgreSQL went away, or this transaction lost a deadlock or timed out: the unit is
+                # rolled back and done again, never counted against the event.
+                raise
             metrics.ERRORS.labels(self.name, "handler").inc()
             raise _StepFailed(index, exc, event, metadata) from exc
         finally:
@@ -748,6 +760,8 @@ def transient(error: BaseException) -> bool:
         return True
     if isinstance(error, sqlalchemy.exc.DBAPIError) and error.orig is not None:
         error = error.orig
+    if isinstance(error, EventStoreError) and isinstance(error.__cause__, psycopg.Error):
+        error = error.__cause__  # the store's own error, for a deadlock its append lost (say)
     return isinstance(error, psycopg.OperationalError)
 
 

@@ -61,6 +61,7 @@ from tidings.json_decode import build_dataclass
 from tidings.json_encode import dataclass_to_json, plain_json
 from tidings.json_hints import ValueProblem
 from workers.delivery import EventMetadata
+from workers.execution import transient
 from workers.failure import ErrorAnswer, Park, Retry, Skip, Stop, default_answer
 from workers.process_instances import Instance, ProcessInstances
 from workers.process_routing import (
@@ -144,6 +145,8 @@ class ProcessManager(Projection):
     """
 
     state_type: ClassVar[type] = dict
+    transaction_per_event: ClassVar[bool] = True
+    """One transaction per event, so that an instance's and its aggregates' locks are held briefly."""
     external: ClassVar[Mapping[type, str]] = {}
     idle_timeout: ClassVar[float | None] = None
     event_timeout: ClassVar[float | None] = None
@@ -300,6 +303,8 @@ class ProcessManager(Projection):
                 with raw.transaction():  # a savepoint: a failed command leaves the transaction usable
                     self._send(command, metadata, raw)
             except Exception as exc:
+                if transient(exc):
+                    raise  # a deadlock lost, PostgreSQL away: the whole event is rolled back and done again
                 situation = ProcessFailureContext(
                     attempt,
                     context,
