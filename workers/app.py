@@ -127,7 +127,11 @@ class WorkerConfig:
         with self._engine_lock:
             if self._engine is None:
                 self._engine = sa.create_engine(
-                    sqlalchemy_url(self.store.config.url), pool_size=8, max_overflow=8, pool_pre_ping=True
+                    # No ping per checkout (a round trip per transaction): a connection found dead fails
+                    # its unit, which the lane does again on a fresh one.
+                    sqlalchemy_url(self.store.config.url),
+                    pool_size=8,
+                    max_overflow=8,
                 )
             return self._engine
 

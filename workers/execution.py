@@ -321,6 +321,7 @@ class Executor:
         assert self.shared.engine is not None
         last: Delivery | None = None
         batch: list[tuple[int, Delivery, Any, EventMetadata]] = []
+        projection._unit_started()
         with self.shared.engine.begin() as connection:
             raw: psycopg.Connection = connection.connection.driver_connection  # type: ignore[assignment]
             self._fence(raw, ps)
@@ -353,6 +354,7 @@ class Executor:
         """The projection's hook, after its writes committed: a failure here cannot undo them, so it is
         logged and counted, and projecting goes on."""
         assert self._projection is not None
+        self._projection._unit_committed()
         for event, metadata in staged.handled:
             try:
                 self._projection.after_update(event, metadata)
@@ -700,6 +702,7 @@ class Executor:
             self._applied(ps, staged)
             return parked_again
         assert self.shared.engine is not None
+        projection._unit_started()
         with self.shared.engine.begin() as connection:
             raw: psycopg.Connection = connection.connection.driver_connection  # type: ignore[assignment]
             step = self._classify(ps, staged, delivery, decided)

@@ -159,6 +159,7 @@ class ProcessManager(Projection):
         self._schedules: ScheduledCommands | None = None
         self._outbox: sql.Composed | None = None
         self._cache: dict[str, tuple[int, Any, float]] = {}
+        self._dispatched: list[Any] = []  # this transaction's dispatch results, cached once it commits
         self._interested_takes_metadata = len(inspect.signature(self.interested).parameters) >= 2
 
     # --- what users define -------------------------------------------------------------------------
@@ -202,6 +203,14 @@ class ProcessManager(Projection):
             "INSERT INTO {t} (destination, command_type, command, metadata, causation_id, correlation_id, "
             "created_by) VALUES (%s, %s, %s, %s, %s, %s, %s)"
         ).format(t=sql.Identifier(instances.store.config.schema, "command_outbox"))
+
+    def _unit_started(self) -> None:
+        self._dispatched.clear()
+
+    def _unit_committed(self) -> None:
+        for result in self._dispatched:
+            self.application.remember(result)
+        self._dispatched.clear()
 
     def project(self, event: Any, metadata: EventMetadata, connection: sa.Connection) -> None:
         interested: Any = self.interested  # (event, metadata) or (event)
@@ -300,8 +309,9 @@ class ProcessManager(Projection):
         while pending:
             command = pending[0]
             try:
-                with raw.transaction():  # a savepoint: a failed command leaves the transaction usable
-                    self._send(command, metadata, raw)
+                # No savepoint of its own: a refused command has written nothing (the dispatch keeps its
+                # appends in savepoints), and a database error ends the event's transaction anyway.
+                self._send(command, metadata, raw)
             except Exception as exc:
                 if transient(exc):
                     raise  # a deadlock lost, PostgreSQL away: the whole event is rolled back and done again
@@ -365,13 +375,15 @@ class ProcessManager(Projection):
             return
         destination = self.external.get(type(command))
         if destination is None:
-            self.application.dispatch(
+            result = self.application.dispatch(
                 command,
                 causation_id=causation,
                 correlation_id=correlation,
                 metadata=_user_metadata(metadata.metadata),
                 connection=raw,
+                returning="execution_result",
             )
+            self._dispatched.append(result)
             return
         assert self._outbox is not None
         raw.execute(

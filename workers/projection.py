@@ -74,6 +74,12 @@ class Projection(EventHandler):
     def handle(self, event: Any, metadata: EventMetadata, /) -> Any:
         raise TypeError("a Projection is driven through project(event, metadata, connection)")
 
+    def _unit_started(self) -> None:
+        """The runtime's: a transaction of this projection begins (what a previous one left is void)."""
+
+    def _unit_committed(self) -> None:
+        """The runtime's: the transaction of the events just projected has committed."""
+
     @staticmethod
     def upsert(
         connection: sa.Connection,
