@@ -11,6 +11,9 @@ Example::
             ...
 
     app = WorkerApp("bank", mapper=mapper, handlers=[WelcomeEmails])   # tidings worker bank.workers:app
+
+A process manager's routing answers (``Start``, ``Continue``, ``Stop``...) are in ``workers.process_routing``:
+``Stop`` there ends an instance, where ``workers.Stop`` answers a failure by stopping the handler.
 """
 
 from workers.app import WorkerApp, WorkerConfig
@@ -20,19 +23,28 @@ from workers.failure import ErrorAnswer, FailureContext, Park, Retry, Skip, Stop
 from workers.handler import BatchFailed, EventHandler
 from workers.health import Check, HealthReport, check_health
 from workers.parking import ParkedEvent, ParkedEvents
+from workers.process_manager import CommandFailed, EventTimeout, ProcessFailureContext, ProcessManager
 from workers.projection import Projection
 from workers.runner import HandlerRunner, HandlerStatus, HistoryUnavailable
+from workers.scheduling import CancelSchedule, ScheduledCommands, ScheduleOnce, Scheduler
 from workers.worker import Worker
 
 __all__ = [
     # what users write
     "EventHandler",
     "Projection",
+    "ProcessManager",
     "EventMetadata",
     "BatchFailed",
+    # scheduled commands
+    "ScheduleOnce",
+    "CancelSchedule",
+    "ScheduledCommands",
+    "Scheduler",
     # answers to failures
     "ErrorAnswer",
     "FailureContext",
+    "ProcessFailureContext",
     "Retry",
     "Skip",
     "Park",
@@ -52,5 +64,7 @@ __all__ = [
     # errors
     "HandlerStopped",
     "HistoryUnavailable",
+    "CommandFailed",
+    "EventTimeout",
     "UndecodableMessage",
 ]
