@@ -4,6 +4,7 @@ the event's transaction (exactly once), causation, strict routing errors and com
 from __future__ import annotations
 
 import threading
+import time
 import uuid
 from dataclasses import dataclass
 from decimal import Decimal
@@ -17,10 +18,13 @@ from tests.workers.worker_support import eventually, stack
 from tidings import Application
 from tidings.pytest_plugin import KafkaNamespace
 from workers import EventMetadata
-from workers.failure import Skip
+from workers.failure import Retry, Skip
+from workers.failure import Stop as StopAnswer
 from workers.process_instances import ProcessInstances
 from workers.process_manager import ProcessManager
 from workers.process_routing import (
+    Broadcast,
+    Continue,
     ContinuePending,
     ContinueStrict,
     ContinueWith,
@@ -51,8 +55,8 @@ def _open(app: Application, n: int) -> list[uuid.UUID]:
     return opened
 
 
-def _stack(store: PostgresEventStore, namespace: KafkaNamespace) -> Any:
-    return stack(store, namespace, partitions=2, mapper=MAPPER, router=accounts)
+def _stack(store: PostgresEventStore, namespace: KafkaNamespace, partitions: int = 2) -> Any:
+    return stack(store, namespace, partitions=partitions, mapper=MAPPER, router=accounts)
 
 
 def test_each_opened_account_gets_one_bonus_caused_by_its_opening_and_stop_deletes_the_state(
@@ -223,3 +227,183 @@ def test_command_failure_answers_replace_drop_or_keep_the_pending_commands(
             e for e in event_store.read_stream_forward(f"account-{account}") if "Withdrawn" in e.event_type
         ]
         assert withdrawn == [], "the failed withdrawal appended nothing"
+
+
+def test_fan_out_and_broadcast_reach_every_named_and_every_live_instance(
+    event_store: PostgresEventStore, kafka_namespace: KafkaNamespace
+) -> None:
+    app = Application(event_store, MAPPER, accounts)
+    # One partition: the broadcast must come after both openings (across partitions only each stream's
+    # events are in order, and an instance started later would not be live when the broadcast came).
+    with _stack(event_store, kafka_namespace, partitions=1) as s:
+
+        class Watch(ProcessManager):
+            name = s.name("watch")
+
+            def interested(self, event: Any, metadata: EventMetadata) -> Any:
+                if isinstance(event, AccountOpened):
+                    return Start([event.account_id, f"owner-{event.owner}"])  # fan-out
+                if isinstance(event, AccountClosed):
+                    return Broadcast()
+                return None
+
+            def apply(self, state: dict[str, Any], event: Any) -> dict[str, Any]:
+                return {**state, type(event).__name__: state.get(type(event).__name__, 0) + 1}
+
+        first, second = uuid.uuid4(), uuid.uuid4()
+        app.dispatch(OpenAccount(first, "ada"))
+        app.dispatch(OpenAccount(second, "ada"))
+        app.dispatch(CloseAccount(first))
+        s.run(Watch)
+        instances = ProcessInstances(event_store)
+        ids = [str(first), str(second), "owner-ada"]
+        eventually(
+            lambda: all((i := instances.get(Watch.name, p)) and "AccountClosed" in i.state for p in ids),
+            what="the broadcast reached every instance",
+        )
+        assert instances.get(Watch.name, "owner-ada").state == {"AccountOpened": 2, "AccountClosed": 1}  # type: ignore[union-attr]
+        assert instances.get(Watch.name, str(second)).state == {"AccountOpened": 1, "AccountClosed": 1}  # type: ignore[union-attr]
+        assert instances.count(Watch.name) == 3
+
+
+def test_event_failures_retry_with_context_and_delay_and_stop_stops_the_process_manager(
+    event_store: PostgresEventStore, kafka_namespace: KafkaNamespace
+) -> None:
+    app = Application(event_store, MAPPER, accounts)
+    seen: list[tuple[int, dict[str, Any], float]] = []
+    with _stack(event_store, kafka_namespace) as s:
+
+        class Flaky(ProcessManager):
+            name = s.name("flaky")
+
+            def interested(self, event: Any, metadata: EventMetadata) -> Any:
+                return Start(event.account_id) if isinstance(event, AccountOpened) else None
+
+            def handle(self, state: Any, event: Any) -> Any:
+                if event.owner == "stop":
+                    raise RuntimeError("beyond repair")
+                if len(seen) < 3:
+                    raise RuntimeError("not yet")
+                return None
+
+            def error(self, error: BaseException, failed: Any, context: Any) -> Any:
+                seen.append((context.attempt, dict(context.context), time.monotonic()))
+                if str(error) == "beyond repair":
+                    return StopAnswer("gave up")
+                return Retry(delay=0.3, context={"tries": context.attempt})
+
+        (account,) = [uuid.uuid4()]
+        app.dispatch(OpenAccount(account, "ada"))
+        runner = s.run(Flaky)
+        instances = ProcessInstances(event_store)
+        eventually(lambda: instances.count(Flaky.name) == 1, what="handled on the fourth attempt")
+        assert [(a, c) for a, c, _ in seen] == [(1, {}), (2, {"tries": 1}), (3, {"tries": 2})]
+        assert seen[2][2] - seen[1][2] >= 0.3, "Retry(delay) waited"
+        app.dispatch(OpenAccount(uuid.uuid4(), "stop"))
+        eventually(lambda: runner.status.state == "stopped", what="Stop stopped the process manager")
+        assert "gave up" in runner.status.reason
+        assert instances.count(Flaky.name) == 1, "nothing of the stopping event committed"
+
+
+def test_a_command_retried_then_discarded_and_a_command_stop(
+    event_store: PostgresEventStore, kafka_namespace: KafkaNamespace
+) -> None:
+    app = Application(event_store, MAPPER, accounts)
+    attempts: list[int] = []
+    with _stack(event_store, kafka_namespace) as s:
+
+        class Overdraws(ProcessManager):
+            name = s.name("overdraws")
+
+            def interested(self, event: Any, metadata: EventMetadata) -> Any:
+                return Start(event.account_id) if isinstance(event, AccountOpened) else None
+
+            def handle(self, state: Any, event: Any) -> Any:
+                return Withdraw(event.account_id, Decimal("1.00"))  # always refused: a new account is empty
+
+            def error(self, error: BaseException, failed: Any, context: Any) -> Any:
+                if not isinstance(failed, Withdraw):
+                    return super().error(error, failed, context)
+                attempts.append(context.attempt)
+                if context.state.get("owner") == "stop" or failed.account_id == stopper:
+                    return StopAnswer("cannot overdraw")
+                return Retry(context={"n": context.attempt}) if context.attempt < 3 else DiscardPending()
+
+        quiet, stopper = uuid.uuid4(), uuid.uuid4()
+        app.dispatch(OpenAccount(quiet, "ada"))
+        runner = s.run(Overdraws)
+        instances = ProcessInstances(event_store)
+        eventually(lambda: instances.count(Overdraws.name) == 1, what="the failing command discarded")
+        assert attempts == [1, 2, 3]
+        app.dispatch(OpenAccount(stopper, "bob"))
+        eventually(lambda: runner.status.state == "stopped", what="a command's Stop stops it")
+        assert "cannot overdraw" in runner.status.reason
+
+
+def test_an_instance_dropped_from_memory_after_idle_timeout_goes_on_from_postgresql(
+    event_store: PostgresEventStore, kafka_namespace: KafkaNamespace
+) -> None:
+    app = Application(event_store, MAPPER, accounts)
+    managers: list[ProcessManager] = []
+    with _stack(event_store, kafka_namespace) as s:
+
+        class Counting(ProcessManager):
+            name = s.name("counting")
+            idle_timeout = 0.2
+            state_type = Welcome
+
+            def init(self) -> None:
+                managers.append(self)
+
+            def interested(self, event: Any, metadata: EventMetadata) -> Any:
+                if isinstance(event, AccountOpened | MoneyDeposited):
+                    return Continue(event.account_id)
+                return None
+
+            def apply(self, state: Welcome, event: Any) -> Welcome:
+                return Welcome("counting", state.deposits + isinstance(event, MoneyDeposited))
+
+        account = uuid.uuid4()
+        app.dispatch(OpenAccount(account, "ada"))
+        s.run(Counting)
+        instances = ProcessInstances(event_store)
+        eventually(lambda: instances.count(Counting.name) == 1, what="the instance started")
+        eventually(lambda: not any(m.cached() for m in managers), what="dropped from memory when idle")
+        app.dispatch(Deposit(account, Decimal("1.00")))
+        app.dispatch(Deposit(account, Decimal("1.00")))
+        eventually(
+            lambda: (i := instances.get(Counting.name, str(account))) is not None and i.events_applied == 3,
+            what="the next events applied to the state read back",
+        )
+        assert instances.get(Counting.name, str(account)).state == {"status": "counting", "deposits": 2}  # type: ignore[union-attr]
+
+
+def test_an_event_over_event_timeout_is_rolled_back_and_answered_by_error(
+    event_store: PostgresEventStore, kafka_namespace: KafkaNamespace
+) -> None:
+    app = Application(event_store, MAPPER, accounts)
+    errors: list[str] = []
+    with _stack(event_store, kafka_namespace) as s:
+
+        class Slow(ProcessManager):
+            name = s.name("slow")
+            event_timeout = 0.2
+
+            def interested(self, event: Any, metadata: EventMetadata) -> Any:
+                return Start(event.account_id) if isinstance(event, AccountOpened) else None
+
+            def handle(self, state: Any, event: Any) -> Any:
+                time.sleep(0.4)
+                return Deposit(event.account_id, BONUS)
+
+            def error(self, error: BaseException, failed: Any, context: Any) -> Any:
+                errors.append(type(error).__name__)
+                return Skip()
+
+        account = uuid.uuid4()
+        app.dispatch(OpenAccount(account, "ada"))
+        runner = s.run(Slow)
+        eventually(lambda: errors == ["EventTimeout"], what="the timeout answered by error")
+        eventually(lambda: runner.status.state == "running", what="still running")
+        assert _deposits(event_store, account) == [], "the deposit it dispatched was rolled back"
+        assert ProcessInstances(event_store).count(Slow.name) == 0
