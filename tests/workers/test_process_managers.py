@@ -6,9 +6,12 @@ from __future__ import annotations
 import threading
 import time
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import Any
+from typing import Any, ClassVar
+
+from psycopg import sql
 
 from eventstore import PostgresEventStore
 from examples.bank.accounts import CloseAccount, Deposit, OpenAccount, Withdraw, accounts
@@ -407,3 +410,54 @@ def test_an_event_over_event_timeout_is_rolled_back_and_answered_by_error(
         eventually(lambda: runner.status.state == "running", what="still running")
         assert _deposits(event_store, account) == [], "the deposit it dispatched was rolled back"
         assert ProcessInstances(event_store).count(Slow.name) == 0
+
+
+@dataclass(frozen=True)
+class NotifyBank:
+    account_id: uuid.UUID
+    note: str
+
+
+def test_external_commands_go_to_the_outbox_in_the_events_transaction(
+    event_store: PostgresEventStore, kafka_namespace: KafkaNamespace
+) -> None:
+    app = Application(event_store, MAPPER, accounts)
+    failed_once: list[bool] = []
+    with _stack(event_store, kafka_namespace) as s:
+
+        class Notifies(ProcessManager):
+            name = s.name("notifies")
+            external: ClassVar[Mapping[type, str]] = {NotifyBank: "partner-bank"}
+
+            def interested(self, event: Any, metadata: EventMetadata) -> Any:
+                return Start(event.account_id) if isinstance(event, AccountOpened) else None
+
+            def handle(self, state: Any, event: Any) -> Any:
+                return NotifyBank(event.account_id, f"welcome {event.owner}")
+
+            def after_command(self, state: Any, command: object) -> bool:
+                if not failed_once:
+                    failed_once.append(True)
+                    raise RuntimeError("fails after writing to the outbox, once")
+                return True
+
+        account = uuid.uuid4()
+        app.dispatch(OpenAccount(account, "ada"))
+        s.run(Notifies)
+        eventually(lambda: ProcessInstances(event_store).count(Notifies.name) == 1, what="handled")
+    with event_store.connection() as conn:
+        rows = conn.execute(
+            sql.SQL("SELECT destination, command_type, command, causation_id, sent_at FROM {}").format(
+                sql.Identifier(event_store.config.schema, "command_outbox")
+            )
+        ).fetchall()
+    (opening,) = event_store.read_stream_forward(f"account-{account}")
+    assert rows == [
+        (
+            "partner-bank",
+            f"{NotifyBank.__module__}.NotifyBank",
+            {"account_id": str(account), "note": "welcome ada"},
+            opening.event_id,
+            None,
+        )
+    ], "one row: the first attempt's was rolled back with it"
