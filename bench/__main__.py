@@ -3,7 +3,7 @@
 Services are provided as for the tests (``DATABASE_URL`` / ``KAFKA_BOOTSTRAP_SERVERS``, Docker, or local
 processes). Each benchmark prints a table and writes ``bench/results/<benchmark>.json``. Without
 ``--repeat`` each benchmark repeats its timed cases as often as it sees fit (services: 3, store: 1,
-codec: 1, relay: 1, dispatch: 1, workers: 1).
+codec: 1, relay: 1, dispatch: 1, workers: 1, process_managers: 1).
 """
 
 from __future__ import annotations
@@ -11,7 +11,15 @@ from __future__ import annotations
 import argparse
 from collections.abc import Callable
 
-from bench import bench_codec, bench_dispatch, bench_relay, bench_services, bench_store, bench_workers
+from bench import (
+    bench_codec,
+    bench_dispatch,
+    bench_process_managers,
+    bench_relay,
+    bench_services,
+    bench_store,
+    bench_workers,
+)
 from bench.results import Row, show, write
 
 BENCHMARKS: dict[str, Callable[..., list[Row]]] = {
@@ -21,6 +29,7 @@ BENCHMARKS: dict[str, Callable[..., list[Row]]] = {
     bench_relay.NAME: bench_relay.run,
     bench_dispatch.NAME: bench_dispatch.run,
     bench_workers.NAME: bench_workers.run,
+    bench_process_managers.NAME: bench_process_managers.run,
 }
 
 
