@@ -33,6 +33,7 @@ from eventstore.errors import ConfigurationError
 from workers.app import WorkerApp, WorkerConfig
 from workers.parking import ParkedEvents
 from workers.positions import Positions
+from workers.process_manager import ProcessManager
 from workers.projection import Projection
 
 __all__ = ["GroupActive", "GroupNotDeleted", "ResetReport", "active_members", "reset_handler"]
@@ -97,6 +98,11 @@ def reset_handler(app: WorkerApp, config: WorkerConfig, name: str) -> ResetRepor
     members = active_members(config, name)
     if members:
         raise GroupActive(name, members)
+    if issubclass(handler, ProcessManager):
+        raise ConfigurationError(
+            f"{name!r} is a process manager: a replay would dispatch its commands again (a second "
+            "withdrawal, say). To start it over, give it a new name with start_from='current'"
+        )
     instance = handler(0)
     instance.init()  # before_reset may need what init sets up, as in a running handler
     instance.before_reset()

@@ -227,7 +227,7 @@ class ScheduledCommands:
         if cls is None:
             raise UnknownScheduledCommand(
                 f"a schedule holds {name}, which the router does not route: route it again, or cancel "
-                "the schedule (tidings schedules cancel)"
+                "the schedule (ScheduledCommands.cancel)"
             )
         return build_dataclass(cls, document, name)
 

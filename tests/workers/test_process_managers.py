@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any, ClassVar
 
+import pytest
 from psycopg import sql
 
 from eventstore import PostgresEventStore
@@ -461,3 +462,18 @@ def test_external_commands_go_to_the_outbox_in_the_events_transaction(
             None,
         )
     ], "one row: the first attempt's was rolled back with it"
+
+
+def test_a_process_manager_cannot_be_reset_into_dispatching_its_commands_again(
+    event_store: PostgresEventStore, kafka_namespace: KafkaNamespace
+) -> None:
+    from eventstore.errors import ConfigurationError
+    from workers.reset import reset_handler
+
+    with _stack(event_store, kafka_namespace) as s:
+
+        class Resettable(ProcessManager):
+            name = s.name("resettable")
+
+        with pytest.raises(ConfigurationError, match="would dispatch its commands again"):
+            reset_handler(s.app(Resettable), s.config, Resettable.name)
