@@ -24,6 +24,7 @@ __all__ = [
     "TransferCompleted",
     "TransferFailed",
     "TransferRequested",
+    "TransferTimedOut",
     "events",
 ]
 
@@ -109,3 +110,12 @@ class TransferFailed:
     reason: RejectionReason
     failed_at: datetime
     compensated: bool = True
+
+
+@events.register
+@dataclass(frozen=True, slots=True)
+class TransferTimedOut:
+    """The transfer had not ended when its timeout came: stuck, for an operator to look at."""
+
+    transfer_id: uuid.UUID
+    timed_out_at: datetime

@@ -9,7 +9,13 @@ command, one stream). ``TransferProcess`` takes it from there:
    ``DepositRejected`` (a closed account: the instance refunds the source, ``RefundTransfer``, and fails
    the transfer, ``FailTransfer``). A target that was never opened refuses the command itself; ``error``
    answers with the same compensation.
-3. ``TransferCompleted`` or ``TransferFailed`` stops the instance.
+3. ``TransferCompleted`` or ``TransferFailed`` stops the instance, and cancels its timeout.
+
+Starting, the instance also schedules ``ExpireTransfer`` for ``timeout`` later (``workers.scheduling``).
+A transfer that has not ended by then is stuck: its next event parked, say, or its worker stopped. The
+transfer records ``TransferTimedOut`` for an operator, and no money moves: a deposit's outcome may be on
+its way, and compensating blindly could pay twice. The instance notes it, and still ends the transfer
+when its events arrive.
 
 Every step's commands commit with the instance's state and the worker's checkpoint, so a worker killed
 at any point neither loses nor repeats a withdrawal, a deposit or a refund.
@@ -19,9 +25,9 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
-from typing import Any
+from typing import Any, ClassVar
 
 from examples.bank.accounts import AccountNotOpen, ReceiveTransfer, RefundTransfer, accounts
 from examples.bank.events import (
@@ -31,6 +37,7 @@ from examples.bank.events import (
     TransferCompleted,
     TransferFailed,
     TransferRequested,
+    TransferTimedOut,
 )
 from tidings.router import Router
 from workers.delivery import EventMetadata
@@ -44,9 +51,11 @@ from workers.process_routing import (
     StartStrict,
     Stop,
 )
+from workers.scheduling import CancelSchedule, ScheduleOnce
 
 __all__ = [
     "CompleteTransfer",
+    "ExpireTransfer",
     "FailTransfer",
     "Transfer",
     "TransferProcess",
@@ -78,16 +87,27 @@ class FailTransfer:
 
 
 @dataclass(frozen=True)
+class ExpireTransfer:
+    """Scheduled when a transfer starts; fires if it has not ended by then."""
+
+    transfer_id: uuid.UUID
+    at: datetime = field(default_factory=_now)
+
+
+@dataclass(frozen=True)
 class Transfer:
     """How a transfer ended: once completed or failed, later commands change nothing."""
 
     transfer_id: uuid.UUID | None = None
     ended: bool = False
+    timed_out: bool = False
 
     def execute(self, command: Any) -> Any:
         if self.ended:
             return None  # a repeated or late command: the transfer has its ending already
         match command:
+            case ExpireTransfer():
+                return None if self.timed_out else TransferTimedOut(command.transfer_id, command.at)
             case CompleteTransfer():
                 return TransferCompleted(command.transfer_id, command.at)
             case FailTransfer():
@@ -98,12 +118,14 @@ class Transfer:
         match event:
             case TransferCompleted() | TransferFailed():
                 return replace(self, transfer_id=event.transfer_id, ended=True)
+            case TransferTimedOut():
+                return replace(self, transfer_id=event.transfer_id, timed_out=True)
         return self
 
 
 transfers = Router()
 transfers.identify(Transfer, by="transfer_id", prefix="transfer-")
-transfers.dispatch([CompleteTransfer, FailTransfer], to=Transfer)
+transfers.dispatch([CompleteTransfer, FailTransfer, ExpireTransfer], to=Transfer)
 
 bank = Router()
 """Every command of the bank: accounts and transfers."""
@@ -120,6 +142,7 @@ class TransferState:
     source: str = ""
     target: str = ""
     amount: Decimal = Decimal("0.00")
+    timed_out: bool = False
 
 
 class TransferProcess(ProcessManager):
@@ -128,6 +151,8 @@ class TransferProcess(ProcessManager):
     name = "bank.transfers"
     state_type = TransferState
     concurrency = 4
+    timeout: ClassVar[timedelta] = timedelta(minutes=5)
+    """How long a transfer may stay open before it is recorded as stuck (``TransferTimedOut``)."""
 
     def interested(self, event: Any, metadata: EventMetadata) -> Any:
         match event:
@@ -135,7 +160,7 @@ class TransferProcess(ProcessManager):
                 return StartStrict(t)
             case MoneyDeposited(transfer_id=t) if t is not None:
                 return ContinueStrict(t)
-            case DepositRejected(transfer_id=t):
+            case DepositRejected(transfer_id=t) | TransferTimedOut(transfer_id=t):
                 return ContinueStrict(t)
             case TransferCompleted(transfer_id=t) | TransferFailed(transfer_id=t):
                 return Stop(t)
@@ -143,17 +168,18 @@ class TransferProcess(ProcessManager):
 
     def handle(self, state: TransferState, event: Any) -> Any:
         match event:
-            case TransferRequested():
-                return ReceiveTransfer(event.target_account, event.transfer_id, event.amount)
+            case TransferRequested(transfer_id=t):
+                expiry = ScheduleOnce(_timeout_of(t), ExpireTransfer(t), event.requested_at + self.timeout)
+                return [ReceiveTransfer(event.target_account, t, event.amount), expiry]
             case MoneyDeposited(account_id=account, transfer_id=uuid.UUID() as t) if (
                 str(account) == state.target
             ):
-                return CompleteTransfer(t)
+                return [CompleteTransfer(t), CancelSchedule(_timeout_of(t))]
             case MoneyDeposited(account_id=account, transfer_id=uuid.UUID() as t) if (
                 str(account) == state.source
             ):
                 # The refund landed: the transfer failed, and nothing was lost.
-                return FailTransfer(t, RejectionReason.ACCOUNT_CLOSED)
+                return [FailTransfer(t, RejectionReason.ACCOUNT_CLOSED), CancelSchedule(_timeout_of(t))]
             case DepositRejected():
                 return RefundTransfer(uuid.UUID(state.source), event.transfer_id, state.amount)
         return None
@@ -168,6 +194,8 @@ class TransferProcess(ProcessManager):
                 return replace(state, status="completing")
             case DepositRejected():
                 return replace(state, status="refunding")
+            case TransferTimedOut():
+                return replace(state, timed_out=True)
         return state
 
     def error(self, error: BaseException, failed: Any, context: Any) -> Any:
@@ -179,3 +207,7 @@ class TransferProcess(ProcessManager):
             refund = RefundTransfer(source, failed.transfer_id, failed.amount)
             return ContinueWith([refund, *context.pending_commands])
         return super().error(error, failed, context)
+
+
+def _timeout_of(transfer_id: uuid.UUID) -> str:
+    return f"transfer-timeout-{transfer_id}"

@@ -4,18 +4,21 @@ rejected deposit, compensated on a target that was never opened; money conserved
 from __future__ import annotations
 
 import uuid
+from datetime import timedelta
 from decimal import Decimal
 from typing import Any
 
 from eventstore import PostgresEventStore, StreamNotFound
 from examples.bank.accounts import CloseAccount, Deposit, OpenAccount, RequestTransfer
-from examples.bank.events import TransferCompleted, TransferFailed
+from examples.bank.events import MoneyDeposited, TransferCompleted, TransferFailed, TransferTimedOut
 from examples.bank.transfers import TransferProcess, bank
 from tests.tidings.test_dispatch import MAPPER
 from tests.workers.worker_support import eventually, stack
 from tidings import Application
 from tidings.pytest_plugin import KafkaNamespace
+from workers import EventMetadata
 from workers.process_instances import ProcessInstances
+from workers.scheduling import ScheduledCommands, Scheduler
 
 
 def balance(store: PostgresEventStore, account: uuid.UUID) -> Decimal:
@@ -77,3 +80,43 @@ def test_transfers_complete_or_are_compensated_and_money_is_conserved(
         e for e in event_store.read_stream_forward(f"account-{closed}") if "Rejected" in e.event_type
     ]
     assert len(rejections) == 1
+
+
+def test_a_stuck_transfer_is_recorded_as_timed_out_and_a_finished_one_cancels_its_timeout(
+    event_store: PostgresEventStore, kafka_namespace: KafkaNamespace
+) -> None:
+    app = Application(event_store, MAPPER, bank)
+    source, target = uuid.uuid4(), uuid.uuid4()
+    for account in (source, target):
+        app.dispatch(OpenAccount(account, "Ada"))
+    app.dispatch(Deposit(source, Decimal("100.00")))
+    finished, stuck = uuid.uuid4(), uuid.uuid4()
+    with stack(event_store, kafka_namespace, partitions=2, mapper=MAPPER, router=bank) as s:
+
+        class Transfers(TransferProcess):
+            name = s.name("transfers")
+            timeout = timedelta(seconds=1)
+
+            def interested(self, event: Any, metadata: EventMetadata) -> Any:
+                if isinstance(event, MoneyDeposited) and event.transfer_id == stuck:
+                    return None  # its deposit never reaches the process manager: the transfer is stuck
+                return super().interested(event, metadata)
+
+        scheduler = Scheduler(app, ScheduledCommands(event_store, bank), poll_seconds=0.05)
+        scheduler.start()
+        try:
+            s.run(Transfers)
+            app.dispatch(RequestTransfer(finished, source, target, Decimal("10.00")))
+            app.dispatch(RequestTransfer(stuck, source, target, Decimal("5.00")))
+            instances = ProcessInstances(event_store)
+            eventually(
+                lambda: (i := instances.get(Transfers.name, str(stuck))) is not None and i.state["timed_out"],
+                what="the stuck transfer timed out, and its instance knows",
+            )
+        finally:
+            scheduler.stop()
+    assert isinstance(ending(event_store, finished), TransferCompleted)
+    (timed_out,) = event_store.read_stream_forward(f"transfer-{stuck}")
+    assert isinstance(MAPPER.event_of(timed_out), TransferTimedOut)
+    assert ScheduledCommands(event_store, bank).pending() == [], "the finished transfer cancelled its timeout"
+    assert balance(event_store, target) == Decimal("15.00"), "no money moved on the timeout"
