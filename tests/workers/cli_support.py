@@ -18,7 +18,7 @@ from psycopg import sql
 from tests.support import tidings_script
 from tidings.pytest_plugin import KafkaNamespace, PostgresSchema
 
-__all__ = ["ROOT", "WorkerProcess", "count", "rows", "tidings", "worker_env"]
+__all__ = ["ROOT", "WorkerProcess", "assigned", "count", "rows", "tidings", "worker_env"]
 
 ROOT = Path(__file__).resolve().parents[2]
 """The checkout: commands run from here, so ``tests.workers.apps`` is importable as a user's module is."""
@@ -123,6 +123,11 @@ class WorkerProcess:
         self.process.wait(30)
         if not self._log.closed:
             self._log.close()
+
+
+def assigned(worker: WorkerProcess) -> list[str]:
+    """The partitions the worker's (only) handler has now."""
+    return list(worker.readiness()[1]["handlers"][0]["assigned"])
 
 
 def rows(url: str, schema: str, table: str, columns: str = "*", order: str = "1") -> list[tuple[Any, ...]]:

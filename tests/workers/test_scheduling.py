@@ -8,6 +8,7 @@ import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -15,10 +16,12 @@ import pytest
 from eventstore import PostgresEventStore, StoreConfig
 from examples.bank.accounts import CloseAccount, Deposit, OpenAccount, accounts
 from examples.bank.events import AccountClosed, AccountOpened
+from examples.bank.transfers import bank
 from tests.tidings.test_dispatch import MAPPER
+from tests.workers.cli_support import WorkerProcess, assigned, worker_env
 from tests.workers.worker_support import eventually, stack
 from tidings import Application
-from tidings.pytest_plugin import KafkaNamespace
+from tidings.pytest_plugin import KafkaNamespace, PostgresSchema
 from workers.process_manager import ProcessManager
 from workers.process_routing import Continue, Start
 from workers.scheduling import (
@@ -147,3 +150,39 @@ def test_a_process_manager_schedules_and_cancels_in_its_events_transaction(
         (opening,) = event_store.read_stream_forward(f"account-{kept}", 1, 1)
         assert deposit.causation_id == opening.event_id, "caused by the event that scheduled it"
         assert _deposits(event_store, closed) == []
+
+
+def test_two_worker_processes_fire_each_schedule_once(
+    event_store: PostgresEventStore,
+    postgres_schema: PostgresSchema,
+    kafka_namespace: KafkaNamespace,
+    tmp_path: Path,
+) -> None:
+    app = Application(event_store, MAPPER, bank)
+    account = uuid.uuid4()
+    app.dispatch(OpenAccount(account, "Ada"))
+    schedules = ScheduledCommands(event_store, bank)
+    due = datetime.now(UTC) + timedelta(seconds=3)  # after both workers are up
+    schedules.schedule_batch(
+        [ScheduleOnce(f"deposit-{i}", Deposit(account, Decimal("1.00")), due) for i in range(40)]
+    )
+    schedules.schedule_once("cancelled", Deposit(account, Decimal("500.00")), due)
+    schedules.cancel("cancelled")
+    with stack(event_store, kafka_namespace, partitions=2, mapper=MAPPER, router=bank) as s:
+        env = worker_env(postgres_schema, kafka_namespace, s.app_name)
+        args = ["tests.workers.process_apps:build_bank", "--partitions", "2"]
+        with (
+            WorkerProcess(args, env, tmp_path / "a.log") as a,
+            WorkerProcess(args, env, tmp_path / "b.log") as b,
+        ):
+            eventually(lambda: a.ready() and b.ready(), what="two workers ready")
+            eventually(lambda: not schedules.pending(), 60, "every schedule fired")
+            # Leaving a group mid-rebalance keeps the broker waiting for the member: stop once it is stable.
+            eventually(lambda: assigned(a) and assigned(b), what="both workers in the group")
+            assert a.terminate() == 0
+            assert b.terminate() == 0
+    fired = _deposits(event_store, account)
+    by_schedule = collections.Counter(MAPPER.from_recorded(e)[1]["schedule_id"] for e in fired)
+    assert by_schedule == collections.Counter({f"deposit-{i}": 1 for i in range(40)})
+    fired_by = {line.get("schedule_id") for w in (a, b) for line in w.lines() if "schedule_id" in line}
+    assert len(fired_by) == 40

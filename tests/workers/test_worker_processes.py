@@ -10,7 +10,7 @@ from confluent_kafka.admin import AdminClient
 
 from eventstore import PostgresEventStore
 from tests.eventstore.relay_support import Writers
-from tests.workers.cli_support import WorkerProcess, rows, worker_env
+from tests.workers.cli_support import WorkerProcess, assigned, rows, worker_env
 from tests.workers.process_apps import create_tables
 from tests.workers.worker_support import eventually, noted, stack
 from tidings.pytest_plugin import KafkaNamespace, PostgresSchema
@@ -22,11 +22,6 @@ def group_state(namespace: KafkaNamespace, group: str) -> str:
     admin = AdminClient({"bootstrap.servers": namespace.bootstrap_servers})
     description = admin.describe_consumer_groups([group])[group].result(timeout=30)
     return str(description.state.name)
-
-
-def assigned(worker: WorkerProcess) -> list[str]:
-    """The partitions the worker's (only) handler has now."""
-    return list(worker.readiness()[1]["handlers"][0]["assigned"])
 
 
 def test_per_key_order_with_concurrency_4_across_2_worker_processes(
