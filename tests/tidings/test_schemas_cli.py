@@ -20,7 +20,7 @@ from tidings.avro.schemas import SchemaSet
 from workers.cli import app
 
 ROOT = Path(__file__).resolve().parents[2]
-BANK_SUBJECTS = 8
+BANK_SUBJECTS = len(list((ROOT / "schemas" / "bank").iterdir()))
 
 runner = CliRunner()
 
