@@ -55,7 +55,7 @@ def _deposits(store: PostgresEventStore, account: uuid.UUID) -> list[Any]:
 def _open(app: Application, n: int) -> list[uuid.UUID]:
     opened = [uuid.uuid4() for _ in range(n)]
     for account in opened:
-        app.dispatch(OpenAccount(account, "Ada"))
+        app.dispatch(OpenAccount(account, "Ada"), metadata={"user": "teller-7"})
     return opened
 
 
@@ -110,6 +110,7 @@ def test_each_opened_account_gets_one_bonus_caused_by_its_opening_and_stop_delet
             (opening,) = event_store.read_stream_forward(f"account-{account}", 1, 1)
             assert deposit.causation_id == opening.event_id, "the command is caused by the event"
             assert deposit.correlation_id == opening.correlation_id, "and keeps its correlation"
+            assert MAPPER.from_recorded(deposit)[1]["user"] == "teller-7", "and the user's metadata"
             assert MAPPER.event_of(deposit).amount == BONUS
         instance = instances.get(Bonuses.name, str(opened[0]))
         assert instance is not None
