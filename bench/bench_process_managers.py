@@ -33,12 +33,12 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-import psycopg
 from confluent_kafka.admin import AdminClient
 from psycopg import sql
 
+from bench.bench_workers import fresh_schema
 from bench.results import Row
-from eventstore import PostgresEventStore, StoreConfig, StreamNotFound, migrate
+from eventstore import PostgresEventStore, StreamNotFound
 from eventstore.relay import Relay, RelayConfig
 from examples.bank.accounts import Deposit, OpenAccount, ReceiveTransfer, RequestTransfer
 from examples.bank.events import events
@@ -69,15 +69,8 @@ def worker_app() -> WorkerApp:
 
 @contextlib.contextmanager
 def fresh_store(url: str) -> Iterator[PostgresEventStore]:
-    config = StoreConfig(url, f"bench_pm_{uuid.uuid4().hex[:8]}")
-    migrate(config)
-    store = PostgresEventStore(config)
-    try:
+    with fresh_schema(url) as config, PostgresEventStore(config) as store:
         yield store
-    finally:
-        store.close()
-        with psycopg.connect(url, autocommit=True) as conn:
-            conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(config.schema)))
 
 
 def open_accounts(app: Application) -> list[uuid.UUID]:

@@ -159,6 +159,7 @@ class ProcessManager(Projection):
         self._schedules: ScheduledCommands | None = None
         self._outbox: sql.Composed | None = None
         self._cache: dict[str, tuple[int, Any, float]] = {}
+        self._next_sweep = 0.0
         self._dispatched: list[Any] = []  # this transaction's dispatch results, cached once it commits
         self._interested_takes_metadata = len(inspect.signature(self.interested).parameters) >= 2
 
@@ -278,15 +279,20 @@ class ProcessManager(Projection):
         return plain_json(state, where)
 
     def _forget_idle(self) -> None:
+        # A sweep of the whole cache, so at most once a second rather than for every event.
         if self.idle_timeout is None or not self._cache:
             return
         now = time.monotonic()
+        if now < self._next_sweep:
+            return
+        self._next_sweep = now + min(1.0, self.idle_timeout)
         idle = [pid for pid, (_, _, used) in self._cache.items() if now - used > self.idle_timeout]
         for pid in idle:
             del self._cache[pid]
 
     def cached(self) -> list[str]:
         """The process ids this instance of the worker holds in memory (for tests and debugging)."""
+        self._next_sweep = 0.0
         self._forget_idle()
         return sorted(self._cache)
 

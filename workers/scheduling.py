@@ -101,6 +101,19 @@ class ScheduledCommand:
     last_error: str | None
 
 
+@dataclass(frozen=True, slots=True)
+class Due:
+    """A schedule taken to fire, as stored."""
+
+    schedule_id: str
+    command_type: str
+    command: dict[str, Any]
+    metadata: dict[str, Any]
+    causation_id: uuid.UUID | None
+    correlation_id: uuid.UUID | None
+    attempts: int
+
+
 class UnknownScheduledCommand(ConfigurationError):
     """A schedule holds a command type the router does not route (renamed, or moved to another app)."""
 
@@ -222,6 +235,28 @@ class ScheduledCommands:
         if once:
             self.schedule_batch(once, causation_id, correlation_id, scheduled_by, connection)
 
+    def take_due(self, conn: psycopg.Connection, limit: int) -> list[Due]:
+        """Up to ``limit`` schedules due now, locked for the caller's transaction; those another
+        transaction holds are passed over (``SKIP LOCKED``)."""
+        rows = conn.execute(
+            self._sql(
+                "SELECT schedule_id, command_type, command, metadata, causation_id, correlation_id, attempts "
+                "FROM {t} WHERE due_at <= now() ORDER BY due_at, schedule_id LIMIT %s FOR UPDATE SKIP LOCKED"
+            ),
+            (limit,),
+        ).fetchall()
+        return [Due(*row) for row in rows]
+
+    def postpone(self, conn: psycopg.Connection, schedule_id: str, error: str, delay: float) -> None:
+        """Record a failed firing, and make the schedule due again ``delay`` seconds from now."""
+        conn.execute(
+            self._sql(
+                "UPDATE {t} SET attempts = attempts + 1, last_error = %s, "
+                "due_at = now() + make_interval(secs => %s) WHERE schedule_id = %s"
+            ),
+            (error, delay, schedule_id),
+        )
+
     def command_of(self, name: str, document: dict[str, Any]) -> object:
         cls = self._types.get(name)
         if cls is None:
@@ -278,58 +313,36 @@ class Scheduler:
     def fire_due(self) -> int:
         """Fire the schedules due now (up to ``batch``); how many were taken."""
         with self._store.connection() as conn:
-            rows = conn.execute(
-                self.schedules._sql(
-                    "SELECT schedule_id, command_type, command, metadata, causation_id, correlation_id, "
-                    "attempts FROM {t} WHERE due_at <= now() ORDER BY due_at, schedule_id LIMIT %s "
-                    "FOR UPDATE SKIP LOCKED"
-                ),
-                (self.batch,),
-            ).fetchall()
-            for schedule_id, name, document, metadata, causation, correlation, attempts in rows:
-                self._fire(conn, schedule_id, name, document, metadata, causation, correlation, attempts)
-        return len(rows)
+            due = self.schedules.take_due(conn, self.batch)
+            for schedule in due:
+                self._fire(conn, schedule)
+        return len(due)
 
-    def _fire(
-        self,
-        conn: psycopg.Connection,
-        schedule_id: str,
-        name: str,
-        document: dict[str, Any],
-        metadata: dict[str, Any],
-        causation: uuid.UUID | None,
-        correlation: uuid.UUID | None,
-        attempts: int,
-    ) -> None:
+    def _fire(self, conn: psycopg.Connection, due: Due) -> None:
         try:
             with conn.transaction():  # a savepoint: a failed command leaves the others' transaction usable
-                command = self.schedules.command_of(name, document)
                 self.application.dispatch(
-                    command,
-                    causation_id=causation,
-                    correlation_id=correlation,
-                    metadata={**metadata, "schedule_id": schedule_id},
+                    self.schedules.command_of(due.command_type, due.command),
+                    causation_id=due.causation_id,
+                    correlation_id=due.correlation_id,
+                    metadata={**due.metadata, "schedule_id": due.schedule_id},
                     connection=conn,
                 )
-                conn.execute(self.schedules._sql("DELETE FROM {t} WHERE schedule_id = %s"), (schedule_id,))
+                self.schedules.cancel(due.schedule_id, conn)  # fired: its row goes with the command's events
         except Exception as exc:  # noqa: BLE001 - recorded on the schedule, retried with a backoff
-            delay = min(2.0**attempts, self.max_backoff)
-            conn.execute(
-                self.schedules._sql(
-                    "UPDATE {t} SET attempts = attempts + 1, last_error = %s, "
-                    "due_at = now() + make_interval(secs => %s) WHERE schedule_id = %s"
-                ),
-                (f"{type(exc).__name__}: {exc}", delay, schedule_id),
-            )
+            delay = min(2.0**due.attempts, self.max_backoff)
+            self.schedules.postpone(conn, due.schedule_id, f"{type(exc).__name__}: {exc}", delay)
             metrics.ERRORS.labels("scheduler", "command").inc()
             log.error(
                 "a scheduled command failed; it is tried again later",
                 extra={
-                    "schedule_id": schedule_id,
-                    "attempt": attempts + 1,
+                    "schedule_id": due.schedule_id,
+                    "attempt": due.attempts + 1,
                     "error": str(exc),
                     "retry_in": delay,
                 },
             )
             return
-        log.info("scheduled command fired", extra={"schedule_id": schedule_id, "command": name})
+        log.info(
+            "scheduled command fired", extra={"schedule_id": due.schedule_id, "command": due.command_type}
+        )

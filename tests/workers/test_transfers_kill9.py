@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from psycopg import sql
 
-from eventstore import PostgresEventStore
+from eventstore import PostgresEventStore, StreamNotFound
 from examples.bank.accounts import CloseAccount, Deposit, InsufficientFunds, OpenAccount, RequestTransfer
 from examples.bank.events import MoneyDeposited, MoneyWithdrawn, TransferCompleted, TransferFailed
 from examples.bank.transfers import bank
@@ -120,8 +120,6 @@ def test_kill_9_loop_during_1000_concurrent_transfers_conserves_money_and_ends_e
 
 
 def _ending(store: PostgresEventStore, transfer: uuid.UUID) -> object | None:
-    from eventstore import StreamNotFound
-
     try:
         recorded = store.read_stream_forward(f"transfer-{transfer}")
     except StreamNotFound:
