@@ -13,14 +13,14 @@ from __future__ import annotations
 import json
 import os
 import signal
+import threading
 import tomllib
 from dataclasses import asdict
 from pathlib import Path
 from types import FrameType
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
-from prometheus_client import start_http_server
 from rich.console import Console
 from rich.table import Table
 
@@ -36,6 +36,7 @@ from eventstore.relay import Relay, RelayConfig, TopicCreationFailed, TopicMissi
 from eventstore.routing import Routing
 from workers.cli_options import EXIT_FAILED, EXIT_USAGE, DatabaseUrl, Schema, kafka_settings, required
 from workers.logs import configure_logging
+from workers.probes import Probes
 
 __all__ = ["relay_app"]
 
@@ -98,10 +99,16 @@ def relay_command(
         typer.Option(envvar="TIDINGS_LEADER_URL", help="Session-mode PostgreSQL URL for the leader lock."),
     ] = None,
     standby_poll: Annotated[float, typer.Option(help="Seconds between a standby's attempts to lead.")] = 1.0,
-    metrics_port: Annotated[
+    port: Annotated[
         int,
-        typer.Option(envvar="TIDINGS_METRICS_PORT", help="Serve Prometheus metrics on this port (0: off)."),
+        typer.Option(
+            "--port",
+            "--metrics-port",
+            envvar="TIDINGS_RELAY_PORT",
+            help="Serve /healthz, /readyz and /metrics on this port (0: off).",
+        ),
     ] = 0,
+    host: Annotated[str, typer.Option(help="Interface the probes listen on.")] = "0.0.0.0",  # noqa: S104
     log_level: Annotated[str, typer.Option(envvar="TIDINGS_LOG_LEVEL")] = "info",
     log_format: Annotated[str, typer.Option(envvar="TIDINGS_LOG_FORMAT", help="json or text.")] = "json",
 ) -> None:
@@ -136,17 +143,31 @@ def relay_command(
     except ConfigurationError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(EXIT_USAGE) from exc
-    if metrics_port:
-        start_http_server(metrics_port)
     with PostgresEventStore(config) as store:
         relay = Relay(store, relay_config)
+        stopping = threading.Event()
+
+        def readiness() -> tuple[bool, dict[str, Any]]:
+            # A standby is ready too: it is what takes over, and a disruption budget counts it.
+            ready = not stopping.is_set()
+            return ready, {
+                "ready": ready,
+                "relay": name,
+                "leading": relay.leading.is_set(),
+                "last_published": relay.last_published,
+            }
+
+        probes = Probes(readiness, host=host, port=port) if port else None
 
         def stop(signum: int, frame: FrameType | None) -> None:
+            stopping.set()
             relay.stop()
 
         signal.signal(signal.SIGTERM, stop)
         signal.signal(signal.SIGINT, stop)
         try:
+            if probes is not None:
+                probes.start()
             relay.run()
         except (TopicMissing, TopicCreationFailed) as exc:
             typer.echo(f"error: {exc}", err=True)
@@ -154,6 +175,9 @@ def relay_command(
         except ConfigurationError as exc:
             typer.echo(f"error: {exc}", err=True)
             raise typer.Exit(EXIT_USAGE) from exc
+        finally:
+            if probes is not None:
+                probes.stop()
 
 
 @relay_app.command("status")

@@ -24,21 +24,17 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
-import json
 import logging
 import threading
 import time
 from collections.abc import Sequence
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
-from urllib.parse import urlsplit
-
-from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
 from eventstore.errors import ConfigurationError
 from tidings.dispatch import Application
 from workers.app import WorkerApp, WorkerConfig
 from workers.handler import EventHandler
+from workers.probes import Probes
 from workers.runner import HandlerRunner, HandlerStatus
 from workers.scheduling import ScheduledCommands, Scheduler
 
@@ -137,9 +133,7 @@ class Worker:
             if app.router is not None
             else None
         )
-        self._address = (host, port)
-        self._server: _ProbeServer | None = None
-        self._serving: threading.Thread | None = None
+        self._probes = Probes(self.readiness, host=host, port=port) if port is not None else None
         self._stopping = threading.Event()
         self._stopped = False
 
@@ -151,17 +145,8 @@ class Worker:
         Raises:
             ConfigurationError: the port cannot be listened on.
         """
-        host, port = self._address
-        if port is not None:
-            try:
-                self._server = _ProbeServer((host, port), self)
-            except OSError as exc:
-                raise ConfigurationError(f"cannot listen on {host or '*'}:{port}: {exc.strerror}") from exc
-            self._serving = threading.Thread(
-                target=self._server.serve_forever, kwargs={"poll_interval": 0.2}, name="probes", daemon=True
-            )
-            self._serving.start()
-            log.info("serving /healthz, /readyz and /metrics", extra={"host": host, "port": self.port})
+        if self._probes is not None:
+            self._probes.start()
         for runner in self.runners:
             runner.start()
         if self.scheduler is not None:
@@ -184,11 +169,8 @@ class Worker:
             runner.stop(max(0.0, deadline - time.monotonic()))
         if self.scheduler is not None:
             self.scheduler.stop(max(0.0, deadline - time.monotonic()))
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-        if self._serving is not None:
-            self._serving.join(5)
+        if self._probes is not None:
+            self._probes.stop()
         log.info(
             "worker stopped",
             extra={"app": self.app.name, "handlers": {s.handler: s.state for s in self.statuses()}},
@@ -228,9 +210,9 @@ class Worker:
     @property
     def port(self) -> int:
         """The port the probes listen on (the one picked when started with port 0)."""
-        if self._server is None:
+        if self._probes is None:
             raise RuntimeError("the worker serves no probes: give it a port and start it")
-        return int(self._server.server_address[1])
+        return self._probes.port
 
     def statuses(self) -> list[HandlerStatus]:
         """Each handler's state, reason and assigned partitions, as of now."""
@@ -265,37 +247,3 @@ def _select(app: WorkerApp, names: Sequence[str] | None) -> list[type[EventHandl
             f"no handler named {', '.join(map(repr, unknown))}; this app has {available}"
         )
     return [app.handler(name) for name in dict.fromkeys(names)]
-
-
-class _ProbeServer(ThreadingHTTPServer):
-    daemon_threads = True
-
-    def __init__(self, address: tuple[str, int], worker: Worker) -> None:
-        self.worker = worker
-        super().__init__(address, _Probes)
-
-
-class _Probes(BaseHTTPRequestHandler):
-    server: _ProbeServer
-
-    def do_GET(self) -> None:
-        match urlsplit(self.path).path:
-            case "/healthz":
-                self._send(200, "application/json", b'{"alive": true}')
-            case "/readyz":
-                ready, document = self.server.worker.readiness()
-                self._send(200 if ready else 503, "application/json", json.dumps(document).encode())
-            case "/metrics":
-                self._send(200, CONTENT_TYPE_LATEST, generate_latest(REGISTRY))
-            case _:
-                self._send(404, "text/plain", b"not found: /healthz, /readyz, /metrics\n")
-
-    def _send(self, status: int, content_type: str, body: bytes) -> None:
-        self.send_response(status)
-        self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, format: str, *args: Any) -> None:
-        log.debug(format, *args)

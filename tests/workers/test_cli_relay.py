@@ -4,14 +4,19 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
+import urllib.error
+import urllib.request
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from eventstore import ConfigurationError, PostgresEventStore
 from tests.eventstore.relay_support import append_events, read_committed
 from tests.support import tidings_script
+from tests.workers.worker_support import eventually
 from tidings.pytest_plugin import KafkaNamespace, PostgresSchema
 from workers.cli_options import kafka_settings
 from workers.relay_cli import load_routing
@@ -26,6 +31,20 @@ def _run(*args: str, env: dict[str, str], timeout: float = 120) -> subprocess.Co
         timeout=timeout,
         check=False,
     )
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def _get(port: int, path: str) -> tuple[int, Any]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=10) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read())
 
 
 def _env(schema: PostgresSchema, kafka: KafkaNamespace) -> dict[str, str]:
@@ -78,9 +97,13 @@ def test_the_relay_publishes_and_its_status_shows_it(
     env = _env(postgres_schema, kafka_namespace)
     appended = append_events(event_store, streams=3, per_stream=2)
     log = tmp_path / "relay.log"
+    port = _free_port()
     with open(log, "wb") as output:
         relay = subprocess.Popen(
-            [tidings_script(), "relay", "--app", kafka_namespace.topic("bank"), "--partitions", "2"],
+            [
+                *(tidings_script(), "relay", "--app", kafka_namespace.topic("bank"), "--partitions", "2"),
+                *("--port", str(port), "--host", "127.0.0.1"),
+            ],
             env=env,
             stdout=output,
             stderr=subprocess.STDOUT,
@@ -92,6 +115,21 @@ def test_the_relay_publishes_and_its_status_shows_it(
                 kafka_namespace.group("check"),
                 lambda s: len(s) >= len(appended),
             )
+            # The probes the Helm chart points Kubernetes at: alive, ready (leading), and the metrics.
+            assert _get(port, "/healthz") == (200, {"alive": True})
+            eventually(
+                lambda: (
+                    _get(port, "/readyz")
+                    == (
+                        200,
+                        {"ready": True, "relay": "default", "leading": True, "last_published": len(appended)},
+                    )
+                ),
+                timeout=30,
+                what="the relay reports itself ready, leading, at the last event",
+            )
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
+                assert b"tidings_relay_" in response.read()
         finally:
             relay.terminate()
             assert relay.wait(60) == 0
