@@ -7,6 +7,7 @@ Exit codes: 0 success, 1 unhealthy or failed, 2 usage error, 3 a service could n
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Annotated
@@ -17,7 +18,7 @@ from rich.table import Table
 
 from eventstore import DEFAULT_SCHEMA, ConfigurationError, StoreConfig, migrate
 from tidings import devservices
-from workers.cli_options import Bootstrap, DatabaseUrl, Schema
+from workers.cli_options import Bootstrap, DatabaseUrl, Kafka, Schema, kafka_settings
 from workers.health import HealthReport, check_health
 from workers.parked_cli import parked_app
 from workers.relay_cli import relay_app
@@ -105,6 +106,7 @@ def health_command(
     database_url: DatabaseUrl,
     bootstrap_servers: Bootstrap,
     schema: Schema = DEFAULT_SCHEMA,
+    kafka: Kafka = None,
     migrate_first: Annotated[
         bool, typer.Option("--migrate", help="Apply migrations before checking.")
     ] = False,
@@ -118,7 +120,7 @@ def health_command(
         store = StoreConfig(database_url, schema)
         if migrate_first:
             migrate(store)
-        report = check_health(store, bootstrap_servers)
+        report = check_health(store, bootstrap_servers, kafka_settings(kafka or [], dict(os.environ)))
     _print_health(report, as_json)
     if not report.ok:
         raise typer.Exit(EXIT_UNHEALTHY)

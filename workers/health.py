@@ -7,6 +7,7 @@ the same checks later.
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import psycopg
@@ -64,9 +65,12 @@ def check_schema(store: StoreConfig) -> Check:
     return Check("schema", True, f"{store.schema} at revision {head}", time.monotonic() - started)
 
 
-def check_kafka(bootstrap_servers: str, timeout: float = 10.0) -> Check:
+def check_kafka(
+    bootstrap_servers: str, settings: Mapping[str, str] | None = None, timeout: float = 10.0
+) -> Check:
+    """Ask the brokers for metadata, with the deployment's librdkafka ``settings`` (SASL, TLS)."""
     started = time.monotonic()
-    admin = AdminClient({"bootstrap.servers": bootstrap_servers, "log_level": 0})
+    admin = AdminClient({**(settings or {}), "bootstrap.servers": bootstrap_servers, "log_level": 0})
     try:
         metadata = admin.list_topics(timeout=timeout)
     except Exception as exc:  # noqa: BLE001 - librdkafka raises KafkaException for every failure
@@ -75,8 +79,10 @@ def check_kafka(bootstrap_servers: str, timeout: float = 10.0) -> Check:
     return Check("kafka", bool(metadata.brokers), detail, time.monotonic() - started)
 
 
-def check_health(store: StoreConfig, bootstrap_servers: str) -> HealthReport:
+def check_health(
+    store: StoreConfig, bootstrap_servers: str, kafka: Mapping[str, str] | None = None
+) -> HealthReport:
     """Check PostgreSQL, the store's schema revision and Kafka; never raises for an unhealthy dependency."""
     postgres = check_postgres(store)
     schema = check_schema(store) if postgres.ok else Check("schema", False, "PostgreSQL unreachable", 0.0)
-    return HealthReport((postgres, schema, check_kafka(bootstrap_servers)))
+    return HealthReport((postgres, schema, check_kafka(bootstrap_servers, kafka)))

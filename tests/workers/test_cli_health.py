@@ -94,3 +94,20 @@ def test_every_command_has_help_with_an_example() -> None:
         result = _run(*command, "--help", env=dict(os.environ))
         assert result.returncode == 0
         assert "Example" in result.stdout, command
+
+
+def test_health_reaches_kafka_with_the_deployments_settings(
+    postgres_schema: PostgresSchema, kafka_service: devservices.Service
+) -> None:
+    # The Helm chart's `helm test` runs `tidings health` with the SASL/TLS settings in TIDINGS_KAFKA_*:
+    # a check that ignored them would pass against a plaintext broker the relay cannot use.
+    env = _env(postgres_schema, kafka_service, f"{postgres_schema.name}_store")
+    env["TIDINGS_KAFKA_SECURITY_PROTOCOL"] = "SSL"
+    result = _run("health", "--migrate", "--json", env=env)
+    assert result.returncode == 1
+    checks = {c["name"]: c["ok"] for c in json.loads(result.stdout)["checks"]}
+    assert checks == {"postgres": True, "schema": True, "kafka": False}
+
+    bad = _run("health", "--kafka", "nonsense", env=env)
+    assert bad.returncode == 2
+    assert "--kafka takes name=value" in bad.stderr
