@@ -7,9 +7,11 @@ Run it as any application runs its workers (the Helm chart and docker-compose.ym
     tidings worker examples.bank.workers:build --handler bank.balances
     tidings worker examples.bank.workers:build --handler bank.transfers
 
-``build`` reads the schema from ``TIDINGS_SCHEMA`` (the variable the commands read) and creates the read
-model's table there if it is missing. A real application creates its read models in its own migrations;
-the example does it here so that it runs on a fresh store with nothing else.
+``build`` reads the store's schema from ``TIDINGS_SCHEMA`` and the application's name from ``TIDINGS_APP``
+(default ``bank``: the topic ``bank.events`` and the handlers ``bank.balances`` and ``bank.transfers``),
+the variables the relay reads too, and creates the read model's table if it is missing. A real
+application creates its read models in its own migrations; the example does it here so that it runs on a
+fresh store with nothing else.
 """
 
 from __future__ import annotations
@@ -59,14 +61,15 @@ def balances_table(schema: str) -> sa.Table:
 
 
 def build() -> WorkerApp:
-    """The bank's ``WorkerApp`` for the schema in ``TIDINGS_SCHEMA`` (``tidings worker`` calls it)."""
+    """The bank's ``WorkerApp`` for ``TIDINGS_SCHEMA`` and ``TIDINGS_APP`` (``tidings worker`` calls it)."""
     schema = validate_schema(os.environ.get("TIDINGS_SCHEMA", DEFAULT_SCHEMA))
+    app_name = os.environ.get("TIDINGS_APP") or "bank"
     balances = balances_table(schema)
     if url := os.environ.get("DATABASE_URL"):
         _create(balances, url)
 
     class Balances(Projection):
-        name = "bank.balances"
+        name = f"{app_name}.balances"
         tables = (balances,)
         concurrency = 4
 
@@ -91,7 +94,10 @@ def build() -> WorkerApp:
                         .values(balance=balance, event_number=number)
                     )
 
-    return WorkerApp("bank", mapper=mapper(), handlers=[Balances, TransferProcess], router=bank)
+    class Transfers(TransferProcess):
+        name = f"{app_name}.transfers"
+
+    return WorkerApp(app_name, mapper=mapper(), handlers=[Balances, Transfers], router=bank)
 
 
 def _create(table: sa.Table, database_url: str) -> None:
