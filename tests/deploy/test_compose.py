@@ -25,9 +25,9 @@ import pytest
 from typer.main import get_command
 
 from tests.deploy import tools
+from tests.deploy.cli_contract import run_tidings, variables_read_by
 from tests.deploy.compose_file import interpolate, load, read, references
 from tests.deploy.dockerfile import Dockerfile, pinned
-from tests.support import tidings_script
 from workers.cli import app as cli_app
 from workers.probes import Probes
 from workers.worker import AppNotFound, load_app
@@ -77,10 +77,6 @@ def dockerfile_of(service: str) -> Dockerfile:
     build = services()[service]["build"]
     context = ROOT / build["context"]
     return Dockerfile.parse(context / build.get("dockerfile", "Dockerfile"), build.get("args"))
-
-
-def run_tidings(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([tidings_script(), *args], capture_output=True, text=True, timeout=60, check=False)
 
 
 # --- the file -----------------------------------------------------------------------------------------
@@ -225,21 +221,6 @@ def test_the_environment_points_at_the_services(password: str | None) -> None:
     kafka = everything["services"]["kafka"]["environment"]
     advertised = dict(item.split("://") for item in kafka["KAFKA_ADVERTISED_LISTENERS"].split(","))
     assert everything["x-tidings-env"]["KAFKA_BOOTSTRAP_SERVERS"] == advertised["PLAINTEXT"]
-
-
-def variables_read_by(args: list[str]) -> set[str]:
-    """The environment variables the options of the tidings command ``args`` names read."""
-    command: Any = get_command(cli_app)
-    for word in args:
-        sub = getattr(command, "commands", {}).get(word)
-        if sub is None:
-            break
-        command = sub
-    names: set[str] = set()
-    for param in command.params:
-        envvar = getattr(param, "envvar", None)
-        names.update([envvar] if isinstance(envvar, str) else envvar or [])
-    return names
 
 
 def test_every_shared_variable_is_read_by_a_command() -> None:

@@ -20,11 +20,9 @@ import jsonschema
 import kubernetes_validate
 import pytest
 import yaml
-from typer.main import get_command
 
 from tests.deploy import tools
-from tests.support import tidings_script
-from workers.cli import app as cli_app
+from tests.deploy.cli_contract import run_tidings, variables_read_by
 from workers.cli_options import KAFKA_ENV_PREFIX, kafka_settings
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -165,16 +163,7 @@ def _objects(node: Any) -> Iterator[dict[str, Any]]:
 
 @pytest.mark.parametrize("values", ["default", "full"])
 def test_the_policy_scan_finds_nothing_critical(values: str, tmp_path: Path) -> None:
-    manifests = tmp_path / "manifests.yaml"
-    manifests.write_text(yaml.safe_dump_all(rendered(values)))
-    result = subprocess.run(
-        [tools.kube_score(), "score", "--output-format", "json", str(manifests)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    report = json.loads(result.stdout)
+    report = kube_score(list(rendered(values)), tmp_path)
     scored = {item["object_meta"]["name"] + "/" + item["type_meta"]["kind"] for item in report}
     assert len(scored) >= 6, scored  # the scan saw the workloads, not an empty file
     critical = [
@@ -191,17 +180,23 @@ def test_the_policy_scan_would_flag_a_container_running_as_root(tmp_path: Path) 
     """The scan's verdict above means something: the same chart with a root container fails it."""
     relay = copy.deepcopy(find(rendered("default"), "Deployment", "rel-tidings-relay"))
     relay["spec"]["template"]["spec"]["containers"][0]["securityContext"] = {"runAsUser": 0}
-    manifests = tmp_path / "manifests.yaml"
-    manifests.write_text(yaml.safe_dump(relay))
+    grades = {c["check"]["id"]: c["grade"] for c in kube_score([relay], tmp_path)[0]["checks"]}
+    assert grades["container-security-context-user-group-id"] == 1
+
+
+def kube_score(manifests: list[Manifest], tmp_path: Path) -> list[dict[str, Any]]:
+    """kube-score's JSON report on ``manifests`` (it exits 1 when it finds something critical)."""
+    path = tmp_path / "manifests.yaml"
+    path.write_text(yaml.safe_dump_all(manifests))
     result = subprocess.run(
-        [tools.kube_score(), "score", "--output-format", "json", str(manifests)],
+        [tools.kube_score(), "score", "--output-format", "json", str(path)],
         capture_output=True,
         text=True,
         timeout=120,
         check=False,
     )
-    grades = {c["check"]["id"]: c["grade"] for c in json.loads(result.stdout)[0]["checks"]}
-    assert grades["container-security-context-user-group-id"] == 1
+    assert result.stdout.startswith("["), result.stderr
+    return list(json.loads(result.stdout))
 
 
 # --- values.schema.json -------------------------------------------------------------------------
@@ -356,10 +351,7 @@ def test_the_commands_exist_and_read_every_variable_the_chart_sets(values: str) 
     for workload in [*all_of(manifests, "Deployment"), *all_of(manifests, "Job"), *all_of(manifests, "Pod")]:
         for container in containers(workload):
             args = container["args"]
-            # click refuses an unknown command or option before it honours --help.
-            result = subprocess.run(
-                [tidings_script(), *args, "--help"], capture_output=True, text=True, timeout=60, check=False
-            )
+            result = run_tidings(*args, "--help")
             assert result.returncode == 0, f"{workload['metadata']['name']}: tidings {args}: {result.stderr}"
             read = variables_read_by(args)
             names = {entry["name"] for entry in container.get("env", [])}
@@ -375,24 +367,6 @@ def test_the_commands_exist_and_read_every_variable_the_chart_sets(values: str) 
     # The shared ConfigMap holds nothing that no command reads.
     unread = {name for name in config - read_by_config_users if not name.startswith(KAFKA_ENV_PREFIX)}
     assert unread == set()
-
-
-def variables_read_by(args: list[str]) -> set[str]:
-    """The environment variables the tidings command ``args`` names reads (its options' envvars)."""
-    command = get_command(cli_app)
-    for word in args:
-        sub = getattr(command, "commands", {}).get(word)
-        if sub is None:
-            break
-        command = sub
-    names: set[str] = set()
-    for param in command.params:
-        envvar = getattr(param, "envvar", None)
-        if isinstance(envvar, str):
-            names.add(envvar)
-        elif envvar:
-            names.update(envvar)
-    return names
 
 
 def test_kafka_settings_reach_librdkafka_under_their_own_names() -> None:
