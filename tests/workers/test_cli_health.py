@@ -1,4 +1,4 @@
-"""`tidings health` and `tidings demo` on the real services."""
+"""`tidings health` on the real services (`tidings demo`: test_demo.py)."""
 
 from __future__ import annotations
 
@@ -73,20 +73,6 @@ def test_invalid_schema_is_a_usage_error(postgres_schema: PostgresSchema) -> Non
     result = _run("migrate", "--schema", "Robert'); DROP TABLE students;--", env=env)
     assert result.returncode == 2
     assert "invalid schema name" in result.stderr
-
-
-def test_demo_migrates_and_reports_healthy(
-    postgres_schema: PostgresSchema, kafka_service: devservices.Service
-) -> None:
-    # The README's first command runs this; here against the session's services through the environment.
-    env = _env(postgres_schema, kafka_service, f"{postgres_schema.name}_demo")
-    result = _run("demo", "--json", env=env)
-    assert result.returncode == 0, result.stderr
-    report = json.loads(result.stdout)
-    assert report["ok"] is True
-    assert [c["name"] for c in report["checks"]] == ["postgres", "schema", "kafka"]
-    assert "postgres: environment" in result.stderr
-    assert "kafka: environment" in result.stderr
 
 
 def test_every_command_has_help_with_an_example() -> None:
