@@ -19,10 +19,12 @@ from rich.table import Table
 from eventstore import DEFAULT_SCHEMA, ConfigurationError, StoreConfig, migrate
 from tidings import devservices
 from workers.cli_options import Bootstrap, DatabaseUrl, Kafka, Schema, kafka_settings
+from workers.events_cli import events_app
 from workers.health import HealthReport, check_health
 from workers.parked_cli import parked_app
 from workers.relay_cli import relay_app
 from workers.schemas_cli import schemas_app
+from workers.status_cli import status_command
 from workers.worker_cli import reset_command, worker_command
 
 __all__ = ["app"]
@@ -44,8 +46,10 @@ app.add_typer(dev_app, name="dev")
 app.add_typer(schemas_app, name="schemas")
 app.add_typer(relay_app, name="relay")
 app.add_typer(parked_app, name="parked")
+app.add_typer(events_app, name="events")
 app.command("worker")(worker_command)
 app.command("reset")(reset_command)
+app.command("status")(status_command)
 
 out = Console()
 err = Console(stderr=True)

@@ -57,7 +57,7 @@ from workers.projection import Projection
 from workers.scheduling import ScheduledCommands
 from workers.topics import ensure_topics
 
-__all__ = ["HandlerRunner", "HandlerStatus", "HistoryUnavailable"]
+__all__ = ["HandlerRunner", "HandlerStatus", "HistoryUnavailable", "handler_topics"]
 
 log = logging.getLogger("workers.runner")
 
@@ -722,11 +722,11 @@ class HandlerRunner:
             raise KafkaException(failures[0] if failures else KafkaError(KafkaError._TIMED_OUT))
 
     def _topics(self) -> list[str]:
-        routing = self.app.routing_for(self.config)
+        topics = handler_topics(self.handler, self.app)
+        if not _repartitions(self.handler, self.app):
+            return topics
+        (topic,) = topics
         by = self.handler.partition_by
-        if by is None or (isinstance(by, str) and routing.keys_by(by)):
-            return list(self.handler.topics or routing.topics())
-        topic = f"{self.app.name}.{self.name}.by-key"
         key = by if isinstance(by, str) else _key_function(self.handler, self.app)
         self._repartition = Relay(
             self.store,
@@ -741,6 +741,18 @@ class HandlerRunner:
             ),
         )
         return [topic]
+
+
+def handler_topics(handler: type[EventHandler], app: WorkerApp) -> list[str]:
+    """The topics ``handler`` reads: its own ``topics``, the app's, or the one it repartitions to."""
+    if _repartitions(handler, app):
+        return [f"{app.name}.{handler.name}.by-key"]
+    return list(handler.topics or app.routing_for().topics())
+
+
+def _repartitions(handler: type[EventHandler], app: WorkerApp) -> bool:
+    by = handler.partition_by
+    return not (by is None or (isinstance(by, str) and app.routing_for().keys_by(by)))
 
 
 def _key_function(handler: type[EventHandler], app: WorkerApp) -> Callable[[Any], str | bytes | None]:
