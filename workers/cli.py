@@ -19,6 +19,7 @@ from rich.table import Table
 from eventstore import DEFAULT_SCHEMA, ConfigurationError, StoreConfig, migrate
 from tidings import devservices
 from workers.cli_options import Bootstrap, DatabaseUrl, Kafka, Schema, kafka_settings
+from workers.demo_cli import demo_command
 from workers.events_cli import events_app
 from workers.health import HealthReport, check_health
 from workers.parked_cli import parked_app
@@ -48,6 +49,7 @@ app.add_typer(relay_app, name="relay")
 app.add_typer(parked_app, name="parked")
 app.add_typer(events_app, name="events")
 app.command("worker")(worker_command)
+app.command("demo")(demo_command)
 app.command("reset")(reset_command)
 app.command("status")(status_command)
 
@@ -125,24 +127,6 @@ def health_command(
         if migrate_first:
             migrate(store)
         report = check_health(store, bootstrap_servers, kafka_settings(kafka or [], dict(os.environ)))
-    _print_health(report, as_json)
-    if not report.ok:
-        raise typer.Exit(EXIT_UNHEALTHY)
-
-
-@app.command("demo")
-def demo_command(schema: Schema = DEFAULT_SCHEMA, as_json: AsJson = False) -> None:
-    """Provide PostgreSQL and Kafka, migrate the store and report health, then stop what was started.
-
-    Services come from DATABASE_URL / KAFKA_BOOTSTRAP_SERVERS when set, else Docker, else local processes.
-    Example: [bold]tidings demo[/]
-    """
-    with _service_errors(), devservices.services() as running:
-        for service in (running.postgres, running.kafka):
-            err.print(f"{service.kind}: {service.source}, ready in {service.started_in:.1f}s")
-        store = StoreConfig(running.postgres.address, schema)
-        err.print(f"schema {schema} migrated to revision {migrate(store)}")
-        report = check_health(store, running.kafka.address)
     _print_health(report, as_json)
     if not report.ok:
         raise typer.Exit(EXIT_UNHEALTHY)

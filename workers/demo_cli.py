@@ -37,7 +37,7 @@ from typing import IO, Annotated, Any
 
 import psycopg
 import typer
-from confluent_kafka import Consumer, ConsumerGroupTopicPartitions, KafkaException, TopicPartition
+from confluent_kafka import Consumer, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient
 from psycopg import sql
 from rich.console import Console
@@ -362,25 +362,25 @@ class _LagSampler:
             return self.handler_max  # a hiccup: keep the last known figure, the run goes on
 
     def _group_lag(self, group: str) -> int:
-        """Messages of the topic the handler has not handled yet.
+        """Messages of the topic the handler has not handled yet, from its checkpoints in PostgreSQL.
 
-        Positions come from the handler's checkpoints in PostgreSQL (exact, where auto-committed Kafka
-        offsets trail by seconds), else from the group's Kafka offsets. The relay writes in transactions,
-        so each partition ends with a commit marker, which is not a message to handle: a handler that has
-        caught up shows 0.
+        Both bank handlers keep their positions there (exact, where auto-committed Kafka offsets trail
+        by seconds); a partition without a checkpoint yet counts from its start. The relay writes in
+        transactions, so each partition ends with a commit marker, which is not a message to handle: a
+        handler that has caught up shows 0. (``tidings status`` counts lag exactly, by reading the
+        partitions; this is its cheap cousin, sampled every second.)
         """
         assert self._admin is not None
         assert self._reader is not None
         metadata = self._admin.list_topics(self.topic, timeout=10).topics.get(self.topic)
         if metadata is None or metadata.error is not None:
             return 0
-        partitions = [TopicPartition(self.topic, p) for p in metadata.partitions]
-        positions = self._checkpoints(group) or self._committed(group, partitions)
+        positions = self._checkpoints(group)
         lag = 0
-        for tp in partitions:
-            low, high = self._reader.get_watermark_offsets(tp, timeout=10)
+        for partition in metadata.partitions:
+            low, high = self._reader.get_watermark_offsets(TopicPartition(self.topic, partition), timeout=10)
             if high > low:
-                lag += max(0, high - 1 - positions.get(tp.partition, low))
+                lag += max(0, high - 1 - positions.get(partition, low))
         return lag
 
     def _checkpoints(self, group: str) -> dict[int, int]:
@@ -389,13 +389,6 @@ class _LagSampler:
         )
         with self.store.connection() as conn:
             return {int(p): int(o) for p, o in conn.execute(query, (group, self.topic))}
-
-    def _committed(self, group: str, partitions: list[TopicPartition]) -> dict[int, int]:
-        assert self._admin is not None
-        (future,) = self._admin.list_consumer_group_offsets(
-            [ConsumerGroupTopicPartitions(group, partitions)], request_timeout=10
-        ).values()
-        return {tp.partition: tp.offset for tp in future.result().topic_partitions if tp.offset >= 0}
 
     def close(self) -> None:
         if self._reader is not None:
