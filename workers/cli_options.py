@@ -11,7 +11,7 @@ from typing import Annotated
 import sqlalchemy.exc
 import typer
 
-from eventstore import ConfigurationError, StoreConfig, current_revision, head_revision
+from eventstore import ConfigurationError, PostgresEventStore, StoreConfig, current_revision, head_revision
 from eventstore.errors import StoreUnavailable
 
 __all__ = [
@@ -25,6 +25,7 @@ __all__ = [
     "fail",
     "kafka_settings",
     "migrated_store",
+    "open_store",
     "required",
 ]
 
@@ -91,6 +92,17 @@ def migrated_store(database_url: str, schema: str) -> StoreConfig:
             f"the store in schema {schema!r} is not migrated: run `tidings migrate` first"
         )
     return config
+
+
+def open_store(database_url: str, schema: str) -> PostgresEventStore:
+    """A reader's store (no sequencer) on a migrated schema, or the command's exit: 2 for what the user
+    must fix (no URL, an unmigrated store), 1 when PostgreSQL does not answer."""
+    try:
+        return PostgresEventStore(migrated_store(database_url, schema), sequencer=False)
+    except ConfigurationError as exc:
+        raise fail(str(exc), EXIT_USAGE) from exc
+    except StoreUnavailable as exc:
+        raise fail(str(exc), EXIT_FAILED) from exc
 
 
 def fail(message: str, code: int) -> typer.Exit:

@@ -41,7 +41,7 @@ from eventstore import (
 from eventstore.errors import StoreUnavailable
 from tidings.avro import SchemaSet
 from tidings.errors import SchemaFileError
-from workers.cli_options import EXIT_FAILED, EXIT_USAGE, DatabaseUrl, Schema, fail, migrated_store
+from workers.cli_options import EXIT_FAILED, EXIT_USAGE, DatabaseUrl, Schema, fail, open_store
 from workers.event_view import DataDecoder, event_document, json_line
 from workers.worker_cli import load
 
@@ -176,12 +176,7 @@ def _decoder(app_spec: str | None, schemas: Path | None) -> DataDecoder:
 
 @contextmanager
 def _store(database_url: str, schema: str) -> Iterator[PostgresEventStore]:
-    try:
-        store = PostgresEventStore(migrated_store(database_url, schema), sequencer=False)
-    except ConfigurationError as exc:
-        raise fail(str(exc), EXIT_USAGE) from exc
-    except StoreUnavailable as exc:
-        raise fail(str(exc), EXIT_FAILED) from exc
+    store = open_store(database_url, schema)
     try:
         with store:
             yield store

@@ -15,9 +15,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from eventstore import DEFAULT_SCHEMA, ConfigurationError, PostgresEventStore
-from eventstore.errors import StoreUnavailable
-from workers.cli_options import EXIT_FAILED, EXIT_USAGE, DatabaseUrl, Schema, fail, migrated_store
+from eventstore import DEFAULT_SCHEMA, PostgresEventStore
+from workers.cli_options import EXIT_FAILED, EXIT_USAGE, DatabaseUrl, Schema, fail, open_store
 from workers.parking import ParkedEvent, ParkedEvents
 
 __all__ = ["parked_app"]
@@ -34,12 +33,7 @@ All = Annotated[bool, typer.Option("--all", help="Every parked event of the hand
 
 
 def _parked(database_url: str, schema: str) -> tuple[PostgresEventStore, ParkedEvents]:
-    try:
-        store = PostgresEventStore(migrated_store(database_url, schema), sequencer=False)
-    except ConfigurationError as exc:
-        raise fail(str(exc), EXIT_USAGE) from exc
-    except StoreUnavailable as exc:
-        raise fail(str(exc), EXIT_FAILED) from exc
+    store = open_store(database_url, schema)
     return store, ParkedEvents(store)
 
 

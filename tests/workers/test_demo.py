@@ -21,6 +21,7 @@ from hypothesis import strategies as st
 
 from examples.bank.demo import INITIAL_DEPOSIT, Facts, Plan, Settlement, plan, verify
 from tests.support import tidings_script
+from tests.workers.cli_support import tidings
 from tidings import devservices
 from tidings.pytest_plugin import PostgresSchema
 
@@ -151,18 +152,12 @@ def test_a_transfer_the_source_refused_is_not_expected_to_end() -> None:
 # --- whole runs ----------------------------------------------------------------------------------------
 
 
-def run_demo(
-    *args: str, env: dict[str, str], cwd: Path = ROOT, timeout: float = 400
-) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [tidings_script(), "demo", *args],
-        env=env,
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
+def run_demo(*args: str, env: dict[str, str], cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
+    if cwd == ROOT:
+        return tidings("demo", *args, env=env, timeout=400)
+    # Elsewhere: outside the checkout, where examples/ is not importable.
+    command = [tidings_script(), "demo", *args]
+    return subprocess.run(command, env=env, cwd=cwd, capture_output=True, text=True, timeout=60, check=False)
 
 
 @pytest.fixture
