@@ -18,7 +18,7 @@ from rich.table import Table
 
 from eventstore import DEFAULT_SCHEMA, ConfigurationError, StoreConfig, migrate
 from tidings import devservices
-from workers.cli_options import Bootstrap, DatabaseUrl, Kafka, Schema, kafka_settings
+from workers.cli_options import AsJson, Bootstrap, DatabaseUrl, Kafka, Schema, kafka_settings
 from workers.demo_cli import demo_command
 from workers.events_cli import events_app
 from workers.health import HealthReport, check_health
@@ -55,8 +55,6 @@ app.command("status")(status_command)
 
 out = Console()
 err = Console(stderr=True)
-
-AsJson = Annotated[bool, typer.Option("--json", help="Print JSON for scripts instead of tables.")]
 
 
 @contextmanager
@@ -97,14 +95,19 @@ def _print_health(report: HealthReport, as_json: bool) -> None:
 
 
 @app.command("migrate")
-def migrate_command(database_url: DatabaseUrl, schema: Schema = DEFAULT_SCHEMA) -> None:
+def migrate_command(
+    database_url: DatabaseUrl, schema: Schema = DEFAULT_SCHEMA, as_json: AsJson = False
+) -> None:
     """Apply the event store's migrations to SCHEMA (created if missing). Safe to run concurrently.
 
     Example: [bold]DATABASE_URL=postgresql://app@db/app tidings migrate --schema bank[/]
     """
     with _service_errors():
         revision = migrate(StoreConfig(database_url, schema))
-    out.print(f"schema {schema} at revision {revision}")
+    if as_json:
+        out.print_json(json.dumps({"schema": schema, "revision": revision}))
+    else:
+        out.print(f"schema {schema} at revision {revision}")
 
 
 @app.command("health")
@@ -148,9 +151,15 @@ def dev_up_command(as_json: AsJson = False) -> None:
 
 
 @dev_app.command("down")
-def dev_down_command() -> None:
-    """Stop the services started by `tidings dev up` and delete their data (logs are kept)."""
-    if devservices.dev_down():
+def dev_down_command(as_json: AsJson = False) -> None:
+    """Stop the services started by `tidings dev up` and delete their data (logs are kept).
+
+    Example: [bold]tidings dev down[/]
+    """
+    stopped = devservices.dev_down()
+    if as_json:
+        out.print_json(json.dumps({"stopped": stopped}))
+    elif stopped:
         err.print("stopped")
     else:
         err.print("nothing to stop: `tidings dev up` has not run")
@@ -158,7 +167,10 @@ def dev_down_command() -> None:
 
 @dev_app.command("status")
 def dev_status_command(as_json: AsJson = False) -> None:
-    """Whether the services of `tidings dev up` answer; exit 1 if not up or not answering."""
+    """Whether the services of `tidings dev up` answer; exit 1 if not up or not answering.
+
+    Example: [bold]tidings dev status --json[/]
+    """
     status = devservices.dev_status()
     if as_json:
         out.print_json(json.dumps(status))

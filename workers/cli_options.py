@@ -15,6 +15,7 @@ from eventstore import ConfigurationError, PostgresEventStore, StoreConfig, curr
 from eventstore.errors import StoreUnavailable
 
 __all__ = [
+    "AsJson",
     "EXIT_FAILED",
     "EXIT_USAGE",
     "KAFKA_ENV_PREFIX",
@@ -48,6 +49,8 @@ Bootstrap = Annotated[
         help="Kafka bootstrap servers; read from KAFKA_BOOTSTRAP_SERVERS.",
     ),
 ]
+AsJson = Annotated[bool, typer.Option("--json", help="Print JSON for scripts instead of text or tables.")]
+"""Every command that reports takes --json: people read the tables, scripts the JSON."""
 Kafka = Annotated[
     list[str] | None,
     typer.Option(help="A librdkafka setting, name=value (repeatable); also TIDINGS_KAFKA_<NAME>."),

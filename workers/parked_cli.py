@@ -16,7 +16,7 @@ from rich.console import Console
 from rich.table import Table
 
 from eventstore import DEFAULT_SCHEMA, PostgresEventStore
-from workers.cli_options import EXIT_FAILED, EXIT_USAGE, DatabaseUrl, Schema, fail, open_store
+from workers.cli_options import EXIT_FAILED, EXIT_USAGE, AsJson, DatabaseUrl, Schema, fail, open_store
 from workers.parking import ParkedEvent, ParkedEvents
 
 __all__ = ["parked_app"]
@@ -116,6 +116,7 @@ def retry_command(
     every: All = False,
     database_url: DatabaseUrl = "",
     schema: Schema = DEFAULT_SCHEMA,
+    as_json: AsJson = False,
 ) -> None:
     """Release parked events (one key's, or all): the worker hands them back to the handler, in order.
 
@@ -130,6 +131,9 @@ def retry_command(
     which = f"key {key!r}" if key is not None else "every key"
     if not count:
         raise fail(f"nothing parked for {handler!r} ({which})", EXIT_FAILED)
+    if as_json:
+        out.print_json(json.dumps({"handler": handler, "key": key, "released": count}))
+        return
     out.print(
         f"released {count} parked event(s) of {handler!r} ({which}); the worker owning their partitions "
         "hands them back to the handler"
@@ -146,6 +150,7 @@ def discard_command(
     every: All = False,
     database_url: DatabaseUrl = "",
     schema: Schema = DEFAULT_SCHEMA,
+    as_json: AsJson = False,
 ) -> None:
     """Delete parked events (one key's, some by id, or all): the handler never sees them.
 
@@ -160,4 +165,7 @@ def discard_command(
     which = f"key {key!r}" if key is not None else f"ids {ids}" if ids else "every key"
     if not count:
         raise fail(f"nothing parked for {handler!r} ({which})", EXIT_FAILED)
+    if as_json:
+        out.print_json(json.dumps({"handler": handler, "key": key, "ids": ids, "discarded": count}))
+        return
     out.print(f"discarded {count} parked event(s) of {handler!r} ({which})")

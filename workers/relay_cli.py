@@ -41,7 +41,8 @@ from workers.probes import Probes
 __all__ = ["relay_app"]
 
 relay_app = typer.Typer(
-    help="Publish the store's committed events to Kafka, exactly once and in order.",
+    help="Publish the store's committed events to Kafka, exactly once and in order.\n\n"
+    "Example: [bold]tidings relay --schema bank --partitions 12 --port 8000[/]",
     invoke_without_command=True,
 )
 out = Console()
@@ -186,7 +187,10 @@ def status_command(
     schema: Schema = DEFAULT_SCHEMA,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")] = False,
 ) -> None:
-    """Each relay's last published event, lag behind the sequencer and last leader."""
+    """Each relay's last published event, lag behind the sequencer and last leader.
+
+    Example: [bold]tidings relay status --schema bank --json[/]
+    """
     try:
         config = StoreConfig(required(database_url, "--database-url / DATABASE_URL"), schema)
     except ConfigurationError as exc:

@@ -170,6 +170,7 @@ def lock_command(
         bool,
         typer.Option("--force", help="Lock even if `check` finds problems, re-recording edited versions."),
     ] = False,
+    as_json: AsJson = False,
 ) -> None:
     """Record every schema version in DIR as released, after checking them; exit 1 if the check fails.
 
@@ -191,10 +192,26 @@ def lock_command(
     updated = current.record(working, overwrite=force)
     updated.dump(lock_path)
     changed = [v for v in working if current.fingerprint(v.subject, v.version) != v.fingerprint]
-    for version in changed:
-        verb = "added" if current.fingerprint(version.subject, version.version) is None else "re-recorded"
-        mode = updated.compatibility(version.subject).value
-        out.print(f"{verb} {version.subject} v{version.version} {version.fingerprint.hex()} ({mode})")
+    recorded = [
+        {
+            "subject": version.subject,
+            "version": version.version,
+            "fingerprint": version.fingerprint.hex(),
+            "change": "added"
+            if current.fingerprint(version.subject, version.version) is None
+            else "re-recorded",
+            "compatibility": updated.compatibility(version.subject).value,
+        }
+        for version in changed
+    ]
+    if as_json:
+        out.print_json(json.dumps({"lock": str(lock_path), "recorded": recorded, "versions": len(working)}))
+        return
+    for entry in recorded:
+        out.print(
+            f"{entry['change']} {entry['subject']} v{entry['version']} {entry['fingerprint']} "
+            f"({entry['compatibility']})"
+        )
     err.print(f"{lock_path}: {len(changed)} version(s) recorded, {len(working)} in all")
 
 

@@ -8,6 +8,7 @@ Both read PostgreSQL from ``DATABASE_URL`` (schema ``TIDINGS_SCHEMA``) and Kafka
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import sys
@@ -24,6 +25,7 @@ from workers.app import WorkerApp, WorkerConfig
 from workers.cli_options import (
     EXIT_FAILED,
     EXIT_USAGE,
+    AsJson,
     Bootstrap,
     DatabaseUrl,
     Kafka,
@@ -155,6 +157,7 @@ def reset_command(
     database_url: DatabaseUrl = "",
     bootstrap_servers: Bootstrap = "",
     schema: Schema = DEFAULT_SCHEMA,
+    as_json: AsJson = False,
 ) -> None:
     """Make HANDLER start over from its start_from: a projection's read model is rebuilt from scratch.
 
@@ -199,6 +202,16 @@ def reset_command(
             raise fail(f"cannot reach Kafka: {exc}", EXIT_FAILED) from exc
         except StoreUnavailable as exc:
             raise fail(str(exc), EXIT_FAILED) from exc
+    if as_json:
+        document = {
+            "handler": handler,
+            "tables_truncated": list(report.tables),
+            "parked_deleted": report.parked,
+            "group_deleted": report.group_deleted,
+            "start_from": handler_class.start_from,
+        }
+        typer.echo(json.dumps(document))
+        return
     truncated = f"truncated {', '.join(report.tables)}; " if report.tables else ""
     group = "consumer group deleted" if report.group_deleted else "no consumer group to delete"
     typer.echo(

@@ -75,13 +75,6 @@ def test_invalid_schema_is_a_usage_error(postgres_schema: PostgresSchema) -> Non
     assert "invalid schema name" in result.stderr
 
 
-def test_every_command_has_help_with_an_example() -> None:
-    for command in (["migrate"], ["health"], ["demo"], ["dev", "up"]):
-        result = _run(*command, "--help", env=dict(os.environ))
-        assert result.returncode == 0
-        assert "Example" in result.stdout, command
-
-
 def test_health_reaches_kafka_with_the_deployments_settings(
     postgres_schema: PostgresSchema, kafka_service: devservices.Service
 ) -> None:
