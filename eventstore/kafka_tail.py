@@ -12,14 +12,26 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
-__all__ = ["Tail", "last_published"]
+__all__ = [
+    "EVENT_NUMBER_HEADER",
+    "PREVIOUS_HEADER",
+    "Tail",
+    "last_published",
+    "parse_previous",
+    "previous_header",
+]
 
 EVENT_NUMBER_HEADER = "event_number"
+PREVIOUS_HEADER = "tidings.previous"
+"""For each of the relay's topics, the event_number of the last event it published there before this
+one (``bank.events=41,bank.audit=17``; 0: none). A consumer reading several partitions, or several
+topics, knows from it whether an event is the next one in the global order: see
+``workers.global_order``."""
 FIRST_WINDOW = 64
 
 
@@ -31,6 +43,8 @@ class Tail:
     """The highest event_number of a committed message, or None if no partition shows one."""
     ever_written: bool
     """Whether any partition has ever held a message (its end offset is above zero)."""
+    per_topic: dict[str, int] = field(default_factory=dict)
+    """The highest committed event_number of each topic that shows one."""
 
 
 def last_published(config: Mapping[str, Any], topics: Iterable[str], timeout: float = 30.0) -> Tail:
@@ -66,20 +80,42 @@ def last_published(config: Mapping[str, Any], topics: Iterable[str], timeout: fl
                 ever_written = ever_written or high > 0
                 if high > low:
                     partitions.append((tp, low, high))
-        newest: int | None = None
+        per_topic: dict[str, int] = {}
         window = FIRST_WINDOW
         while partitions:
             found = _read_back(consumer, partitions, window, timeout)
             pending = []
             for (tp, low, high), number in zip(partitions, found, strict=True):
                 if number is not None:
-                    newest = number if newest is None else max(newest, number)
+                    per_topic[tp.topic] = max(per_topic.get(tp.topic, 0), number)
                 elif high - window > low:
                     pending.append((tp, low, high))  # only aborted data or markers so far: look further back
             partitions, window = pending, window * 8
-        return Tail(newest, ever_written)
+        return Tail(max(per_topic.values(), default=None), ever_written, per_topic)
     finally:
         consumer.close()
+
+
+def previous_header(previous: Mapping[str, int]) -> str:
+    """The value of ``PREVIOUS_HEADER`` for ``previous`` (topic -> last event_number published there)."""
+    return ",".join(f"{topic}={number}" for topic, number in previous.items())
+
+
+def parse_previous(value: bytes | str | None) -> dict[str, int] | None:
+    """The ``topic=number,...`` header as a mapping; None if it is missing or damaged."""
+    if value is None:
+        return None
+    text = value.decode("utf-8", "replace") if isinstance(value, bytes) else value
+    found: dict[str, int] = {}
+    for part in filter(None, text.split(",")):
+        topic, sep, number = part.rpartition("=")
+        if not sep or not topic:
+            return None
+        try:
+            found[topic] = int(number)
+        except ValueError:
+            return None
+    return found
 
 
 def _read_back(

@@ -42,7 +42,7 @@ from psycopg import sql
 
 from eventstore import metrics
 from eventstore.errors import ConfigurationError, EventStoreError
-from eventstore.kafka_tail import EVENT_NUMBER_HEADER, Tail, last_published
+from eventstore.kafka_tail import EVENT_NUMBER_HEADER, PREVIOUS_HEADER, Tail, last_published, previous_header
 from eventstore.leadership import Leadership
 from eventstore.postgres.statements import notification_channel
 from eventstore.postgres.store import PostgresEventStore
@@ -310,6 +310,7 @@ class Relay:
         self.whoami = f"{socket.gethostname()}:{os.getpid()}"
         self.last_published = 0
         self._checkpointed = -1
+        self._last_on_topic: dict[str, int] = {}
         self.leading = threading.Event()
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
@@ -484,14 +485,19 @@ class Relay:
         """Publish ``events`` in one transaction; retry until committed, or raise."""
         backoff = 0.1
         while True:
+            # Each event says, per topic, which event was published there before it (the header
+            # PREVIOUS_HEADER); a batch published again starts from the same state.
+            previous = dict(self._last_on_topic)
             try:
                 producer.begin_transaction()
                 route = self.routing.route
                 for event in events:
                     topic, key = route(event.recorded() if self._recorded_keys else event)
-                    self._produce(producer, topic, key, event)
+                    self._produce(producer, topic, key, event, previous_header(previous))
+                    previous[topic] = event.event_number
                 before_commit()
                 self._commit(producer, events)
+                self._last_on_topic = previous
                 return
             except KafkaException as exc:
                 error: KafkaError = exc.args[0]
@@ -505,10 +511,14 @@ class Relay:
                 self._abort(producer)
                 backoff = self._pause(backoff)
 
-    def _produce(self, producer: Producer, topic: str, key: bytes, event: OutgoingEvent) -> None:
+    def _produce(
+        self, producer: Producer, topic: str, key: bytes, event: OutgoingEvent, previous: str
+    ) -> None:
+        message_headers = headers(event)
+        message_headers.append((PREVIOUS_HEADER, previous))
         while True:
             try:
-                producer.produce(topic, event.data, key, headers=headers(event))
+                producer.produce(topic, event.data, key, headers=message_headers)
                 return
             except BufferError:
                 producer.poll(0.05)  # the local queue is full: let requests drain
@@ -605,6 +615,7 @@ class Relay:
                 raise
 
         found = self._retrying("read the topics' tails", "kafka_unavailable", KafkaException, tail)
+        self._last_on_topic = {topic: found.per_topic.get(topic, 0) for topic in self.routing.topics()}
         recorded = self._recorded_position()
         if found.last_event_number is not None:
             if recorded > found.last_event_number:

@@ -12,6 +12,7 @@ from confluent_kafka.admin import AdminClient
 
 from eventstore import ANY, EventData, PostgresEventStore
 from eventstore.errors import ConfigurationError
+from eventstore.kafka_tail import PREVIOUS_HEADER, parse_previous
 from eventstore.relay import Relay, RelayConfig, TopicCreationFailed, TopicMissing, relay_status
 from eventstore.routing import Route, Routing
 from tests.eventstore.relay_support import (
@@ -128,6 +129,42 @@ def test_routing_by_event_type_and_category_chooses_topic_and_key(
         b"a": (main, b"account-1"),
         b"b": (audit, b"AuditNoted"),
         b"c": (main, str(correlation).encode()),
+    }
+
+
+def test_each_message_names_the_event_before_it_on_every_topic_even_across_a_restart(
+    event_store: PostgresEventStore, kafka_namespace: KafkaNamespace, relays: list[Relay]
+) -> None:
+    """What a global-order handler merges by (workers.global_order): per topic, the last event before."""
+    main, audit = kafka_namespace.topic("events"), kafka_namespace.topic("audit")
+    routing = Routing(main, by_event_type={"AuditNoted": Route(topic=audit)})
+    config = RelayConfig(kafka_namespace.bootstrap_servers, routing=routing, partitions=3, batch_size=2)
+    types = ["Opened", "AuditNoted", "Opened", "Opened", "AuditNoted", "Opened"]
+    for i, event_type in enumerate(types[:3]):
+        event_store.append_to_stream(f"account-{i}", ANY, [EventData(event_type, b"x")])
+    relays.append(first := Relay(event_store, config))
+    first.start()
+    wait_until(lambda: first.last_published == 3, 60, "the first three events published")
+    first.stop()
+    # A new leader learns where each topic stands from the topics' tails.
+    for i, event_type in enumerate(types[3:], start=3):
+        event_store.append_to_stream(f"account-{i}", ANY, [EventData(event_type, b"x")])
+    relays.append(second := Relay(event_store, config))
+    second.start()
+    seen = read_committed(
+        kafka_namespace.bootstrap_servers,
+        [main, audit],
+        kafka_namespace.group("check"),
+        lambda s: len(s) >= 6,
+    )
+    previous = {int(m.headers["event_number"]): parse_previous(m.headers[PREVIOUS_HEADER]) for m in seen}
+    assert previous == {
+        1: {main: 0, audit: 0},
+        2: {main: 1, audit: 0},
+        3: {main: 1, audit: 2},
+        4: {main: 3, audit: 2},
+        5: {main: 4, audit: 2},
+        6: {main: 4, audit: 5},
     }
 
 
