@@ -79,12 +79,13 @@ class GlobalOrder:
                 self.last = item.event_number
             released.append((key, item.payload))
 
-    def release_oldest(self) -> list[tuple[Key, Any]]:
+    def release_oldest(self, *, every_partition: bool = True) -> list[tuple[Key, Any]]:
         """When no head qualifies although every partition waits with one (messages whose header is
         missing, or ``last`` unknown after a change of mode): hand on the lowest event_number, which is
-        then the next by Kafka's per-partition order. Returns [] unless every partition has a head."""
+        then the next by Kafka's per-partition order. Returns [] unless every partition has a head, or
+        ``every_partition`` is False (the caller has waited long enough for the empty ones)."""
         heads = [(key, items[0]) for key, items in self._waiting.items() if items]
-        if not heads or len(heads) < len(self._waiting):
+        if not heads or (every_partition and len(heads) < len(self._waiting)):
             return []
         key, item = min(heads, key=lambda head: head[1].event_number or 0)
         self._waiting[key].popleft()

@@ -20,6 +20,10 @@ Options (class attributes), in Commanded's terms:
   or an event_number (events after it). Applied only when the handler first starts, and on reset.
 - ``subscribe_to``: ``"all"`` or one stream id.
 - ``concurrency``: how many partitions this process handles at once (each in order).
+- ``ordering``: ``"global"`` (every event in event_number order, as Commanded's handlers see them: one
+  active consumer per handler across all processes, standbys waiting) or ``"per_key"`` (in order per
+  partition key, spread over the group's members). Default: global for ``concurrency`` 1 without
+  ``partition_by``, per key otherwise (``ordering_of``).
 - ``partition_by``: ``None`` keeps the relay's key (the stream id); a key source name (``"stream_id"``,
   ``"correlation_id"``, ``"metadata.<field>"``...) or a function ``(event, metadata) -> str`` orders events
   by that key instead: the worker republishes them to a topic keyed by it, in event_number order.
@@ -45,9 +49,10 @@ from eventstore.routing import KEY_SOURCES
 from workers.delivery import EventMetadata
 from workers.failure import ErrorAnswer, FailureContext, default_answer
 
-__all__ = ["EventHandler", "PartitionBy", "StartFrom", "validate_handler"]
+__all__ = ["EventHandler", "Ordering", "PartitionBy", "StartFrom", "ordering_of", "validate_handler"]
 
 StartFrom = Literal["origin", "current"] | int
+Ordering = Literal["global", "per_key"]
 PartitionBy = str | Callable[[Any, EventMetadata], "str | bytes"] | None
 
 _NAME = re.compile(r"[A-Za-z0-9._-]{1,200}")
@@ -61,6 +66,8 @@ class EventHandler:
     subscribe_to: ClassVar[str] = "all"
     concurrency: ClassVar[int] = 1
     partition_by: ClassVar[PartitionBy] = None
+    ordering: ClassVar[Ordering | None] = None
+    """None: ``"global"`` for concurrency 1 without partition_by, else ``"per_key"``."""
     consistency: ClassVar[Literal["eventual", "strong"]] = "eventual"
     on_poison: ClassVar[Literal["park", "dead_letter"]] = "park"
     max_attempts: ClassVar[int] = 5
@@ -147,6 +154,13 @@ def validate_handler(handler: type[EventHandler]) -> type[EventHandler]:
     if not isinstance(handler.subscribe_to, str) or not handler.subscribe_to:
         raise ConfigurationError(f"{where}.subscribe_to must be 'all' or a stream id")
     by = handler.partition_by
+    if handler.ordering not in (None, "global", "per_key"):
+        raise ConfigurationError(f"{where}.ordering must be 'global' or 'per_key', got {handler.ordering!r}")
+    if handler.ordering == "global" and (handler.concurrency != 1 or by is not None):
+        raise ConfigurationError(
+            f"{where}: global order runs one consumer in one lane, so it needs concurrency 1 and no "
+            "partition_by; set ordering = 'per_key' for order per key instead"
+        )
     if isinstance(by, str) and not (by in KEY_SOURCES or (by.startswith("metadata.") and len(by) > 9)):
         raise ConfigurationError(
             f"{where}.partition_by {by!r} is not a key source: use one of {', '.join(KEY_SOURCES)}, "
@@ -169,6 +183,14 @@ def validate_handler(handler: type[EventHandler]) -> type[EventHandler]:
     elif handler.handle is EventHandler.handle and not handler.handles_batches():
         raise ConfigurationError(f"{where} must define handle(event, metadata) or handle_batch(batch)")
     return handler
+
+
+def ordering_of(handler: type[EventHandler]) -> Ordering:
+    """The order ``handler``'s events come in: its ``ordering``, else global when it handles one event
+    at a time with the relay's key, per key otherwise."""
+    if handler.ordering is not None:
+        return handler.ordering
+    return "global" if handler.concurrency == 1 and handler.partition_by is None else "per_key"
 
 
 def _projection_base() -> type[EventHandler]:

@@ -21,7 +21,9 @@ whatever the concurrency; different partitions run in parallel.
 from __future__ import annotations
 
 import functools
+import itertools
 import logging
+import operator
 import queue
 import threading
 import time
@@ -41,6 +43,8 @@ from confluent_kafka import (
 )
 
 from eventstore.acknowledgements import Acknowledgements
+from eventstore.kafka_tail import EVENT_NUMBER_HEADER, PREVIOUS_HEADER, parse_previous
+from eventstore.leadership import Leadership
 from eventstore.relay import Relay, RelayConfig
 from eventstore.routing import Routing
 from tidings.dispatch import Application
@@ -48,7 +52,8 @@ from workers import metrics
 from workers.app import WorkerApp, WorkerConfig
 from workers.delivery import Delivery, EventMetadata, delivery_of
 from workers.execution import Executor, HandlerStopped, PartitionState, Shared, connection_lost, transient
-from workers.handler import EventHandler, validate_handler
+from workers.global_order import GlobalOrder, Ordered
+from workers.handler import EventHandler, ordering_of, validate_handler
 from workers.parking import ParkedEvents
 from workers.positions import Positions, Subscription
 from workers.process_instances import ProcessInstances
@@ -69,6 +74,12 @@ MIN_RATE = 100.0
 PARKED_POLL_SECONDS = 1.0
 LAG_POLL_SECONDS = 5.0
 ACK_EXPIRY_SECONDS = 60.0
+STANDBY_POLL_SECONDS = 1.0
+"""How often a global-order standby tries to become the handler's active consumer."""
+LEADERSHIP_CHECK_SECONDS = 1.0
+STALL_SECONDS = 10.0
+"""In global order, how long messages may wait without proof of their order (no tidings.previous
+header: published by an older relay) before the oldest is handed on anyway."""
 WATERMARK_SECONDS = 30.0  # how long a newly assigned partition may go without an answer on its offsets
 
 
@@ -92,9 +103,14 @@ class HandlerStatus:
     reason: str = ""
     assigned: list[str] = field(default_factory=list)
 
+    ordering: str = "per_key"
+    leading: bool | None = None
+    """In global order: whether this process is the handler's active consumer (None: per key)."""
+
     @property
     def ready(self) -> bool:
-        return self.state == "running"
+        # A standby is healthy: it is what takes over when the active consumer dies.
+        return self.state in ("running", "standby")
 
 
 class _Rate:
@@ -218,6 +234,15 @@ class HandlerRunner:
         self.parked = ParkedEvents(self.store)
         self.is_projection = issubclass(handler, Projection)
         self.topics = self._topics()
+        self.global_order = ordering_of(handler) == "global"
+        self.status.ordering = ordering_of(handler)
+        self._merge: GlobalOrder | None = None
+        self._released_at = time.monotonic()
+        self._leadership = (
+            Leadership(self.store.config.url, f"tidings-handler.{self.store.config.schema}.{self.name}")
+            if self.global_order
+            else None
+        )
 
     # --- running -----------------------------------------------------------------------------------
 
@@ -245,6 +270,29 @@ class HandlerRunner:
             metrics.RUNNING.labels(self.name).set(0)
 
     def _run(self) -> None:
+        if self._leadership is None:
+            self._consume()
+            return
+        # Global order: one active consumer per handler across every process; the others stand by on
+        # the advisory lock and take over within STANDBY_POLL_SECONDS of its session ending.
+        while not self.stopping.is_set():
+            self._await_leadership(self._leadership)
+            try:
+                self._consume()
+            finally:
+                self._leadership.release()
+                self.status.leading = False
+
+    def _await_leadership(self, leadership: Leadership) -> None:
+        self.status.state, self.status.leading = "standby", False
+        log.info("handler stands by for its global order", extra={"handler": self.name})
+        while not leadership.try_acquire():
+            if self.stopping.wait(STANDBY_POLL_SECONDS):
+                raise _Stopping
+        self.status.leading = True
+        log.info("handler leads its global order", extra={"handler": self.name})
+
+    def _consume(self) -> None:
         # The consumer connects to the brokers while PostgreSQL is asked, and the topics' metadata comes
         # over that connection: workers started together subscribe within milliseconds of one another,
         # and so share the group's first assignment instead of waiting a heartbeat for a rebalance.
@@ -252,9 +300,12 @@ class HandlerRunner:
         self._consumer = consumer
         try:
             subscription, acks = self._prepare(consumer)
-            consumer.subscribe(
-                self.topics, on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_lost
-            )
+            if self.global_order:
+                self._assign_everything(consumer, subscription)
+            else:
+                consumer.subscribe(
+                    self.topics, on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_lost
+                )
         except BaseException:
             consumer.close()
             raise
@@ -269,13 +320,26 @@ class HandlerRunner:
                 "handler": self.name,
                 "topics": self.topics,
                 "concurrency": self.handler.concurrency,
+                "ordering": self.status.ordering,
                 "start_after": subscription.start_after,
                 "projection": self.is_projection,
             },
         )
         next_parked = next_lag = next_expiry = 0.0
+        next_check = time.monotonic() + LEADERSHIP_CHECK_SECONDS
+        lost = False
         try:
             while not self.stopping.is_set():
+                if self._leadership is not None and time.monotonic() >= next_check:
+                    if not self._leadership.check():
+                        log.warning(
+                            "handler lost its global-order leadership (its PostgreSQL session ended); "
+                            "standing by",
+                            extra={"handler": self.name},
+                        )
+                        lost = True
+                        break
+                    next_check = time.monotonic() + LEADERSHIP_CHECK_SECONDS
                 self._route(self._poll(consumer))
                 self._store_finished(consumer)
                 self._flow_control(consumer)
@@ -291,7 +355,23 @@ class HandlerRunner:
                     self._report_lag(consumer)
                     next_lag = now + LAG_POLL_SECONDS
         finally:
-            self._shutdown(consumer)
+            self._shutdown(consumer, final=not lost)
+
+    def _assign_everything(self, consumer: Consumer, subscription: Subscription) -> None:
+        """Global order: this consumer takes every partition of the handler's topics itself (it joins no
+        group, so a standby takes over the moment it holds the lock, without waiting for a session to
+        time out), and the merge starts after the last event it handled."""
+        metadata = consumer.list_topics(timeout=30)
+        partitions = [
+            TopicPartition(topic, number)
+            for topic in self.topics
+            for number in sorted(metadata.topics[topic].partitions)
+        ]
+        self._on_assign(consumer, partitions)
+        last = max([subscription.start_after, *(ps.last_event_number for ps in self._partitions.values())])
+        self._merge = GlobalOrder(self.topics, last)
+        self._merge.assign(self._partitions)
+        self._released_at = time.monotonic()
 
     def _prepare(self, consumer: Consumer) -> tuple[Subscription, Acknowledgements]:
         """The handler's subscription and registration, its topics, and its lanes (not started yet)."""
@@ -345,8 +425,15 @@ class HandlerRunner:
             self._commands = Application(self.store, self.app.mapper, self.app.router)
         return self._commands
 
-    def _shutdown(self, consumer: Consumer) -> None:
-        self.stopping.set()
+    def _shutdown(self, consumer: Consumer, *, final: bool = True) -> None:
+        """Stop the lanes and close the consumer; ``final`` stops the handler, otherwise (a global-order
+        consumer that lost its leadership) it stands by again: the work in flight is dropped, not
+        committed, for the new leader to do."""
+        if final:
+            self.stopping.set()
+        else:
+            for ps in self._partitions.values():
+                ps.revoked.set()
         for lane in self._lanes:
             lane.work.put(None)
         for lane in self._lanes:
@@ -363,7 +450,12 @@ class HandlerRunner:
         if self._dead_letters is not None:
             self._dead_letters.flush(10)
         self.status.assigned = []
-        if self.status.state in ("starting", "running"):
+        if not final:
+            self._lanes, self._lane_of, self._partitions = [], {}, {}
+            self._queued, self._paused, self._stored, self._finished = {}, set(), {}, set()
+            self._merge = None
+            return
+        if self.status.state in ("starting", "running", "standby"):
             self.status.state = "stopped" if not self.status.reason else self.status.state
         log.info("handler stopped", extra={"handler": self.name, "state": self.status.state})
 
@@ -402,6 +494,9 @@ class HandlerRunner:
                     log.warning("consumer error", extra={"handler": self.name, "error": error.str()})
                 continue
             by_partition.setdefault((message.topic() or "", message.partition() or 0), []).append(message)
+        if self._merge is not None:
+            self._route_in_order(self._merge, by_partition)
+            return
         for key, batch in by_partition.items():
             ps = self._partitions.get(key)
             if ps is None:
@@ -409,6 +504,34 @@ class HandlerRunner:
             with self._lock:
                 self._queued[key] = self._queued.get(key, 0) + len(batch)
             self._lane_of[key].work.put((ps, batch))
+
+    def _route_in_order(self, merge: GlobalOrder, by_partition: dict[tuple[str, int], list[Message]]) -> None:
+        """Global order: messages wait in the merge until they are the next event, then go to the lane
+        in runs of one partition's messages."""
+        for key, batch in by_partition.items():
+            if key not in self._partitions:
+                continue
+            with self._lock:
+                self._queued[key] = self._queued.get(key, 0) + len(batch)
+            for message in batch:
+                number, previous = _order_of(message.headers())
+                merge.add(key, Ordered(number, previous, message))
+        released = merge.release()
+        now = time.monotonic()
+        if not released and merge.waiting():
+            released = merge.release_oldest()
+            if not released and now - self._released_at > STALL_SECONDS:
+                released = merge.release_oldest(every_partition=False)
+                if released:
+                    log.warning(
+                        "handed on an event without proof of its global order (no tidings.previous "
+                        "header: published by an older relay?)",
+                        extra={"handler": self.name, "waiting": merge.waiting()},
+                    )
+        if released:
+            self._released_at = now
+        for key, run in itertools.groupby(released, key=operator.itemgetter(0)):
+            self._lane_of[key].work.put((self._partitions[key], [message for _, message in run]))
 
     def _poll(self, consumer: Consumer) -> list[Message]:
         """What is there now, without waiting for a full batch: wait for one message, then take what
@@ -427,7 +550,9 @@ class HandlerRunner:
             if ps is None or ps.next_offset is None or self._stored.get(key) == ps.next_offset:
                 continue
             self._stored[key] = ps.next_offset
-            offsets.append(TopicPartition(ps.topic, ps.partition, ps.next_offset))
+            # In global order the last event handled rides along: it is where the merge resumes.
+            metadata = str(ps.last_event_number) if self.global_order else None
+            offsets.append(TopicPartition(ps.topic, ps.partition, ps.next_offset, metadata=metadata))
         if offsets:
             try:
                 consumer.store_offsets(offsets=offsets)
@@ -501,11 +626,9 @@ class HandlerRunner:
             if self.is_projection
             else {}
         )
-        committed = (
-            {}
-            if self.is_projection
-            else {(tp.topic, tp.partition): tp.offset for tp in consumer.committed(partitions, timeout=30)}
-        )
+        committed_offsets = [] if self.is_projection else consumer.committed(partitions, timeout=30)
+        committed = {(tp.topic, tp.partition): tp.offset for tp in committed_offsets}
+        handled = {(tp.topic, tp.partition): tp.metadata for tp in committed_offsets}
         for tp in partitions:
             key = (tp.topic, tp.partition)
             ps = self._partition_state(tp.topic, tp.partition)
@@ -516,6 +639,8 @@ class HandlerRunner:
                 ps.next_offset = checkpoint.next_offset
             elif committed.get(key, OFFSET_INVALID) >= 0:
                 tp.offset = committed[key]
+                if self.global_order and (handled.get(key) or "").isdigit():
+                    ps.last_event_number = int(handled[key] or 0)
             else:
                 tp.offset = OFFSET_BEGINNING
             self._check_history(consumer, tp)
@@ -741,6 +866,21 @@ class HandlerRunner:
             ),
         )
         return [topic]
+
+
+def _order_of(headers: Any) -> tuple[int | None, dict[str, int] | None]:
+    """A message's event_number and tidings.previous header (None where missing or damaged)."""
+    number: int | None = None
+    previous: dict[str, int] | None = None
+    for name, value in headers or ():
+        if name == EVENT_NUMBER_HEADER:
+            try:
+                number = int(value)
+            except (TypeError, ValueError):
+                return None, None
+        elif name == PREVIOUS_HEADER:
+            previous = parse_previous(value)
+    return number, previous
 
 
 def handler_topics(handler: type[EventHandler], app: WorkerApp) -> list[str]:

@@ -229,7 +229,14 @@ class Worker:
             "ready": ready,
             "stopping": self._stopping.is_set(),
             "handlers": [
-                {"handler": s.handler, "state": s.state, "reason": s.reason, "assigned": s.assigned}
+                {
+                    "handler": s.handler,
+                    "state": s.state,
+                    "reason": s.reason,
+                    "ordering": s.ordering,
+                    "leading": s.leading,
+                    "assigned": s.assigned,
+                }
                 for s in statuses
             ],
         }

@@ -4,6 +4,8 @@ Settings from the environment: ``TIDINGS_TEST_APP_NAME``, ``TIDINGS_TEST_PREFIX`
 prefix), ``TIDINGS_SCHEMA`` and ``DATABASE_URL`` (the tables below live in the store's schema).
 
 - ``ordered`` (concurrency 4): appends what it handles, and in which process, to ``ordered_seen``.
+- ``ledger`` (a projection in global order, the default for concurrency 1): appends each event_number
+  to ``ledger_seen`` (``seq`` is the order; a repeated effect breaks the unique key), with its pid.
 - ``tally`` (a projection, concurrency 4): per stream, a count and the list of event_numbers projected.
   Neither is idempotent, so a repeated effect shows. ``TIDINGS_TEST_STATIC=1`` gives ``tally`` static
   membership (each worker's ``--instance-id`` names its member).
@@ -27,6 +29,8 @@ from workers.projection import Projection
 TABLES = (
     "CREATE TABLE {schema}.ordered_seen (seq bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, "
     "stream_id text NOT NULL, n int NOT NULL, event_number bigint NOT NULL, pid int NOT NULL)",
+    "CREATE TABLE {schema}.ledger_seen (seq bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, "
+    "event_number bigint NOT NULL UNIQUE, pid int NOT NULL)",
     "CREATE TABLE {schema}.tally (stream_id text PRIMARY KEY, events int NOT NULL, "
     "numbers bigint[] NOT NULL)",
 )
@@ -60,6 +64,15 @@ def build() -> WorkerApp:
                 (metadata.stream_id, event.n, metadata.event_number, os.getpid()),
             )
 
+    class Ledger(Projection):
+        name = f"{prefix}ledger"
+
+        def project(self, event: Noted, metadata: EventMetadata, connection: sa.Connection) -> None:
+            connection.execute(
+                sa.text(f'INSERT INTO "{schema}".ledger_seen (event_number, pid) VALUES (:number, :pid)'),
+                {"number": metadata.event_number, "pid": os.getpid()},
+            )
+
     class Tally(Projection):
         name = f"{prefix}tally"
         concurrency = 4
@@ -74,7 +87,9 @@ def build() -> WorkerApp:
                 {"s": metadata.stream_id, "number": metadata.event_number},
             )
 
-    return WorkerApp(name, mapper=mapper, handlers=[Ordered, Tally], routing=Routing(f"{name}.events"))
+    return WorkerApp(
+        name, mapper=mapper, handlers=[Ordered, Ledger, Tally], routing=Routing(f"{name}.events")
+    )
 
 
 def build_bank() -> WorkerApp:
