@@ -279,7 +279,7 @@ class _Run:
         with err.status("checking the invariants..."):
             facts, problems = self._verify(deadline=time.monotonic() + 60)
         settlements = [s[0] for s in facts.settlements.values() if s]
-        relay_lag, handler_lag = self.lag.sample(fresh=True)
+        relay_lag, handler_lag = self.lag.settled(timeout=10.0)
         refused = {transfer for transfer, _ in self.workload.refused}
         return Report(
             accounts=len(plan.accounts),
@@ -347,6 +347,16 @@ class _LagSampler:
             self._last = (time.monotonic(), relay, handler)
         self.relay_max, self.handler_max = max(self.relay_max, relay), max(self.handler_max, handler)
         return relay, handler
+
+    def settled(self, timeout: float) -> tuple[int, int]:
+        """The lags once the last events have gone through (the relay records its position when it has
+        caught up, a moment after publishing), or as they stand after ``timeout``."""
+        deadline = time.monotonic() + timeout
+        while True:
+            relay, handler = self.sample(fresh=True)
+            if (relay, handler) == (0, 0) or time.monotonic() > deadline:
+                return relay, handler
+            time.sleep(0.5)
 
     def _handler_lag(self) -> int:
         bootstrap = self.bootstrap

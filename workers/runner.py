@@ -551,8 +551,11 @@ class HandlerRunner:
                 continue
             self._stored[key] = ps.next_offset
             # In global order the last event handled rides along: it is where the merge resumes.
-            metadata = str(ps.last_event_number) if self.global_order else None
-            offsets.append(TopicPartition(ps.topic, ps.partition, ps.next_offset, metadata=metadata))
+            if self.global_order:
+                metadata = str(ps.last_event_number)
+                offsets.append(TopicPartition(ps.topic, ps.partition, ps.next_offset, metadata=metadata))
+            else:
+                offsets.append(TopicPartition(ps.topic, ps.partition, ps.next_offset))
         if offsets:
             try:
                 consumer.store_offsets(offsets=offsets)

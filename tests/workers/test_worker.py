@@ -47,10 +47,18 @@ def test_readiness_follows_every_handler_and_liveness_outlives_a_stopped_one(
             eventually(lambda: _readiness(worker)[0] == 200, what="the worker ready")
             _, document = _readiness(worker)
             assert document["ready"] is True
-            assert {h["handler"]: h["state"] for h in document["handlers"]} == {
-                journal: "running",
-                picky: "running",
+            # picky runs in global order: ready while it stands by for its lock, running once it leads.
+            eventually(
+                lambda: (
+                    {h["handler"]: h["state"] for h in _readiness(worker)[1]["handlers"]}
+                    == {journal: "running", picky: "running"}
+                ),
+                what="both handlers running",
+            )
+            ordering = {
+                h["handler"]: (h["ordering"], h["leading"]) for h in _readiness(worker)[1]["handlers"]
             }
+            assert ordering == {journal: ("per_key", None), picky: ("global", True)}
             eventually(
                 lambda: (
                     len(rows(url, schema, "picky_seen")) == len(ok)
