@@ -21,6 +21,7 @@ from tidings import devservices
 from workers.cli_options import AsJson, Bootstrap, DatabaseUrl, Kafka, Schema, kafka_settings
 from workers.demo_cli import demo_command
 from workers.events_cli import events_app
+from workers.handler_cli import handler_app
 from workers.health import HealthReport, check_health
 from workers.parked_cli import parked_app
 from workers.relay_cli import relay_app
@@ -48,6 +49,7 @@ app.add_typer(schemas_app, name="schemas")
 app.add_typer(relay_app, name="relay")
 app.add_typer(parked_app, name="parked")
 app.add_typer(events_app, name="events")
+app.add_typer(handler_app, name="handler")
 app.command("worker")(worker_command)
 app.command("demo")(demo_command)
 app.command("reset")(reset_command)

@@ -29,6 +29,7 @@ __all__ = [
     "LAG",
     "PARKED",
     "RUNNING",
+    "STOPPED",
     "LaneHistogram",
     "LaneHistograms",
 ]
@@ -115,3 +116,8 @@ END_TO_END = LaneHistograms(
     (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
 )
 RUNNING = Gauge("tidings_handler_running", "1 while the handler consumes", ["handler"])
+STOPPED = Gauge(
+    "tidings_handler_stopped",
+    "1 while the handler is stopped by its error policy or failed (the process stays up)",
+    ["handler"],
+)

@@ -54,6 +54,7 @@ from workers.delivery import Delivery, EventMetadata, delivery_of
 from workers.execution import Executor, HandlerStopped, PartitionState, Shared, connection_lost, transient
 from workers.global_order import GlobalOrder, Ordered
 from workers.handler import EventHandler, ordering_of, validate_handler
+from workers.handler_states import HandlerStates
 from workers.parking import ParkedEvents
 from workers.positions import Positions, Subscription
 from workers.process_instances import ProcessInstances
@@ -314,6 +315,7 @@ class HandlerRunner:
             lane.executor.handler.after_start()
         self.status.state = "running"
         metrics.RUNNING.labels(self.name).set(1)
+        metrics.STOPPED.labels(self.name).set(0)
         log.info(
             "handler started",
             extra={
@@ -466,11 +468,20 @@ class HandlerRunner:
         self.status.state = "stopped"
         self.status.reason = str(stopped)
         self.stopping.set()
+        self._record_stop("stopped", str(stopped), stopped.delivery.event_number)
 
     def failed(self, reason: str) -> None:
         self.status.state = "failed"
         self.status.reason = reason
         self.stopping.set()
+        self._record_stop("failed", reason, None)
+
+    def _record_stop(self, state: str, reason: str, event_number: int | None) -> None:
+        metrics.STOPPED.labels(self.name).set(1)
+        try:
+            HandlerStates(self.store).record(self.name, state, reason, event_number)
+        except Exception as exc:  # noqa: BLE001 - the stop stands; only its record for status is lost
+            log.warning("cannot record the handler's stop", extra={"handler": self.name, "error": str(exc)})
 
     def finished(self, ps: PartitionState) -> None:
         with self._lock:

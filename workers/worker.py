@@ -34,6 +34,7 @@ from eventstore.errors import ConfigurationError
 from tidings.dispatch import Application
 from workers.app import WorkerApp, WorkerConfig
 from workers.handler import EventHandler
+from workers.handler_states import HandlerStates
 from workers.probes import Probes
 from workers.runner import HandlerRunner, HandlerStatus
 from workers.scheduling import ScheduledCommands, Scheduler
@@ -43,6 +44,8 @@ __all__ = ["AppNotFound", "Worker", "load_app"]
 log = logging.getLogger("workers.worker")
 
 WATCH_SECONDS = 0.5
+RESTART_CHECK_SECONDS = 1.0
+"""How often a worker with a stopped handler looks for `tidings handler restart` requests."""
 """How often ``run`` looks for handlers that stopped or failed, to log them."""
 
 
@@ -184,19 +187,45 @@ class Worker:
         """
         self.start()
         reported: set[str] = set()
+        next_restart_check = 0.0
         try:
             while not until.wait(WATCH_SECONDS):
-                for status in self.statuses():
-                    if status.state in ("stopped", "failed") and status.handler not in reported:
+                down = [s for s in self.statuses() if s.state in ("stopped", "failed")]
+                for status in down:
+                    if status.handler not in reported:
                         reported.add(status.handler)
                         log.error(
-                            "handler %s: the worker stays up and reports it not ready; "
-                            "see its reason, fix the cause and restart the worker",
+                            "handler %s: the worker stays up and reports it not ready; see its reason, "
+                            "fix the cause, then `tidings handler restart %s`",
                             status.state,
+                            status.handler,
                             extra={"handler": status.handler, "state": status.state, "reason": status.reason},
                         )
+                if down and time.monotonic() >= next_restart_check:
+                    next_restart_check = time.monotonic() + RESTART_CHECK_SECONDS
+                    for name in self._restarts_requested([s.handler for s in down]):
+                        reported.discard(name)
+                        self.restart(name)
         finally:
             self.stop()
+
+    def restart(self, name: str) -> None:
+        """Start the stopped (or failed) handler ``name`` again, from the position it kept."""
+        index = next(i for i, runner in enumerate(self.runners) if runner.name == name)
+        old = self.runners[index]
+        old.stop(self.config.shutdown_timeout)
+        runner = HandlerRunner(old.handler, self.app, self.config)
+        self.runners[index] = runner
+        HandlerStates(self.config.store).clear(name)
+        runner.start()
+        log.info("handler restarted on request", extra={"handler": name})
+
+    def _restarts_requested(self, names: list[str]) -> list[str]:
+        try:
+            return HandlerStates(self.config.store).restarts_requested(names)
+        except Exception as exc:  # noqa: BLE001 - PostgreSQL away: asked again at the next check
+            log.warning("cannot read restart requests", extra={"error": str(exc)})
+            return []
 
     def __enter__(self) -> Worker:
         self.start()
