@@ -41,10 +41,12 @@ from typing import Any, Literal
 
 from psycopg import sql
 
+from eventstore.leadership import lock_key
 from eventstore.postgres.store import PostgresEventStore
 from eventstore.relay import RelayStatus, relay_status
 from workers.app import WorkerApp
 from workers.group_offsets import KafkaUnavailable, KafkaView, Reading, ToRead, Where
+from workers.handler import ordering_of
 from workers.process_manager import ProcessManager
 from workers.projection import Projection
 from workers.runner import handler_topics
@@ -77,6 +79,7 @@ class HandlerSpec:
     topics: tuple[str, ...] = ()
     """The topics it reads (none given: those it has positions on, else the ``topics`` asked about)."""
     consistency: Literal["eventual", "strong"] | None = None
+    ordering: str | None = None
 
 
 def specs_of(app: WorkerApp) -> list[HandlerSpec]:
@@ -91,6 +94,7 @@ def specs_of(app: WorkerApp) -> list[HandlerSpec]:
             else "handler",
             tuple(handler_topics(handler, app)),
             handler.consistency,
+            ordering_of(handler),
         )
         for handler in app.handlers
     ]
@@ -139,6 +143,13 @@ class HandlerProgress:
     """A process manager's live instances."""
     scheduled: int | None = None
     """A process manager's scheduled commands not dispatched yet."""
+    ordering: str | None = None
+    """``global`` or ``per_key`` (None: unknown without the application, and no active consumer)."""
+    active: str | None = None
+    """In global order: the PostgreSQL session of the active consumer (its client address and pid)."""
+    state: str = ""
+    """``stopped`` or ``failed`` when its error policy stopped it (``tidings handler restart``)."""
+    reason: str = ""
 
     @property
     def total_lag(self) -> int:
@@ -193,6 +204,10 @@ class StoreStatus:
                     "parked": h.parked,
                     "instances": h.instances,
                     "scheduled": h.scheduled,
+                    "ordering": h.ordering,
+                    "active": h.active,
+                    "state": h.state,
+                    "reason": h.reason,
                     "partitions": [asdict(p) for p in h.partitions],
                 }
                 for h in self.handlers
@@ -251,6 +266,16 @@ class _StoreRows:
     scheduled: dict[str, int] = field(default_factory=dict)
     subscribed: set[str] = field(default_factory=set)
     strong: set[str] = field(default_factory=set)
+    stopped: dict[str, tuple[str, str]] = field(default_factory=dict)
+    """Handlers stopped by their error policy (or failed): (state, reason)."""
+    advisory: dict[int, str] = field(default_factory=dict)
+    """Advisory locks held, by key: the session holding each (its client and pid)."""
+
+    schema: str = ""
+
+    def leader(self, handler: str) -> str | None:
+        """The session of ``handler``'s active consumer, if it runs in global order and one leads."""
+        return self.advisory.get(lock_key(f"tidings-handler.{self.schema}.{handler}"))
 
     @classmethod
     def read(cls, store: PostgresEventStore) -> _StoreRows:
@@ -262,7 +287,7 @@ class _StoreRows:
         def counts(rows: list[tuple[Any, ...]]) -> dict[str, int]:
             return {name: int(count) for name, count in rows}
 
-        found = cls()
+        found = cls(schema=schema)
         with store.connection() as conn:
             checkpoints = conn.execute(
                 select(
@@ -303,6 +328,20 @@ class _StoreRows:
                 ("strong_handlers", found.strong),
             ):
                 names.update(row[0] for row in conn.execute(select("SELECT handler FROM {}", table)))
+            stopped = conn.execute(select("SELECT handler, state, reason FROM {}", "handler_states"))
+            found.stopped = {handler: (state, reason) for handler, state, reason in stopped}
+            # A global-order handler's active consumer holds the advisory lock named for it
+            # (workers.runner); a bigint key shows in pg_locks as its two 32-bit halves.
+            held = conn.execute(
+                "SELECT l.classid::bigint, l.objid::bigint, "
+                "coalesce(host(a.client_addr), 'local') || ' pid ' || a.pid "
+                "FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid "
+                "WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1"
+            )
+            found.advisory = {
+                int.from_bytes(((high << 32) | low).to_bytes(8, "big"), "big", signed=True): session
+                for high, low, session in held
+            }
         return found
 
     def names(self) -> set[str]:
@@ -367,6 +406,7 @@ def _progress(
         for where, plan in zip(partitions, plans, strict=True)
     )
     process_manager = kind == "process manager"
+    leader = rows.leader(spec.name)
     return HandlerProgress(
         spec.name,
         kind,
@@ -378,6 +418,9 @@ def _progress(
         rows.parked.get(spec.name, 0),
         rows.instances.get(spec.name, 0) if process_manager else None,
         rows.scheduled.get(spec.name, 0) if process_manager else None,
+        spec.ordering or ("global" if leader else None),
+        leader,
+        *rows.stopped.get(spec.name, ("", "")),
     )
 
 

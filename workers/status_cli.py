@@ -16,6 +16,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from eventstore import DEFAULT_SCHEMA, ConfigurationError, PostgresEventStore
@@ -136,6 +137,8 @@ def _print(status: StoreStatus) -> None:
     for column in (
         "handler",
         "kind",
+        "state",
+        "order",
         "mode",
         "group",
         "lag",
@@ -149,6 +152,10 @@ def _print(status: StoreStatus) -> None:
         handlers.add_row(
             h.name,
             h.kind or "?",
+            f"[red]{h.state}[/]: {escape(h.reason)}" if h.state else "ok",
+            (f"global, active {h.active}" if h.active else h.ordering or "?")
+            if h.ordering != "per_key"
+            else "per key",
             f"{h.mode or '?'}, {h.consistency}",
             f"{h.group_state}, {h.members} member(s)",
             _lag(h.total_lag, h.lag_exact),
@@ -159,6 +166,9 @@ def _print(status: StoreStatus) -> None:
         )
     out.print(handlers)
     out.print(_partitions(status.handlers))
+    for h in status.handlers:
+        if h.state:
+            out.print(f"{h.name} is {h.state}: fix the cause, then `tidings handler restart {h.name}`")
     if any(h.kind is None for h in status.handlers):
         out.print("kind ?: found in the store and Kafka without its app; pass --app to know it")
 

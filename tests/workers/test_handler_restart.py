@@ -3,8 +3,10 @@ metric and the store say so, and `tidings handler restart` resumes it from the f
 
 from __future__ import annotations
 
+import json
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 from eventstore import PostgresEventStore
 from tests.workers import apps
@@ -13,6 +15,12 @@ from tests.workers.worker_support import append_noted, eventually, stack
 from tidings.pytest_plugin import KafkaNamespace, PostgresSchema
 
 APP = "tests.workers.apps:build"
+
+
+def status_of(env: dict[str, str]) -> dict[str, dict[str, Any]]:
+    result = tidings("status", "--app", APP, "--json", env=env, timeout=120)
+    assert result.returncode == 0, result.stderr
+    return {h["name"]: h for h in json.loads(result.stdout)["handlers"]}
 
 
 def stopped_metric(worker: WorkerProcess, handler: str) -> float | None:
@@ -37,6 +45,10 @@ def test_a_stopped_handler_waits_without_a_restart_storm_and_resumes_from_the_fa
         ok = append_noted(event_store, streams=2, per_stream=2, prefix="ok")
         with WorkerProcess([APP], env, tmp_path / "worker.log") as worker:
             eventually(lambda: len(rows(url, schema, "picky_seen")) == len(ok), what="picky caught up")
+            running = status_of(env)
+            assert (running[picky]["ordering"], running[picky]["state"]) == ("global", "")
+            assert running[picky]["active"], "the session of picky's active consumer"
+            assert (running[journal]["ordering"], running[journal]["active"]) == ("per_key", None)
             not_stopped = tidings("handler", "restart", picky, env=env)
             assert not_stopped.returncode == 1
             assert "is not stopped" in not_stopped.stderr
@@ -55,6 +67,10 @@ def test_a_stopped_handler_waits_without_a_restart_storm_and_resumes_from_the_fa
             )
             assert stopped_metric(worker, picky) == 1.0
             assert stopped_metric(worker, journal) == 0.0
+            stopped = status_of(env)[picky]
+            assert stopped["state"] == "stopped"
+            assert "Poisoned: poisoned key bad0" in stopped["reason"]
+            assert stopped["active"] is None
             (recorded,) = rows(url, schema, "handler_states", "handler, state, reason, event_number")
             assert recorded[:2] == (picky, "stopped")
             assert "Poisoned" in recorded[2]
