@@ -303,7 +303,11 @@ def _run_tidings(job: Job, child: Child) -> list[tuple[int, float]]:
     if issubclass(base, Upserts):
         Upserts.prepare(projection_table(job.schema, job.table))
     handler = cast(
-        type[EventHandler], type(base.__name__, (base,), {"name": job.group, "concurrency": job.partitions})
+        type[EventHandler],
+        # Per-key order, as the raw consumers it is measured against (global order: bench_global_order).
+        type(
+            base.__name__, (base,), {"name": job.group, "concurrency": job.partitions, "ordering": "per_key"}
+        ),
     )
     store = PostgresEventStore(StoreConfig(job.url, job.schema), sequencer=False)
     config = WorkerConfig(store, job.bootstrap, partitions=job.partitions)

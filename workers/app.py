@@ -12,6 +12,7 @@ Example::
 
 from __future__ import annotations
 
+import re
 import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -28,7 +29,35 @@ from workers.handler import EventHandler, validate_handler
 if TYPE_CHECKING:
     import sqlalchemy as sa
 
-__all__ = ["WorkerApp", "WorkerConfig"]
+__all__ = ["Tenant", "WorkerApp", "WorkerConfig"]
+
+_TENANT = re.compile(r"[a-z][a-z0-9_]{0,39}")
+
+
+@dataclass(frozen=True, slots=True)
+class Tenant:
+    """One tenant of an application run per tenant (``tidings worker APP --tenant NAME``): its own
+    PostgreSQL schema, and (the factory's part) its own topic prefix and handler names.
+
+    An app factory that takes a ``Tenant`` builds the tenant's app: ``build(tenant)``.
+    """
+
+    name: str
+    schema: str
+
+    def __post_init__(self) -> None:
+        check_tenant(self.name)
+
+
+def check_tenant(name: str) -> str:
+    """``name`` if it can name a tenant, else ``ConfigurationError`` saying what a name may be."""
+    if not _TENANT.fullmatch(name):
+        raise ConfigurationError(
+            f"a tenant's name must be 1-40 of a-z 0-9 _, starting with a letter (it names the tenant's "
+            "schema, topics and groups), "
+            f"got {name!r}"
+        )
+    return name
 
 
 @dataclass

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import inspect
 import logging
 import threading
 import time
@@ -32,7 +33,7 @@ from typing import Any
 
 from eventstore.errors import ConfigurationError
 from tidings.dispatch import Application
-from workers.app import WorkerApp, WorkerConfig
+from workers.app import Tenant, WorkerApp, WorkerConfig
 from workers.handler import EventHandler
 from workers.handler_states import HandlerStates
 from workers.probes import Probes
@@ -53,11 +54,12 @@ class AppNotFound(ConfigurationError):
     """``module:attribute`` does not name a ``WorkerApp`` (or a zero-argument callable returning one)."""
 
 
-def load_app(spec: str) -> WorkerApp:
+def load_app(spec: str, tenant: Tenant | None = None) -> WorkerApp:
     """The ``WorkerApp`` that ``spec`` (``module:attribute``, e.g. ``bank.workers:app``) names.
 
     The attribute may be a dotted path inside the module, and may be a zero-argument callable that
-    returns the app (a factory reading its settings from the environment).
+    returns the app (a factory reading its settings from the environment). With ``tenant``, it must be
+    a factory taking the ``Tenant``: it builds that tenant's app (its topics and handler names).
 
     Raises:
         AppNotFound: ``spec`` is malformed, the module or attribute is missing, importing or calling
@@ -87,11 +89,16 @@ def load_app(spec: str) -> WorkerApp:
             apps = sorted(name for name, value in vars(module).items() if isinstance(value, WorkerApp))
             hint = f"; its WorkerApps: {', '.join(apps)}" if apps else ""
             raise AppNotFound(f"module {module_name!r} has no attribute {attribute!r}{hint}") from None
-    if isinstance(found, WorkerApp):
+    if isinstance(found, WorkerApp) and tenant is None:
         return found
+    if tenant is not None and not (callable(found) and _takes_an_argument(found)):
+        raise AppNotFound(
+            f"{spec} cannot run per tenant: give a factory that takes the Tenant and builds its app "
+            "(its topics, handler names and read-model tables), e.g. def build(tenant=None) -> WorkerApp"
+        )
     if callable(found) and not isinstance(found, type):
         try:
-            made = found()
+            made = found(tenant) if tenant is not None else found()
         except Exception as exc:
             raise AppNotFound(f"calling {spec}() failed: {type(exc).__name__}: {exc}") from exc
         if isinstance(made, WorkerApp):
@@ -100,6 +107,13 @@ def load_app(spec: str) -> WorkerApp:
     raise AppNotFound(
         f"{spec} is {type(found).__name__}, not a WorkerApp (or a zero-argument callable returning one)"
     )
+
+
+def _takes_an_argument(factory: Any) -> bool:
+    try:
+        return bool(inspect.signature(factory).parameters)
+    except (TypeError, ValueError):
+        return False
 
 
 class Worker:
@@ -124,18 +138,26 @@ class Worker:
         *,
         port: int | None = None,
         host: str = "0.0.0.0",  # noqa: S104 - the kubelet probes the pod's address
+        tenants: Sequence[tuple[WorkerApp, WorkerConfig]] = (),
     ) -> None:
         self.app = app
         self.config = config
-        self.runners = [HandlerRunner(handler, app, config) for handler in _select(app, handlers)]
+        # One part per tenant (each its own app, schema and store), or the app alone.
+        self.parts = list(tenants) or [(app, config)]
+        self.runners = [
+            HandlerRunner(handler, part_app, part_config)
+            for part_app, part_config in self.parts
+            for handler in _select(part_app, _tenant_names(part_app, app, handlers))
+        ]
         # With a router, the worker also fires scheduled commands (each exactly once across workers).
-        self.scheduler = (
+        self.schedulers = [
             Scheduler(
-                Application(config.store, app.mapper, app.router), ScheduledCommands(config.store, app.router)
+                Application(part_config.store, part_app.mapper, part_app.router),
+                ScheduledCommands(part_config.store, part_app.router),
             )
-            if app.router is not None
-            else None
-        )
+            for part_app, part_config in self.parts
+            if part_app.router is not None
+        ]
         self._probes = Probes(self.readiness, host=host, port=port) if port is not None else None
         self._stopping = threading.Event()
         self._stopped = False
@@ -152,8 +174,8 @@ class Worker:
             self._probes.start()
         for runner in self.runners:
             runner.start()
-        if self.scheduler is not None:
-            self.scheduler.start()
+        for scheduler in self.schedulers:
+            scheduler.start()
         log.info("worker started", extra={"app": self.app.name, "handlers": [r.name for r in self.runners]})
 
     def stop(self, timeout: float | None = None) -> None:
@@ -170,8 +192,8 @@ class Worker:
         deadline = time.monotonic() + (self.config.shutdown_timeout + 5.0 if timeout is None else timeout)
         for runner in self.runners:
             runner.stop(max(0.0, deadline - time.monotonic()))
-        if self.scheduler is not None:
-            self.scheduler.stop(max(0.0, deadline - time.monotonic()))
+        for scheduler in self.schedulers:
+            scheduler.stop(max(0.0, deadline - time.monotonic()))
         if self._probes is not None:
             self._probes.stop()
         log.info(
@@ -214,18 +236,20 @@ class Worker:
         index = next(i for i, runner in enumerate(self.runners) if runner.name == name)
         old = self.runners[index]
         old.stop(self.config.shutdown_timeout)
-        runner = HandlerRunner(old.handler, self.app, self.config)
+        runner = HandlerRunner(old.handler, old.app, old.config)
         self.runners[index] = runner
-        HandlerStates(self.config.store).clear(name)
+        HandlerStates(old.store).clear(name)
         runner.start()
         log.info("handler restarted on request", extra={"handler": name})
 
     def _restarts_requested(self, names: list[str]) -> list[str]:
-        try:
-            return HandlerStates(self.config.store).restarts_requested(names)
-        except Exception as exc:  # noqa: BLE001 - PostgreSQL away: asked again at the next check
-            log.warning("cannot read restart requests", extra={"error": str(exc)})
-            return []
+        requested = []
+        for runner in [r for r in self.runners if r.name in names]:
+            try:
+                requested += HandlerStates(runner.store).restarts_requested([runner.name])
+            except Exception as exc:  # noqa: BLE001 - PostgreSQL away: asked again at the next check
+                log.warning("cannot read restart requests", extra={"error": str(exc)})
+        return requested
 
     def __enter__(self) -> Worker:
         self.start()
@@ -269,6 +293,15 @@ class Worker:
                 for s in statuses
             ],
         }
+
+
+def _tenant_names(part: WorkerApp, app: WorkerApp, names: Sequence[str] | None) -> Sequence[str] | None:
+    """The handlers of a tenant's app that ``--handler NAME`` selects: NAME itself, or NAME behind the
+    tenant's prefix (``acme.bank.balances`` for ``bank.balances``)."""
+    if not names or part is app:
+        return names
+    chosen = [h.name for h in part.handlers if any(h.name == n or h.name.endswith(f".{n}") for n in names)]
+    return chosen or list(names)  # none: _select says which names the tenant's app has
 
 
 def _select(app: WorkerApp, names: Sequence[str] | None) -> list[type[EventHandler]]:

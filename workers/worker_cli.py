@@ -8,6 +8,7 @@ Both read PostgreSQL from ``DATABASE_URL`` (schema ``TIDINGS_SCHEMA``) and Kafka
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -19,9 +20,9 @@ from typing import Annotated
 import typer
 from confluent_kafka import KafkaException
 
-from eventstore import DEFAULT_SCHEMA, ConfigurationError, PostgresEventStore, StoreConfig
+from eventstore import DEFAULT_SCHEMA, ConfigurationError, PostgresEventStore, StoreConfig, validate_schema
 from eventstore.errors import StoreUnavailable
-from workers.app import WorkerApp, WorkerConfig
+from workers.app import Tenant, WorkerApp, WorkerConfig, check_tenant
 from workers.cli_options import (
     EXIT_FAILED,
     EXIT_USAGE,
@@ -43,21 +44,26 @@ from workers.worker import Worker, load_app
 __all__ = ["reset_command", "worker_command"]
 
 
-def load(spec: str) -> WorkerApp:
+def load(spec: str, tenant: Tenant | None = None) -> WorkerApp:
     """``load_app`` with the current directory importable, as ``python -m`` has it."""
     if os.getcwd() not in sys.path and "" not in sys.path:
         sys.path.insert(0, os.getcwd())
-    return load_app(spec)
+    return load_app(spec, tenant)
 
 
 def _setup(
-    app_spec: str, database_url: str, schema: str, bootstrap_servers: str, kafka: list[str] | None
+    app_spec: str,
+    database_url: str,
+    schema: str,
+    bootstrap_servers: str,
+    kafka: list[str] | None,
+    tenant: Tenant | None = None,
 ) -> tuple[WorkerApp, StoreConfig, str, dict[str, str]]:
     """The app, the migrated store's config, the brokers and the Kafka settings; or the command's exit
     (2 for what the user must fix, 1 when PostgreSQL does not answer)."""
     try:
-        worker_app = load(app_spec)
-        config = migrated_store(database_url, schema)
+        worker_app = load(app_spec, tenant)
+        config = migrated_store(database_url, tenant.schema if tenant else schema)
         brokers = required(bootstrap_servers, "--bootstrap-servers / KAFKA_BOOTSTRAP_SERVERS")
         return worker_app, config, brokers, kafka_settings(kafka or [], dict(os.environ))
     except ConfigurationError as exc:
@@ -99,6 +105,14 @@ def worker_command(
     database_url: DatabaseUrl = "",
     bootstrap_servers: Bootstrap = "",
     schema: Schema = DEFAULT_SCHEMA,
+    tenant: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--tenant",
+            help="Run the app once per tenant (repeatable): schema <schema>_<tenant>, topics and groups "
+            "named by APP's factory, which takes the Tenant.",
+        ),
+    ] = None,
     log_level: Annotated[str, typer.Option(envvar="TIDINGS_LOG_LEVEL")] = "info",
     log_format: Annotated[str, typer.Option(envvar="TIDINGS_LOG_FORMAT", help="json or text.")] = "json",
 ) -> None:
@@ -108,23 +122,43 @@ def worker_command(
 
     SIGTERM or SIGINT finish the messages in flight, commit, and exit 0.
 
-    Example: [bold]tidings worker bank.workers:app --handler balances --port 8000[/]
+    Example: [bold]tidings worker bank.workers:app --handler balances --port 8000[/] ·
+    [bold]tidings worker examples.bank.workers:build --schema bank --tenant acme --tenant globex[/]
     """
     configure_logging(log_level, log_format)
-    worker_app, config, brokers, settings = _setup(app_spec, database_url, schema, bootstrap_servers, kafka)
-    with PostgresEventStore(config, sequencer=False) as store:
-        try:
-            worker_config = WorkerConfig(
-                store,
-                brokers,
-                settings,
-                partitions=partitions,
-                replication_factor=replication_factor,
-                max_poll_records=max_poll_records,
-                shutdown_timeout=shutdown_timeout,
-                instance_id=instance_id,
+    try:
+        names = [check_tenant(name) for name in dict.fromkeys(tenant or [])]
+        tenants = [Tenant(name, validate_schema(f"{schema}_{name}")) for name in names]
+    except ConfigurationError as exc:
+        raise fail(str(exc), EXIT_USAGE) from exc
+    with contextlib.ExitStack() as stack:
+        parts = []
+        choices: list[Tenant | None] = [*tenants] if tenants else [None]
+        for one in choices:
+            worker_app, config, brokers, settings = _setup(
+                app_spec, database_url, schema, bootstrap_servers, kafka, one
             )
-            worker = Worker(worker_app, worker_config, handler, port=port, host=host)
+            store = stack.enter_context(PostgresEventStore(config, sequencer=False))
+            try:
+                worker_config = WorkerConfig(
+                    store,
+                    brokers,
+                    settings,
+                    partitions=partitions,
+                    replication_factor=replication_factor,
+                    max_poll_records=max_poll_records,
+                    shutdown_timeout=shutdown_timeout,
+                    instance_id=instance_id,
+                )
+            except ConfigurationError as exc:
+                raise fail(str(exc), EXIT_USAGE) from exc
+            stack.callback(worker_config.dispose)
+            parts.append((worker_app, worker_config))
+        (first_app, first_config), *_ = parts
+        try:
+            worker = Worker(
+                first_app, first_config, handler, port=port, host=host, tenants=parts if tenants else ()
+            )
         except ConfigurationError as exc:
             raise fail(str(exc), EXIT_USAGE) from exc
         stopping = threading.Event()
@@ -138,8 +172,6 @@ def worker_command(
             worker.run(until=stopping)
         except ConfigurationError as exc:
             raise fail(str(exc), EXIT_USAGE) from exc
-        finally:
-            worker_config.dispose()
 
 
 def reset_command(

@@ -32,7 +32,7 @@ from examples.bank.events import (
 from examples.bank.transfers import TransferProcess, bank
 from tidings.avro import AvroCodec, SchemaSet
 from tidings.mapper import EventMapper
-from workers.app import WorkerApp
+from workers.app import Tenant, WorkerApp
 from workers.delivery import EventMetadata
 from workers.projection import Projection
 
@@ -60,10 +60,16 @@ def balances_table(schema: str) -> sa.Table:
     )
 
 
-def build() -> WorkerApp:
-    """The bank's ``WorkerApp`` for ``TIDINGS_SCHEMA`` and ``TIDINGS_APP`` (``tidings worker`` calls it)."""
-    schema = validate_schema(os.environ.get("TIDINGS_SCHEMA", DEFAULT_SCHEMA))
+def build(tenant: Tenant | None = None) -> WorkerApp:
+    """The bank's ``WorkerApp`` for ``TIDINGS_SCHEMA`` and ``TIDINGS_APP`` (``tidings worker`` calls it).
+
+    For a tenant (``tidings worker ... --tenant acme``), the tenant's schema, and every name behind its
+    prefix: the topic ``acme.bank.events``, the handlers ``acme.bank.balances`` and so on.
+    """
+    schema = tenant.schema if tenant else validate_schema(os.environ.get("TIDINGS_SCHEMA", DEFAULT_SCHEMA))
     app_name = os.environ.get("TIDINGS_APP") or "bank"
+    if tenant is not None:
+        app_name = f"{tenant.name}.{app_name}"
     balances = balances_table(schema)
     if url := os.environ.get("DATABASE_URL"):
         _create(balances, url)
