@@ -16,11 +16,12 @@ A process manager's routing answers (``Start``, ``Continue``, ``Stop``...) are i
 ``Stop`` there ends an instance, where ``workers.Stop`` answers a failure by stopping the handler.
 """
 
-from workers.app import WorkerApp, WorkerConfig
+from workers.app import Tenant, WorkerApp, WorkerConfig
 from workers.delivery import EventMetadata, UndecodableMessage
 from workers.execution import HandlerStopped
 from workers.failure import ErrorAnswer, FailureContext, Park, Retry, Skip, Stop
-from workers.handler import BatchFailed, EventHandler
+from workers.handler import BatchFailed, EventHandler, ordering_of
+from workers.handler_states import HandlerStates, StoppedHandler
 from workers.health import Check, HealthReport, check_health
 from workers.parking import ParkedEvent, ParkedEvents
 from workers.process_manager import CommandFailed, EventTimeout, ProcessFailureContext, ProcessManager
@@ -52,12 +53,16 @@ __all__ = [
     # running them
     "WorkerApp",
     "WorkerConfig",
+    "Tenant",
+    "ordering_of",
     "Worker",
     "HandlerRunner",
     "HandlerStatus",
     # operating them
     "ParkedEvent",
     "ParkedEvents",
+    "HandlerStates",
+    "StoppedHandler",
     "Check",
     "HealthReport",
     "check_health",
