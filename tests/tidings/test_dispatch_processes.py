@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 import uuid
 from decimal import Decimal
 from pathlib import Path
@@ -24,12 +25,12 @@ MAPPER = EventMapper(AvroCodec(events, SchemaSet.load(SCHEMAS)))
 
 
 def _run_two(
-    schema: PostgresSchema, account: uuid.UUID, each: int, retry_attempts: int
+    schema: PostgresSchema, account: uuid.UUID, each: int, retry_attempts: int, gate: Path
 ) -> list[dict[str, int]]:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     command = [
         sys.executable, "-m", "tests.tidings.dispatcher_process",
-        schema.server_url, schema.name, str(account), str(each), str(retry_attempts),
+        schema.server_url, schema.name, str(account), str(each), str(retry_attempts), str(gate),
     ]  # fmt: skip
     processes = [
         subprocess.Popen(
@@ -37,6 +38,14 @@ def _run_two(
         )
         for _ in range(2)
     ]
+    # Both start dispatching together, so that they meet each other's appends however slowly each
+    # started (a loaded machine could otherwise run one after the other).
+    deadline = time.monotonic() + 120
+    while len(list(gate.glob("*.ready"))) < 2:
+        assert time.monotonic() < deadline, "the dispatcher processes never got ready"
+        assert all(p.poll() is None for p in processes), [p.communicate() for p in processes]
+        time.sleep(0.01)
+    (gate / "go").touch()
     results = []
     for process in processes:
         out, err = process.communicate(timeout=300)
@@ -52,13 +61,13 @@ def _balance(store: PostgresEventStore, account: uuid.UUID) -> Decimal:
 
 
 def test_a_thousand_conflicting_deposits_from_two_processes_all_count(
-    event_store: PostgresEventStore, postgres_schema: PostgresSchema
+    event_store: PostgresEventStore, postgres_schema: PostgresSchema, tmp_path: Path
 ) -> None:
     app = Application(event_store, MAPPER, accounts)
     account = uuid.uuid4()
     app.dispatch(OpenAccount(account, "Ada"))
 
-    results = _run_two(postgres_schema, account, each=500, retry_attempts=1000)
+    results = _run_two(postgres_schema, account, each=500, retry_attempts=1000, gate=tmp_path)
 
     assert sum(r["succeeded"] for r in results) == 1000
     assert sum(r["exhausted"] for r in results) == 0
@@ -68,13 +77,13 @@ def test_a_thousand_conflicting_deposits_from_two_processes_all_count(
 
 
 def test_without_retries_some_deposits_give_up_and_those_append_nothing(
-    event_store: PostgresEventStore, postgres_schema: PostgresSchema
+    event_store: PostgresEventStore, postgres_schema: PostgresSchema, tmp_path: Path
 ) -> None:
     app = Application(event_store, MAPPER, accounts)
     account = uuid.uuid4()
     app.dispatch(OpenAccount(account, "Ada"))
 
-    results = _run_two(postgres_schema, account, each=300, retry_attempts=0)
+    results = _run_two(postgres_schema, account, each=300, retry_attempts=0, gate=tmp_path)
 
     succeeded = sum(r["succeeded"] for r in results)
     assert sum(r["exhausted"] for r in results) > 0, "with no retries, conflicts surface as TooManyAttempts"
