@@ -21,6 +21,7 @@ __all__ = [
     "EVENT_NUMBER_HEADER",
     "PREVIOUS_HEADER",
     "Tail",
+    "event_number_of",
     "last_published",
     "parse_previous",
     "previous_header",
@@ -147,7 +148,7 @@ def _read_back(
                         open_partitions.discard(where)
                         continue
                     raise KafkaException(error)
-                number = _event_number(message.headers())
+                number = event_number_of(message.headers())
                 if number is not None:
                     i = index[where]
                     found[i] = number if found[i] is None else max(found[i], number)  # type: ignore[type-var]
@@ -156,7 +157,8 @@ def _read_back(
     return found
 
 
-def _event_number(headers: Any) -> int | None:
+def event_number_of(headers: Any) -> int | None:
+    """A message's ``event_number`` header, or None where it is missing or damaged."""
     for name, value in headers or ():
         if name == EVENT_NUMBER_HEADER:
             try:

@@ -223,6 +223,7 @@ class _Run:
         self.counts = {"account": 0, "transfer": 0}
         self.workload = bank.demo.Workload(self.app, plan, concurrency, self._count)
         self.lag = lag
+        self.workload_error: BaseException | None = None
         self._lock = threading.Lock()
 
     def _count(self, step: str) -> None:
@@ -297,8 +298,6 @@ class _Run:
             worker_restarts=restarts,
             problems=problems,
         )
-
-    workload_error: BaseException | None = None
 
     def _dispatch(self) -> None:
         try:

@@ -36,7 +36,7 @@ from confluent_kafka import (
 )
 from confluent_kafka.admin import AdminClient, OffsetSpec  # type: ignore[attr-defined]
 
-from eventstore.kafka_tail import EVENT_NUMBER_HEADER
+from eventstore.kafka_tail import event_number_of
 
 __all__ = ["MAX_COUNTED", "READ_BACK", "KafkaUnavailable", "KafkaView", "Reading", "ToRead"]
 
@@ -258,7 +258,7 @@ def _read(consumer: Consumer, partitions: list[ToRead], timeout: float, servers:
             if where not in reading:
                 continue
             if int(message.offset() or 0) < plan[where].start:
-                number = _event_number(message.headers())
+                number = event_number_of(message.headers())
                 if number is not None:
                     last[where] = number
             else:
@@ -273,13 +273,3 @@ def _read(consumer: Consumer, partitions: list[ToRead], timeout: float, servers:
         )
         for where, p in plan.items()
     }
-
-
-def _event_number(headers: Any) -> int | None:
-    for name, value in headers or ():
-        if name == EVENT_NUMBER_HEADER:
-            try:
-                return int(value)
-            except (TypeError, ValueError):
-                return None
-    return None

@@ -43,7 +43,7 @@ from confluent_kafka import (
 )
 
 from eventstore.acknowledgements import Acknowledgements
-from eventstore.kafka_tail import EVENT_NUMBER_HEADER, PREVIOUS_HEADER, parse_previous
+from eventstore.kafka_tail import PREVIOUS_HEADER, event_number_of, parse_previous
 from eventstore.leadership import Leadership
 from eventstore.relay import Relay, RelayConfig
 from eventstore.routing import Routing
@@ -884,17 +884,8 @@ class HandlerRunner:
 
 def _order_of(headers: Any) -> tuple[int | None, dict[str, int] | None]:
     """A message's event_number and tidings.previous header (None where missing or damaged)."""
-    number: int | None = None
-    previous: dict[str, int] | None = None
-    for name, value in headers or ():
-        if name == EVENT_NUMBER_HEADER:
-            try:
-                number = int(value)
-            except (TypeError, ValueError):
-                return None, None
-        elif name == PREVIOUS_HEADER:
-            previous = parse_previous(value)
-    return number, previous
+    previous = next((parse_previous(value) for name, value in headers or () if name == PREVIOUS_HEADER), None)
+    return event_number_of(headers), previous
 
 
 def handler_topics(handler: type[EventHandler], app: WorkerApp) -> list[str]:

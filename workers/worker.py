@@ -243,10 +243,14 @@ class Worker:
         log.info("handler restarted on request", extra={"handler": name})
 
     def _restarts_requested(self, names: list[str]) -> list[str]:
+        """Which of ``names`` an operator asked to restart: one question per store (per tenant)."""
         requested = []
-        for runner in [r for r in self.runners if r.name in names]:
+        for _, config in self.parts:
+            mine = [r.name for r in self.runners if r.config is config and r.name in names]
+            if not mine:
+                continue
             try:
-                requested += HandlerStates(runner.store).restarts_requested([runner.name])
+                requested += HandlerStates(config.store).restarts_requested(mine)
             except Exception as exc:  # noqa: BLE001 - PostgreSQL away: asked again at the next check
                 log.warning("cannot read restart requests", extra={"error": str(exc)})
         return requested
