@@ -1,0 +1,38 @@
+"""What a relay could not do, and what the operator told it.
+
+Revision ID: 0008
+Revises: 0007
+Create Date: 2026-12-07
+
+- ``verdict``, ``problem``, ``problem_event``, ``problem_since``: set by the leading relay when it cannot
+  publish (its topics' tail disagrees with the store, another store publishes there, one event cannot be
+  routed or published) and cleared when it publishes again. ``tidings relay status`` shows them; the relay
+  may run in another process than the one asking.
+- ``resume_after``: an operator's decision (``tidings relay resume-after N``) that the next leader takes
+  instead of the tail it cannot confirm, once.
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+from alembic import context, op
+
+revision = "0008"
+down_revision = "0007"
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    schema = context.config.attributes["schema"]
+    op.add_column("relays", sa.Column("verdict", sa.Text, nullable=False, server_default="ok"), schema=schema)
+    op.add_column("relays", sa.Column("problem", sa.Text, nullable=False, server_default=""), schema=schema)
+    op.add_column("relays", sa.Column("problem_event", sa.BigInteger, nullable=True), schema=schema)
+    op.add_column("relays", sa.Column("problem_since", sa.DateTime(timezone=True), nullable=True), schema=schema)
+    op.add_column("relays", sa.Column("resume_after", sa.BigInteger, nullable=True), schema=schema)
+
+
+def downgrade() -> None:
+    schema = context.config.attributes["schema"]
+    for column in ("resume_after", "problem_since", "problem_event", "problem", "verdict"):
+        op.drop_column("relays", column, schema=schema)
