@@ -23,6 +23,7 @@ from eventstore.errors import (
     InvalidStreamId,
     PayloadTooLarge,
     PoolExhausted,
+    StoreMoved,
     StoreUnavailable,
     StreamDeleted,
     StreamExists,
@@ -32,6 +33,7 @@ from eventstore.errors import (
 from eventstore.ids import new_event_id
 from eventstore.migrate import current_revision, head_revision, migrate
 from eventstore.postgres import END, PostgresEventStore
+from eventstore.rebase import Rebase, rebase
 from eventstore.records import (
     ANY,
     NO_STREAM,
@@ -81,6 +83,9 @@ __all__ = [
     "current_revision",
     "head_revision",
     "migrate",
+    # a store moved to another cluster
+    "Rebase",
+    "rebase",
     # errors
     "ConcurrencyError",
     "ConfigurationError",
@@ -91,6 +96,7 @@ __all__ = [
     "InvalidStreamId",
     "PayloadTooLarge",
     "PoolExhausted",
+    "StoreMoved",
     "StoreUnavailable",
     "StreamDeleted",
     "StreamExists",

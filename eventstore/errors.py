@@ -12,6 +12,7 @@
     │   └── StreamNotFound        STREAM_EXISTS was expected (or a read asked) but there is no such stream
     ├── StreamDeleted             the stream was soft-deleted: no more appends or stream reads
     ├── HardDeleteDisabled        hard deletion was asked for but the store does not allow it
+    ├── StoreMoved                the store holds another cluster's transaction ids: re-base it first
     └── StoreUnavailable          PostgreSQL could not be reached or the session was ended by the server
         └── PoolExhausted         every session of the store stayed busy for the statement timeout
 
@@ -30,6 +31,7 @@ __all__ = [
     "PoolExhausted",
     "InvalidStreamId",
     "PayloadTooLarge",
+    "StoreMoved",
     "StoreUnavailable",
     "StreamDeleted",
     "StreamExists",
@@ -105,6 +107,22 @@ class HardDeleteDisabled(EventStoreError):
         super().__init__(
             "hard deletion is off for this store: enable StoreConfig(allow_hard_delete=True) "
             "for erasure requests"
+        )
+
+
+class StoreMoved(EventStoreError):
+    """The store was moved to another PostgreSQL cluster (dump/restore, logical replication) whose
+    transaction ids are lower than the ones its events were ordered by: nothing can be numbered until it
+    is re-based (``tidings store rebase``, which ``tidings migrate`` also runs)."""
+
+    def __init__(self, schema: str) -> None:
+        self.schema = schema
+        self.command = f"tidings store rebase --schema {schema}"
+        super().__init__(
+            f"the store in schema {schema!r} holds transaction ids of another PostgreSQL cluster (moved by "
+            f"dump/restore or logical replication): no event can be numbered until it is re-based. Run "
+            f"`{self.command}` (or `tidings migrate`, which re-bases too); events committed but not yet "
+            "numbered keep their order and nothing numbered changes its number"
         )
 
 

@@ -4,6 +4,8 @@
   event_number; it grows while a long or idle transaction holds the sequencing horizon back.
 - ``tidings_sequencer_waiting_events{schema}``: committed events waiting for an event_number.
 - ``tidings_sequencer_stalled{schema}``: 1 while committed events have waited over a second for a number.
+- ``tidings_sequencer_moved{schema}``: 1 while the store holds transaction ids of another PostgreSQL cluster
+  (moved by dump/restore or logical replication): nothing is numbered until ``tidings store rebase``.
 - ``tidings_sequencer_numbered_events_total{schema}``: events numbered.
 - ``tidings_events_appended_total{schema}``: events appended (committed or not: the store cannot know).
 - ``tidings_relay_leader{schema,relay}``: 1 while this process is the relay's leader.
@@ -30,6 +32,7 @@ __all__ = [
     "RELAY_PUBLISHED",
     "RELAY_TRANSACTIONS",
     "SEQUENCER_LAG",
+    "SEQUENCER_MOVED",
     "SEQUENCER_STALLED",
     "SEQUENCER_WAITING",
 ]
@@ -43,6 +46,11 @@ SEQUENCER_WAITING = Gauge(
 SEQUENCER_STALLED = Gauge(
     "tidings_sequencer_stalled",
     "1 while committed events wait and the sequencer cannot number them",
+    ["schema"],
+)
+SEQUENCER_MOVED = Gauge(
+    "tidings_sequencer_moved",
+    "1 while the store holds another cluster's transaction ids and must be re-based",
     ["schema"],
 )
 NUMBERED = Counter("tidings_sequencer_numbered_events", "Events given an event_number", ["schema"])

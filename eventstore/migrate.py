@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from eventstore.config import StoreConfig, sqlalchemy_url
+from eventstore.rebase import rebase
 
 if TYPE_CHECKING:
     import sqlalchemy as sa
@@ -40,8 +41,13 @@ def _alembic_config(store: StoreConfig, connection: sa.Connection | None = None)
 def migrate(store: StoreConfig, revision: str = "head") -> str:
     """Upgrade the store's schema to ``revision``; return the revision now in place.
 
+    At the head revision it also re-bases a store moved from another PostgreSQL cluster (a no-op
+    otherwise, two index look-ups): a deployment pointed at a restored or replicated database runs
+    this before its processes start (eventstore/rebase.py).
+
     Raises:
         sqlalchemy.exc.OperationalError: the database does not answer.
+        StoreUnavailable, EventStoreError: the re-base could not be made (it is rolled back whole).
     """
     import sqlalchemy as sa
     from alembic import command
@@ -50,9 +56,12 @@ def migrate(store: StoreConfig, revision: str = "head") -> str:
     try:
         with _ALEMBIC_IN_USE, engine.begin() as connection:
             command.upgrade(_alembic_config(store, connection), revision)
-        return current_revision(store, engine) or ""
+        current = current_revision(store, engine) or ""
     finally:
         engine.dispose()
+    if revision == "head":
+        rebase(store)
+    return current
 
 
 def current_revision(store: StoreConfig, engine: sa.Engine | None = None) -> str | None:

@@ -14,6 +14,11 @@ A long or idle writing transaction anywhere in the cluster holds the horizon bac
 after it wait. The store bounds its own sessions (``idle_in_transaction_session_timeout``) and the wait
 is visible as ``tidings_sequencer_lag_seconds`` and ``tidings_sequencer_stalled`` and in a log line that
 names the backend holding the horizon.
+
+A store moved to another cluster whose transaction ids are lower (dump/restore, logical replication)
+stops numbering for another reason: its stored ids lie above the new cluster's. The sequencer finds this
+out at start-up (``check``, which raises StoreMoved) and while running (``tidings_sequencer_moved``, a
+log line naming the command that re-bases: eventstore/rebase.py).
 """
 
 from __future__ import annotations
@@ -27,9 +32,10 @@ from typing import Any
 import psycopg
 
 from eventstore import metrics
-from eventstore.errors import StoreUnavailable
+from eventstore.errors import StoreMoved, StoreUnavailable
 from eventstore.postgres.pool import SessionPool
 from eventstore.postgres.statements import Statements, notification_channel
+from eventstore.rebase import moved
 
 __all__ = ["Sequencer", "SequencerStatus"]
 
@@ -57,6 +63,8 @@ class SequencerStatus:
     waiting: int
     lag_seconds: float
     stalled: bool
+    moved: bool = False
+    """The store holds another cluster's transaction ids: nothing is numbered until it is re-based."""
 
 
 class Sequencer:
@@ -91,7 +99,23 @@ class Sequencer:
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
         self._stall_logged = False
+        self._moved_logged = False
         self.status = SequencerStatus(0, 0, 0.0, False)
+
+    def check(self) -> None:
+        """Refuse a store moved from another cluster, before numbering anything.
+
+        Raises:
+            StoreMoved: the store holds transaction ids of another cluster; the message names the command.
+        """
+        try:
+            with self._pool.connection() as conn:
+                was_moved = moved(conn, self._schema)
+        except psycopg.errors.UndefinedTable:
+            return  # not migrated yet: nothing to number, and `tidings migrate` re-bases if need be
+        metrics.SEQUENCER_MOVED.labels(self._schema).set(1 if was_moved else 0)
+        if was_moved:
+            raise StoreMoved(self._schema)
 
     def step(self) -> int:
         """Number one batch of committed events; return how many were numbered."""
@@ -111,18 +135,40 @@ class Sequencer:
             row = conn.execute(self._sql.waiting).fetchone()
             assert row is not None, "the sequencer row is missing: run `tidings migrate`"
             waiting, held_back, held_lag = int(row[0]), int(row[1]), float(row[2] or 0.0)
-            lag, last = float(row[3] or 0.0), int(row[4])
+            lag, last, was_moved = float(row[3] or 0.0), int(row[4]), bool(row[5])
             # A stall is a transaction holding the horizon over committed events for too long; events
             # that are numberable but not yet numbered only mean the sequencer is busy.
             stalled = held_back > 0 and held_lag > STALLED_AFTER_SECONDS
-            self.status = SequencerStatus(last, waiting, lag, stalled)
-            self._report(conn, waiting, lag, stalled)
+            self.status = SequencerStatus(last, waiting, lag, stalled or was_moved, was_moved)
+            self._report(conn, waiting, lag, stalled, was_moved)
         return self.status
 
-    def _report(self, conn: psycopg.Connection[Any], waiting: int, lag: float, stalled: bool) -> None:
+    def _report(
+        self, conn: psycopg.Connection[Any], waiting: int, lag: float, stalled: bool, was_moved: bool
+    ) -> None:
         metrics.SEQUENCER_WAITING.labels(self._schema).set(waiting)
         metrics.SEQUENCER_LAG.labels(self._schema).set(lag)
-        metrics.SEQUENCER_STALLED.labels(self._schema).set(1 if stalled else 0)
+        metrics.SEQUENCER_STALLED.labels(self._schema).set(1 if stalled or was_moved else 0)
+        metrics.SEQUENCER_MOVED.labels(self._schema).set(1 if was_moved else 0)
+        if was_moved:
+            # No transaction is to blame: the ids came from another cluster (the endpoint was switched
+            # under a running process, say). Naming the oldest backend here would send people astray.
+            if not self._moved_logged:
+                self._moved_logged = True
+                error = StoreMoved(self._schema)
+                log.error(
+                    "numbering stopped: the store holds transaction ids of another cluster",
+                    extra={
+                        "schema": self._schema,
+                        "waiting_events": waiting,
+                        "command": error.command,
+                        "error": str(error),
+                    },
+                )
+            return
+        if self._moved_logged:
+            self._moved_logged = False
+            log.info("numbering resumed: the store was re-based", extra={"schema": self._schema})
         if stalled and not self._stall_logged:
             self._stall_logged = True
             blocker = conn.execute(_BLOCKER).fetchone()
@@ -147,12 +193,15 @@ class Sequencer:
 
         Raises:
             TimeoutError: events still wait after ``timeout`` seconds (a transaction holds the horizon).
+            StoreMoved: the store holds another cluster's transaction ids; waiting would not help.
         """
         deadline = time.monotonic() + timeout
         while True:
             while self.step() > 0:
                 pass
-            if self.look().waiting == 0:
+            if self.look().moved:
+                raise StoreMoved(self._schema)
+            if self.status.waiting == 0:
                 return self.status.last_event_number
             if time.monotonic() > deadline:
                 raise TimeoutError(

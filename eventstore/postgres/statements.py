@@ -126,20 +126,23 @@ RETURNING q.last_event_number, last.rn, pg_notify(%(channel)s, q.last_event_numb
 """
 
 # What waits for a number: all committed events after the cursor, and those of them held back by the
-# horizon (a transaction still running); the oldest held-back event's age; the last number handed out.
+# horizon (a transaction still running); the oldest held-back event's age; the last number handed out;
+# and whether the cursor or the newest event carries an id this cluster has not handed out yet (the store
+# was moved from another cluster: eventstore/rebase.py).
 _WAITING = """
 SELECT count(e.id),
        count(e.id) FILTER (WHERE e.order_xid >= h.xmin),
        extract(epoch FROM now() - min(e.created_at) FILTER (WHERE e.order_xid >= h.xmin)),
        extract(epoch FROM now() - min(e.created_at)),
-       q.last_event_number
+       q.last_event_number,
+       q.cursor_xid >= h.xmax OR coalesce((SELECT max(order_xid) FROM {events}) >= h.xmax, false)
 FROM {sequencer} q
-CROSS JOIN (SELECT pg_snapshot_xmin(pg_current_snapshot()) AS xmin) h
+CROSS JOIN (SELECT pg_snapshot_xmin(s) AS xmin, pg_snapshot_xmax(s) AS xmax FROM pg_current_snapshot() s) h
 LEFT JOIN LATERAL (
     SELECT id, order_xid, created_at FROM {events} e
     WHERE (e.order_xid, e.id) > (q.cursor_xid, q.cursor_id)
 ) e ON true
-GROUP BY q.last_event_number
+GROUP BY q.last_event_number, q.cursor_xid, h.xmax
 """
 
 _RECORD_SNAPSHOT = """

@@ -105,6 +105,11 @@ class PostgresEventStore:
 
     The store runs a sequencer thread unless ``sequencer=False`` (another process numbers the events).
     Its sessions end transactions left idle for ``config.idle_in_transaction_timeout`` seconds.
+
+    Raises:
+        StoreMoved: (with the sequencer) the store was moved from another PostgreSQL cluster and must be
+            re-based first; the message names the command.
+        StoreUnavailable: PostgreSQL could not be reached.
     """
 
     def __init__(
@@ -135,6 +140,12 @@ class PostgresEventStore:
         )
         self._run_sequencer = sequencer
         if sequencer:
+            try:
+                with translate_db_errors():
+                    self.sequencer.check()
+            except EventStoreError:
+                self._pool.close()
+                raise
             self.sequencer.start()
 
     def close(self) -> None:

@@ -1,0 +1,222 @@
+"""A store moved to another PostgreSQL cluster: find it out, and re-base its ordering keys.
+
+Events are ordered by the transaction ids of the cluster that wrote them (``events.order_xid``,
+``streams.last_xid``, the sequencer's cursor; docs/decisions/0002-global-order.md). A dump/restore or a
+logical-replication switchover (a blue/green major upgrade) carries those ids into a cluster whose own ids
+are lower: every append to an existing stream is then stamped above the new cluster's horizon and is never
+numbered, and a new stream's events sort behind the cursor. Numbering stops for good.
+
+The move shows as a stored id at or above the next id the cluster will hand out, which no transaction of
+this cluster can have written: two index look-ups find it (:func:`moved`). The store refuses to number in
+that state (:class:`~eventstore.errors.StoreMoved` at start-up, a report while running), and
+:func:`rebase` makes the store whole again, in one transaction that appends wait for:
+
+1. every event not numbered yet is numbered, in its old (order_xid, id) order: those committed before the
+   move first, then any appended since by a process that did not check (each stream's order kept);
+2. every ordering key at or above the cluster's horizon is lowered below it, and the cursor is set after
+   every event, so that new appends (stamped with this cluster's ids, all at or above the horizon) come
+   after everything numbered, and no numbered event ever sorts after the cursor again;
+3. the events' id sequence is moved past the highest id when it lags (logical replication does not copy
+   sequences).
+
+Nothing already numbered changes its number. ``tidings migrate`` runs it after the migrations, and
+``tidings store rebase`` runs it alone (docs/decisions/0014-moving-to-another-cluster.md).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from eventstore.config import StoreConfig
+from eventstore.errors import EventStoreError, StoreUnavailable
+
+__all__ = ["Rebase", "moved", "rebase"]
+
+log = logging.getLogger("eventstore.rebase")
+
+# The rebase waits at most this long, in all, for the writers in flight to let go of the tables.
+LOCK_WAIT_SECONDS = 60
+# Far below PostgreSQL's deadlock_timeout (1 s by default): the rebase gives way first.
+SECOND_LOCK_WAIT = "100ms"
+
+# The cursor's id, or the newest event's order_xid, at or above the next transaction id this cluster will
+# hand out: written by another cluster. (max() walks the (order_xid, id) index backwards: one look-up.)
+_MOVED = """
+SELECT q.cursor_xid >= n.next_xid OR coalesce((SELECT max(order_xid) FROM {events}) >= n.next_xid, false)
+FROM {sequencer} q CROSS JOIN (SELECT pg_snapshot_xmax(pg_current_snapshot()) AS next_xid) n
+WHERE q.singleton
+"""
+
+# Pre-move events (after the cursor) first, in their old order; then events that sort at or before the
+# cursor although unnumbered, which only an append made after the move can be (a new stream stamped with
+# this cluster's low id). Within a stream, keys never go down, so each stream keeps its order.
+_NUMBER_THE_REST = """
+WITH state AS (
+    SELECT last_event_number, cursor_xid, cursor_id FROM {sequencer} WHERE singleton
+), pending AS (
+    SELECT e.id,
+           row_number() OVER (
+               ORDER BY (e.order_xid, e.id) <= (s.cursor_xid, s.cursor_id), e.order_xid, e.id
+           ) AS rn
+    FROM {events} e CROSS JOIN state s
+    WHERE NOT EXISTS (SELECT 1 FROM {event_order} o WHERE o.id = e.id)
+)
+INSERT INTO {event_order} (event_number, id)
+SELECT s.last_event_number + p.rn, p.id FROM pending p CROSS JOIN state s
+"""
+
+# Just below the oldest transaction still running: every append still to come is stamped at or above it.
+_LOW_KEY = "SELECT (pg_snapshot_xmin(pg_current_snapshot())::text::bigint - 1)::text::xid8"
+
+_LOWER_EVENTS = "UPDATE {events} SET order_xid = %(low)s WHERE order_xid > %(low)s"
+_LOWER_STREAMS = "UPDATE {streams} SET last_xid = %(low)s WHERE last_xid > %(low)s"
+_MOVE_CURSOR = """
+UPDATE {sequencer}
+SET last_event_number = last_event_number + %(numbered)s, cursor_xid = %(low)s,
+    cursor_id = (SELECT coalesce(max(id), 0) FROM {events}), updated_at = now()
+WHERE singleton
+RETURNING last_event_number
+"""
+_ID_SEQUENCE = """
+SELECT setval(s.seq, s.top)
+FROM (SELECT pg_get_serial_sequence(%(events)s, 'id')::regclass AS seq,
+             (SELECT max(id) FROM {events}) AS top) s
+WHERE s.top > coalesce(pg_sequence_last_value(s.seq), 0)
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class Rebase:
+    """What :func:`rebase` did.
+
+    Attributes:
+        rebased: False when the store held no id of another cluster (nothing was changed).
+        numbered: events numbered by the rebase (those committed but unnumbered at the move, and any
+            appended since).
+        last_event_number: the last number handed out, after the rebase.
+        lowered_events: events whose ordering key was lowered below the cluster's horizon.
+        lowered_streams: streams whose last ordering key was lowered.
+        seconds: how long the rebase held appends.
+    """
+
+    rebased: bool
+    numbered: int
+    last_event_number: int
+    lowered_events: int
+    lowered_streams: int
+    seconds: float
+
+
+def _tables(schema: str) -> dict[str, sql.Identifier]:
+    return {name: sql.Identifier(schema, name) for name in ("events", "streams", "event_order", "sequencer")}
+
+
+def moved(conn: psycopg.Connection[Any], schema: str) -> bool:
+    """Whether the store in ``schema`` holds transaction ids of another cluster (cheap: two look-ups)."""
+    row = conn.execute(sql.SQL(_MOVED).format(**_tables(schema))).fetchone()
+    return bool(row and row[0])
+
+
+def rebase(config: StoreConfig) -> Rebase:
+    """Re-base the store's ordering keys on this cluster's transaction ids, if they came from another.
+
+    Safe at any time and from any number of processes at once (they queue on the lock; the later ones
+    find nothing to do). Appends wait while it runs: a moment on a small store, about the time of an
+    UPDATE of every event on a large one (docs/decisions/0014-moving-to-another-cluster.md).
+
+    Example::
+
+        report = rebase(StoreConfig(os.environ["DATABASE_URL"], schema="bank"))
+        if report.rebased:
+            print(f"{report.numbered} waiting events numbered, up to {report.last_event_number}")
+
+    Raises:
+        StoreUnavailable: PostgreSQL could not be reached, or writers held the tables past the lock timeout.
+        EventStoreError: any other database error (the rebase is rolled back, nothing changed).
+    """
+    started = time.monotonic()
+    deadline = started + LOCK_WAIT_SECONDS
+    while True:
+        try:
+            with psycopg.connect(config.url) as conn:
+                outcome = _rebase_once(conn, config.schema)
+            break
+        except psycopg.errors.LockNotAvailable as exc:
+            # A writer holding the events table while it waits for the streams table (see _rebase_once):
+            # let it through, and try again.
+            if time.monotonic() > deadline:
+                raise StoreUnavailable(
+                    f"the rebase of {config.schema!r} waited {LOCK_WAIT_SECONDS:.0f}s for writers to let go "
+                    f"of the store's tables: run `tidings store rebase --schema {config.schema}` again "
+                    "(nothing was changed)"
+                ) from exc
+            time.sleep(0.05)
+        except psycopg.OperationalError as exc:
+            raise StoreUnavailable(f"PostgreSQL is unavailable or ended the session: {exc}") from exc
+        except psycopg.Error as exc:
+            raise EventStoreError(
+                f"the rebase of {config.schema!r} failed and was rolled back ({type(exc).__name__}): {exc}"
+            ) from exc
+    if outcome is None:
+        return Rebase(False, 0, _last_event_number(config), 0, 0, time.monotonic() - started)
+    numbered, last, lowered_events, lowered_streams = outcome
+    report = Rebase(True, numbered, last, lowered_events, lowered_streams, time.monotonic() - started)
+    log.warning(
+        "the store holds transaction ids of another cluster: re-based",
+        extra={
+            "schema": config.schema,
+            "numbered": report.numbered,
+            "last_event_number": report.last_event_number,
+            "lowered_events": report.lowered_events,
+            "lowered_streams": report.lowered_streams,
+            "seconds": round(report.seconds, 3),
+        },
+    )
+    return report
+
+
+def _rebase_once(conn: psycopg.Connection[Any], schema: str) -> tuple[int, int, int, int] | None:
+    """One attempt, in one transaction: (numbered, last_event_number, lowered events, lowered streams),
+    or None when the store holds no id of another cluster."""
+    tables = _tables(schema)
+
+    def q(text: str) -> sql.Composed:
+        return sql.SQL(text).format(**tables)
+
+    with conn.transaction():
+        # Long on a large store, and run once: no statement timeout.
+        conn.execute("SET LOCAL statement_timeout = 0")
+        conn.execute(sql.SQL("SET LOCAL lock_timeout = {}").format(sql.Literal(f"{LOCK_WAIT_SECONDS}s")))
+        # EXCLUSIVE waits out every writer in flight and holds new ones back; readers go on. Writers take
+        # the two tables in either order (a large append moves its stream row, then copies its events; a
+        # prepared small append locks events first), so the second lock is only tried for a moment: a
+        # writer holding events while it waits for streams would otherwise deadlock with the rebase, and
+        # PostgreSQL might pick the writer as the victim. The caller tries again instead.
+        conn.execute(q("LOCK TABLE {streams} IN EXCLUSIVE MODE"))
+        conn.execute(sql.SQL("SET LOCAL lock_timeout = {}").format(sql.Literal(SECOND_LOCK_WAIT)))
+        conn.execute(q("LOCK TABLE {events} IN EXCLUSIVE MODE"))
+        conn.execute(sql.SQL("SET LOCAL lock_timeout = {}").format(sql.Literal(f"{LOCK_WAIT_SECONDS}s")))
+        conn.execute(q("SELECT 1 FROM {sequencer} WHERE singleton FOR UPDATE"))  # waits out a batch
+        if not moved(conn, schema):
+            return None
+        numbered = conn.execute(q(_NUMBER_THE_REST)).rowcount
+        low = conn.execute(_LOW_KEY).fetchone()[0]  # type: ignore[index]
+        lowered_events = conn.execute(q(_LOWER_EVENTS), {"low": low}).rowcount
+        lowered_streams = conn.execute(q(_LOWER_STREAMS), {"low": low}).rowcount
+        row = conn.execute(q(_MOVE_CURSOR), {"low": low, "numbered": numbered}).fetchone()
+        conn.execute(q(_ID_SEQUENCE), {"events": tables["events"].as_string(conn)})
+    return numbered, int(row[0]) if row else 0, lowered_events, lowered_streams
+
+
+def _last_event_number(config: StoreConfig) -> int:
+    with psycopg.connect(config.url) as conn:
+        row = conn.execute(
+            sql.SQL("SELECT last_event_number FROM {}").format(sql.Identifier(config.schema, "sequencer"))
+        ).fetchone()
+    return int(row[0]) if row else 0
