@@ -27,6 +27,7 @@ from workers.parked_cli import parked_app
 from workers.relay_cli import relay_app
 from workers.schemas_cli import schemas_app
 from workers.status_cli import status_command
+from workers.store_cli import store_app
 from workers.worker_cli import reset_command, worker_command
 
 __all__ = ["app"]
@@ -50,6 +51,7 @@ app.add_typer(relay_app, name="relay")
 app.add_typer(parked_app, name="parked")
 app.add_typer(events_app, name="events")
 app.add_typer(handler_app, name="handler")
+app.add_typer(store_app, name="store")
 app.command("worker")(worker_command)
 app.command("demo")(demo_command)
 app.command("reset")(reset_command)
@@ -101,6 +103,8 @@ def migrate_command(
     database_url: DatabaseUrl, schema: Schema = DEFAULT_SCHEMA, as_json: AsJson = False
 ) -> None:
     """Apply the event store's migrations to SCHEMA (created if missing). Safe to run concurrently.
+
+    A store moved from another PostgreSQL cluster is re-based too (as `tidings store rebase` does).
 
     Example: [bold]DATABASE_URL=postgresql://app@db/app tidings migrate --schema bank[/]
     """

@@ -13,7 +13,8 @@ from dataclasses import dataclass
 import psycopg
 from confluent_kafka.admin import AdminClient
 
-from eventstore import StoreConfig, current_revision, head_revision, redact_url
+from eventstore import StoreConfig, StoreMoved, current_revision, head_revision, redact_url
+from eventstore.rebase import moved
 
 __all__ = ["Check", "HealthReport", "check_health"]
 
@@ -60,6 +61,20 @@ def check_schema(store: StoreConfig) -> Check:
             "schema",
             False,
             f"{store.schema} at revision {current or 'none'}, expected {head}: run `tidings migrate`",
+            time.monotonic() - started,
+        )
+    try:
+        with psycopg.connect(store.url, connect_timeout=5) as conn:
+            was_moved = moved(conn, store.schema)
+    except psycopg.Error as exc:
+        return Check("schema", False, f"{store.schema}: {exc}".strip(), time.monotonic() - started)
+    if was_moved:
+        error = StoreMoved(store.schema)
+        return Check(
+            "schema",
+            False,
+            f"{store.schema} holds transaction ids of another PostgreSQL cluster and numbers nothing: "
+            f"run `{error.command}`",
             time.monotonic() - started,
         )
     return Check("schema", True, f"{store.schema} at revision {head}", time.monotonic() - started)
