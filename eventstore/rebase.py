@@ -9,15 +9,19 @@ numbered, and a new stream's events sort behind the cursor. Numbering stops for 
 The move shows as a stored id at or above the next id the cluster will hand out, which no transaction of
 this cluster can have written: two index look-ups find it (:func:`moved`). The store refuses to number in
 that state (:class:`~eventstore.errors.StoreMoved` at start-up, a report while running), and
-:func:`rebase` makes the store whole again, in one transaction that appends wait for:
+:func:`rebase` makes the store whole again:
 
-1. every event not numbered yet is numbered, in its old (order_xid, id) order: those committed before the
-   move first, then any appended since by a process that did not check (each stream's order kept);
-2. every ordering key at or above the cluster's horizon is lowered below it, and the cursor is set after
-   every event, so that new appends (stamped with this cluster's ids, all at or above the horizon) come
-   after everything numbered, and no numbered event ever sorts after the cursor again;
-3. the events' id sequence is moved past the highest id when it lags (logical replication does not copy
-   sequences).
+1. Ahead, in batches of their own while appends go on: the ordering keys of numbered events, and the
+   streams' last keys, are lowered below the cluster's horizon. A numbered event's key only has to stay
+   at or before the cursor, which the old cursor, far above, still is; so this is safe at any time, and
+   it is the long part (an UPDATE of every event), done without holding appends back.
+2. In one transaction that appends wait for: every event not numbered yet is numbered, in its old
+   (order_xid, id) order: those committed before the move first, then any appended since (each stream's
+   order kept); the few keys still above the horizon are lowered; the cursor is set after every event,
+   so that new appends (stamped with this cluster's ids, all at or above the horizon) come after
+   everything numbered; the events' id sequence is moved past the highest id if it lags (logical
+   replication does not copy sequences).
+3. VACUUM takes the old index entries away (until then, every look of the sequencer steps over them).
 
 Nothing already numbered changes its number. ``tidings migrate`` runs it after the migrations, and
 ``tidings store rebase`` runs it alone (docs/decisions/0014-moving-to-another-cluster.md).
@@ -74,6 +78,30 @@ SELECT s.last_event_number + p.rn, p.id FROM pending p CROSS JOIN state s
 # Just below the oldest transaction still running: every append still to come is stamped at or above it.
 _LOW_KEY = "SELECT (pg_snapshot_xmin(pg_current_snapshot())::text::bigint - 1)::text::xid8"
 
+# Ahead of the lock: numbered events (at or before the cursor) above the horizon, a batch at a time in key
+# order, from where the last batch ended; returns the batch's last key and size.
+_LOWER_NUMBERED = """
+WITH b AS (
+    SELECT id, order_xid FROM {events}
+    WHERE (order_xid, id) > (%(after_xid)s, %(after_id)s)
+      AND (order_xid, id) <= (%(cursor_xid)s, %(cursor_id)s)
+    ORDER BY order_xid, id
+    LIMIT %(batch)s
+), lowered AS (
+    UPDATE {events} e SET order_xid = %(low)s FROM b WHERE e.id = b.id
+)
+SELECT order_xid, id, count(*) OVER () FROM b ORDER BY order_xid DESC, id DESC LIMIT 1
+"""
+_LOWER_STREAMS_AHEAD = """
+WITH b AS (
+    SELECT stream_id FROM {streams} WHERE stream_id > %(after)s AND last_xid > %(low)s
+    ORDER BY stream_id
+    LIMIT %(batch)s
+), lowered AS (
+    UPDATE {streams} t SET last_xid = %(low)s FROM b WHERE t.stream_id = b.stream_id AND t.last_xid > %(low)s
+)
+SELECT max(stream_id), count(*) FROM b
+"""
 _LOWER_EVENTS = "UPDATE {events} SET order_xid = %(low)s WHERE order_xid > %(low)s"
 _LOWER_STREAMS = "UPDATE {streams} SET last_xid = %(low)s WHERE last_xid > %(low)s"
 _MOVE_CURSOR = """
@@ -90,6 +118,10 @@ FROM (SELECT pg_get_serial_sequence(%(events)s, 'id')::regclass AS seq,
 WHERE s.top > coalesce(pg_sequence_last_value(s.seq), 0)
 """
 
+# Rows lowered per transaction ahead of the lock: a second or two each on a 2-core machine.
+BATCH = 50_000
+_AFTER_ALL_IDS = 2**63 - 1
+
 
 @dataclass(frozen=True, slots=True)
 class Rebase:
@@ -102,7 +134,8 @@ class Rebase:
         last_event_number: the last number handed out, after the rebase.
         lowered_events: events whose ordering key was lowered below the cluster's horizon.
         lowered_streams: streams whose last ordering key was lowered.
-        seconds: how long the rebase held appends.
+        seconds: how long the whole rebase took (numbering was stopped all along, since the move).
+        held_seconds: how long appends waited for it (the locked part).
     """
 
     rebased: bool
@@ -111,6 +144,7 @@ class Rebase:
     lowered_events: int
     lowered_streams: int
     seconds: float
+    held_seconds: float
 
 
 def _tables(schema: str) -> dict[str, sql.Identifier]:
@@ -126,9 +160,9 @@ def moved(conn: psycopg.Connection[Any], schema: str) -> bool:
 def rebase(config: StoreConfig) -> Rebase:
     """Re-base the store's ordering keys on this cluster's transaction ids, if they came from another.
 
-    Safe at any time and from any number of processes at once (they queue on the lock; the later ones
-    find nothing to do). Appends wait while it runs: a moment on a small store, about the time of an
-    UPDATE of every event on a large one (docs/decisions/0014-moving-to-another-cluster.md).
+    Safe at any time and from any number of processes at once (they take turns; the later ones find
+    nothing to do). Most of the work is done while appends go on; they wait only for the last step, about
+    a second per million events (docs/decisions/0014-moving-to-another-cluster.md).
 
     Example::
 
@@ -138,35 +172,39 @@ def rebase(config: StoreConfig) -> Rebase:
 
     Raises:
         StoreUnavailable: PostgreSQL could not be reached, or writers held the tables past the lock timeout.
-        EventStoreError: any other database error (the rebase is rolled back, nothing changed).
+        EventStoreError: any other database error (the step under way is rolled back; run it again).
     """
     started = time.monotonic()
-    deadline = started + LOCK_WAIT_SECONDS
-    while True:
-        try:
-            with psycopg.connect(config.url) as conn:
-                outcome = _rebase_once(conn, config.schema)
-            break
-        except psycopg.errors.LockNotAvailable as exc:
-            # A writer holding the events table while it waits for the streams table (see _rebase_once):
-            # let it through, and try again.
-            if time.monotonic() > deadline:
-                raise StoreUnavailable(
-                    f"the rebase of {config.schema!r} waited {LOCK_WAIT_SECONDS:.0f}s for writers to let go "
-                    f"of the store's tables: run `tidings store rebase --schema {config.schema}` again "
-                    "(nothing was changed)"
-                ) from exc
-            time.sleep(0.05)
-        except psycopg.OperationalError as exc:
-            raise StoreUnavailable(f"PostgreSQL is unavailable or ended the session: {exc}") from exc
-        except psycopg.Error as exc:
-            raise EventStoreError(
-                f"the rebase of {config.schema!r} failed and was rolled back ({type(exc).__name__}): {exc}"
-            ) from exc
-    if outcome is None:
-        return Rebase(False, 0, _last_event_number(config), 0, 0, time.monotonic() - started)
+    try:
+        with psycopg.connect(config.url) as conn:
+            ahead = _lower_ahead(conn, config.schema)
+        if ahead is None:
+            return Rebase(False, 0, _last_event_number(config), 0, 0, time.monotonic() - started, 0.0)
+        _vacuum(config)
+        held = time.monotonic()
+        outcome = _rebase_under_lock(config)
+        held_seconds = time.monotonic() - held
+        _vacuum(config)
+    except psycopg.OperationalError as exc:
+        raise StoreUnavailable(f"PostgreSQL is unavailable or ended the session: {exc}") from exc
+    except psycopg.Error as exc:
+        raise EventStoreError(
+            f"the rebase of {config.schema!r} failed ({type(exc).__name__}): {exc}. Run "
+            f"`tidings store rebase --schema {config.schema}` again: it goes on from where this one stopped"
+        ) from exc
+    if outcome is None:  # another process finished it meanwhile
+        last = _last_event_number(config)
+        return Rebase(False, 0, last, ahead[0], ahead[1], time.monotonic() - started, held_seconds)
     numbered, last, lowered_events, lowered_streams = outcome
-    report = Rebase(True, numbered, last, lowered_events, lowered_streams, time.monotonic() - started)
+    report = Rebase(
+        True,
+        numbered,
+        last,
+        ahead[0] + lowered_events,
+        ahead[1] + lowered_streams,
+        time.monotonic() - started,
+        held_seconds,
+    )
     log.warning(
         "the store holds transaction ids of another cluster: re-based",
         extra={
@@ -176,21 +214,78 @@ def rebase(config: StoreConfig) -> Rebase:
             "lowered_events": report.lowered_events,
             "lowered_streams": report.lowered_streams,
             "seconds": round(report.seconds, 3),
+            "held_seconds": round(report.held_seconds, 3),
         },
     )
     return report
 
 
-def _rebase_once(conn: psycopg.Connection[Any], schema: str) -> tuple[int, int, int, int] | None:
-    """One attempt, in one transaction: (numbered, last_event_number, lowered events, lowered streams),
-    or None when the store holds no id of another cluster."""
+def _lower_ahead(conn: psycopg.Connection[Any], schema: str) -> tuple[int, int] | None:
+    """Step 1: lower numbered events' and streams' keys in batches; (events, streams) lowered, or None when
+    the store holds no id of another cluster."""
     tables = _tables(schema)
 
     def q(text: str) -> sql.Composed:
         return sql.SQL(text).format(**tables)
 
     with conn.transaction():
-        # Long on a large store, and run once: no statement timeout.
+        if not moved(conn, schema):
+            return None
+        low = conn.execute(_LOW_KEY).fetchone()[0]  # type: ignore[index]
+    events = streams = 0
+    after: tuple[Any, Any] = (low, _AFTER_ALL_IDS)
+    while True:
+        with conn.transaction():
+            conn.execute("SET LOCAL statement_timeout = 0")
+            # The sequencer row keeps two rebases from lowering the same rows at once (sequencing
+            # batches skip it, and have nothing to number in a moved store anyway).
+            cursor = conn.execute(
+                q("SELECT cursor_xid, cursor_id FROM {sequencer} WHERE singleton FOR UPDATE")
+            ).fetchone()
+            assert cursor is not None, "the sequencer row is missing: run `tidings migrate`"
+            params = {"after_xid": after[0], "after_id": after[1], "cursor_xid": cursor[0]}
+            params |= {"cursor_id": cursor[1], "low": low, "batch": BATCH}
+            row = conn.execute(q(_LOWER_NUMBERED), params).fetchone()
+        if row is None:
+            break
+        after, events = (row[0], row[1]), events + int(row[2])
+    after_stream = ""
+    while True:
+        with conn.transaction():
+            conn.execute("SET LOCAL statement_timeout = 0")
+            params = {"after": after_stream, "low": low, "batch": BATCH}
+            row = conn.execute(q(_LOWER_STREAMS_AHEAD), params).fetchone()
+        if row is None or row[0] is None:
+            break
+        after_stream, streams = row[0], streams + int(row[1])
+    return events, streams
+
+
+def _rebase_under_lock(config: StoreConfig) -> tuple[int, int, int, int] | None:
+    """Step 2, tried again while a writer is in the way (see _rebase_once)."""
+    deadline = time.monotonic() + LOCK_WAIT_SECONDS
+    while True:
+        try:
+            with psycopg.connect(config.url) as conn:
+                return _rebase_once(conn, config.schema)
+        except psycopg.errors.LockNotAvailable as exc:
+            if time.monotonic() > deadline:
+                raise StoreUnavailable(
+                    f"the rebase of {config.schema!r} waited {LOCK_WAIT_SECONDS:.0f}s for writers to let go "
+                    f"of the store's tables: run `tidings store rebase --schema {config.schema}` again"
+                ) from exc
+            time.sleep(0.05)
+
+
+def _rebase_once(conn: psycopg.Connection[Any], schema: str) -> tuple[int, int, int, int] | None:
+    """Step 2, in one transaction: (numbered, last_event_number, lowered events, lowered streams), or None
+    when the store holds no id of another cluster (any more)."""
+    tables = _tables(schema)
+
+    def q(text: str) -> sql.Composed:
+        return sql.SQL(text).format(**tables)
+
+    with conn.transaction():
         conn.execute("SET LOCAL statement_timeout = 0")
         conn.execute(sql.SQL("SET LOCAL lock_timeout = {}").format(sql.Literal(f"{LOCK_WAIT_SECONDS}s")))
         # EXCLUSIVE waits out every writer in flight and holds new ones back; readers go on. Writers take
@@ -212,6 +307,14 @@ def _rebase_once(conn: psycopg.Connection[Any], schema: str) -> tuple[int, int, 
         row = conn.execute(q(_MOVE_CURSOR), {"low": low, "numbered": numbered}).fetchone()
         conn.execute(q(_ID_SEQUENCE), {"events": tables["events"].as_string(conn)})
     return numbered, int(row[0]) if row else 0, lowered_events, lowered_streams
+
+
+def _vacuum(config: StoreConfig) -> None:
+    """Take the lowered rows' old versions and index entries away; appends go on meanwhile."""
+    with psycopg.connect(config.url, autocommit=True) as conn:
+        conn.execute("SET statement_timeout = 0")
+        for table in ("events", "streams"):
+            conn.execute(sql.SQL("VACUUM (ANALYZE) {}").format(sql.Identifier(config.schema, table)))
 
 
 def _last_event_number(config: StoreConfig) -> int:

@@ -32,8 +32,9 @@ def rebase_command(
     """Re-base a store moved from another PostgreSQL cluster, so that its events are numbered again.
 
     Events committed but not numbered at the move are numbered first, in their old order; nothing
-    already numbered changes its number. Appends wait while it runs (about the time of an UPDATE of every
-    event). A store that was not moved is left as it is. Safe to run from several places at once.
+    already numbered changes its number. It takes about the time of an UPDATE of every event, most of it
+    while appends go on; they wait for the last step only. A store that was not moved is left as it is.
+    Safe to run from several places at once.
 
     Example: [bold]DATABASE_URL=postgresql://app@new-db/app tidings store rebase --schema bank --json[/]
     """
@@ -47,7 +48,8 @@ def rebase_command(
         out.print_json(json.dumps({"schema": schema, **asdict(report)}))
     elif report.rebased:
         out.print(
-            f"schema {schema} re-based in {report.seconds:.2f}s: {report.numbered} waiting event(s) "
+            f"schema {schema} re-based in {report.seconds:.2f}s, appends held for "
+            f"{report.held_seconds:.2f}s: {report.numbered} waiting event(s) "
             f"numbered (last event_number {report.last_event_number}), ordering keys of "
             f"{report.lowered_events} event(s) and {report.lowered_streams} stream(s) lowered"
         )
