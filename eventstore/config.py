@@ -76,6 +76,10 @@ class StoreConfig:
             transaction this long (seconds), so they cannot hold back sequencing for longer.
         statement_timeout: the longest statement the store's sessions may run (seconds).
         pool_size: connections kept by the store.
+        leader_url: a session-mode PostgreSQL URL (Commanded's ``session_mode_url``) on which every
+            leadership of this store takes its advisory lock (relays, repartitioning relays, global-order
+            handlers), for when ``url`` goes through PgBouncer in transaction mode, where a session-level
+            lock is not kept. It must reach the same database. Default: ``url``.
     """
 
     url: str
@@ -85,10 +89,13 @@ class StoreConfig:
     idle_in_transaction_timeout: float = 10.0
     statement_timeout: float = 30.0
     pool_size: int = 10
+    leader_url: str | None = None
 
     def __post_init__(self) -> None:
         validate_schema(self.schema)
         sqlalchemy_url(self.url)
+        if self.leader_url is not None:
+            sqlalchemy_url(self.leader_url)
         if self.max_event_bytes <= 0:
             raise ConfigurationError(f"max_event_bytes must be positive, got {self.max_event_bytes}")
         if self.idle_in_transaction_timeout <= 0 or self.statement_timeout <= 0:
@@ -98,5 +105,11 @@ class StoreConfig:
         if self.pool_size < 1:
             raise ConfigurationError(f"pool_size must be at least 1, got {self.pool_size}")
 
+    @property
+    def leadership_url(self) -> str:
+        """Where leaderships take their advisory locks: ``leader_url``, else the store's ``url``."""
+        return self.leader_url or self.url
+
     def __repr__(self) -> str:
-        return f"StoreConfig(url={redact_url(self.url)!r}, schema={self.schema!r})"
+        leader = f", leader_url={redact_url(self.leader_url)!r}" if self.leader_url else ""
+        return f"StoreConfig(url={redact_url(self.url)!r}, schema={self.schema!r}{leader})"

@@ -13,6 +13,7 @@
     ├── StreamDeleted             the stream was soft-deleted: no more appends or stream reads
     ├── HardDeleteDisabled        hard deletion was asked for but the store does not allow it
     ├── StoreMoved                the store holds another cluster's transaction ids: re-base it first
+    ├── LeadershipLost            a leader's lock (and the session holding it) is gone: step down
     └── StoreUnavailable          PostgreSQL could not be reached or the session was ended by the server
         └── PoolExhausted         every session of the store stayed busy for the statement timeout
 
@@ -30,6 +31,7 @@ __all__ = [
     "HardDeleteDisabled",
     "PoolExhausted",
     "InvalidStreamId",
+    "LeadershipLost",
     "PayloadTooLarge",
     "StoreMoved",
     "StoreUnavailable",
@@ -107,6 +109,21 @@ class HardDeleteDisabled(EventStoreError):
         super().__init__(
             "hard deletion is off for this store: enable StoreConfig(allow_hard_delete=True) "
             "for erasure requests"
+        )
+
+
+class LeadershipLost(EventStoreError):
+    """The session holding a leadership's advisory lock ended, or no longer holds the lock.
+
+    The leader must stop leading at once and stand by: another process may hold the lock already.
+    """
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        super().__init__(
+            f"the leadership {name!r} is lost (its PostgreSQL session ended or holds no lock): stand by "
+            "and try to lead again; if this repeats, check what ends the session (a pooler in "
+            "transaction mode needs a session-mode leader_url, or an idle-session timeout)"
         )
 
 

@@ -2,9 +2,19 @@
 
 The lock lives as long as the session that took it. A leader killed by ``kill -9`` closes its socket
 with it, the server ends the session and frees the lock, and a standby polling ``pg_try_advisory_lock``
-takes it within one poll interval. Session-level locks need a session that stays on one server
-connection: behind PgBouncer in transaction mode, give the leader a session-mode URL (as Commanded's
-``session_mode_url``).
+takes it within one poll interval.
+
+A leader is the session holding the lock, nothing less: ``check()`` asks PostgreSQL, on that very
+session, whether it still holds the lock (``pg_locks``), and a leadership never opens a session while it
+leads. When the session ends under it (``pg_terminate_backend``, a pooler, a cut connection) or the lock
+is gone, ``held`` turns False and the caller steps down; only ``try_acquire()`` leads again, on a new
+session that takes the lock first. (A session quietly reopened after a cut would answer any query while
+holding nothing, and a second leader would take the freed lock beside it.)
+
+Session-level locks need a session that stays on one server connection: behind PgBouncer in
+transaction mode, leaderships take their lock through a session-mode URL, the store's ``leader_url``
+(``StoreConfig.leadership_url``; Commanded's ``session_mode_url``). Every leadership of the project goes
+through it: relays, repartitioning relays and global-order handlers.
 """
 
 from __future__ import annotations
@@ -15,12 +25,25 @@ import logging
 from typing import Any
 
 import psycopg
+from psycopg import sql
 
 from eventstore.config import redact_url
+from eventstore.errors import LeadershipLost
 
 __all__ = ["Leadership", "lock_key"]
 
 log = logging.getLogger("eventstore.leadership")
+
+# Whether this session holds the advisory lock: a bigint key shows in pg_locks as its two 32-bit halves,
+# and advisory locks belong to a database.
+_HOLDS = """
+SELECT EXISTS (
+    SELECT FROM pg_locks
+    WHERE locktype = 'advisory' AND granted AND objsubid = 1 AND pid = pg_backend_pid()
+      AND database = (SELECT oid FROM pg_database WHERE datname = current_database())
+      AND classid::bigint = %s AND objid::bigint = %s
+)
+"""
 
 
 def lock_key(name: str) -> int:
@@ -28,14 +51,20 @@ def lock_key(name: str) -> int:
     return int.from_bytes(hashlib.blake2b(name.encode(), digest_size=8).digest(), "big", signed=True)
 
 
+def _halves(key: int) -> tuple[int, int]:
+    unsigned = key & 0xFFFF_FFFF_FFFF_FFFF
+    return unsigned >> 32, unsigned & 0xFFFF_FFFF
+
+
 class Leadership:
     """Holds (or waits for) the advisory lock named ``name`` on a session of its own.
 
     Example::
 
-        leadership = Leadership(url, "tidings-relay.bank.default")
+        leadership = Leadership(store.config.leadership_url, "tidings-relay.bank.default")
         if leadership.try_acquire():
-            ...  # lead; call check() now and then
+            while leadership.check():  # now and then: False means step down at once
+                ...
             leadership.release()
     """
 
@@ -43,26 +72,29 @@ class Leadership:
         self.name = name
         self._url = url
         self._key = lock_key(name)
+        self._halves = _halves(self._key)
         self._connect_timeout = connect_timeout
         self._conn: psycopg.Connection[Any] | None = None
         self.held = False
-
-    @property
-    def connection(self) -> psycopg.Connection[Any]:
-        """The session holding the lock (for LISTEN: it stays open as long as the leadership)."""
-        if self._conn is None or self._conn.closed:
-            self._conn = psycopg.connect(
-                self._url,
-                autocommit=True,
-                connect_timeout=max(1, round(self._connect_timeout)),
-                application_name=f"tidings {self.name}"[:63],
-            )
-        return self._conn
+        self.pid: int | None = None
+        """The server process of the session holding the lock (None while not held)."""
 
     def try_acquire(self) -> bool:
-        """Take the lock if it is free; never waits. False (and logged) when PostgreSQL is unreachable."""
+        """Take the lock if it is free; never waits. False (and logged) when PostgreSQL is unreachable.
+
+        While held, it only confirms the lock (``check()``).
+        """
+        if self.held:
+            return self.check()
         try:
-            row = self.connection.execute("SELECT pg_try_advisory_lock(%s)", (self._key,)).fetchone()
+            if self._conn is None or self._conn.closed:
+                self._conn = psycopg.connect(
+                    self._url,
+                    autocommit=True,
+                    connect_timeout=max(1, round(self._connect_timeout)),
+                    application_name=f"tidings {self.name}"[:63],
+                )
+            row = self._conn.execute("SELECT pg_try_advisory_lock(%s)", (self._key,)).fetchone()
         except psycopg.Error as exc:
             log.warning(
                 "cannot reach PostgreSQL to take the leadership",
@@ -71,25 +103,69 @@ class Leadership:
             self._drop()
             return False
         self.held = bool(row and row[0])
+        self.pid = self._conn.info.backend_pid if self.held else None
         return self.held
 
     def check(self) -> bool:
-        """Whether the lock is still held. It is never unlocked, only lost with its session: so it is
-        held exactly as long as the session answers."""
+        """Whether the lock is still held: asked of PostgreSQL on the session that took it. A session that
+        no longer answers, or answers without the lock, loses the leadership (``held`` turns False)."""
         if not self.held or self._conn is None:
             return False
         try:
-            self._conn.execute("SELECT 1")
-        except psycopg.Error:
-            self._drop()
+            row = self._conn.execute(_HOLDS, self._halves).fetchone()
+        except psycopg.Error as exc:
+            self._lose("its session ended", exc)
+            return False
+        if not (row and row[0]):
+            self._lose("its session no longer holds the lock")
+        return self.held
+
+    def listen(self, channel: str) -> None:
+        """``LISTEN`` on the lock's session, whose notifications then end ``wait()``.
+
+        Raises:
+            LeadershipLost: the lock is not held, or its session ended.
+        """
+        if not self.held or self._conn is None:
+            raise LeadershipLost(self.name)
+        try:
+            self._conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(channel)))
+        except psycopg.Error as exc:
+            self._lose("its session ended", exc)
+            raise LeadershipLost(self.name) from exc
+
+    def wait(self, timeout: float) -> bool:
+        """Until a notification arrives on the lock's session (see ``listen``), or ``timeout`` seconds pass.
+
+        Returns whether the leadership still holds: a session that ended while waiting loses it, and no
+        other session is opened in its place.
+        """
+        if not self.held or self._conn is None:
+            return False
+        try:
+            for _ in self._conn.notifies(timeout=timeout, stop_after=1):
+                pass
+        except psycopg.Error as exc:
+            self._lose("its session ended", exc)
+            return False
+        if self._conn.closed or self._conn.broken:
+            self._lose("its session ended")
         return self.held
 
     def release(self) -> None:
         """Give the lock up (closing the session: whatever state it is in, the lock goes with it)."""
         self._drop()
 
+    def _lose(self, why: str, error: Exception | None = None) -> None:
+        log.warning(
+            f"leadership lost: {why}",
+            extra={"leadership": self.name, "pid": self.pid, "error": str(error) if error else None},
+        )
+        self._drop()
+
     def _drop(self) -> None:
         self.held = False
+        self.pid = None
         if self._conn is not None:
             with contextlib.suppress(psycopg.Error):
                 self._conn.close()

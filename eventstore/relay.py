@@ -123,7 +123,8 @@ class RelayConfig:
             single larger event goes alone): with ``batch_size``, what bounds the relay's memory.
         compression: ``compression.type`` (none, gzip, snappy, lz4, zstd).
         linger_ms: how long the producer gathers messages into a request.
-        leader_url: a session-mode PostgreSQL URL for the leadership lock (default: the store's).
+        leader_url: a session-mode PostgreSQL URL for the leadership lock (default: the store's
+            ``leader_url``, else its URL: ``StoreConfig.leadership_url``).
         standby_poll: seconds between a standby's attempts to lead.
         poll_interval: seconds between reads of the store when no notification arrives.
         transaction_timeout: ``transaction.timeout.ms`` in seconds: how long a silent leader's open
@@ -314,7 +315,7 @@ class Relay:
         self.leading = threading.Event()
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
-        self._leadership = Leadership(config.leader_url or store.config.url, self.identity)
+        self._leadership = Leadership(config.leader_url or store.config.leadership_url, self.identity)
         self._reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"relay-read-{self.schema}")
         self._labels = (self.schema, config.name)
         self._sql = _Statements(self.schema)
@@ -380,8 +381,7 @@ class Relay:
         metrics.RELAY_LEADER.labels(*self._labels).set(1)
         self._ensure_row()
         self._record_leader()
-        listener = self._leadership.connection
-        listener.execute(sql.SQL("LISTEN {}").format(sql.Identifier(notification_channel(self.schema))))
+        self._leadership.listen(notification_channel(self.schema))
         topics_ready = False
         while not self._stopping.is_set():
             try:
@@ -471,13 +471,12 @@ class Relay:
         """Until the sequencer announces new events, or ``poll_interval`` passes.
 
         Notifications that arrived while the relay was busy wait in psycopg's backlog and end the wait at
-        once: a read too many, never a late one.
+        once: a read too many, never a late one. They come on the lock's session, so a wait is also
+        where an idle leader finds that session gone: it steps down then, rather than publish on.
         """
-        try:
-            for _ in self._leadership.connection.notifies(timeout=self.config.poll_interval, stop_after=1):
-                pass
-        except psycopg.Error:
-            pass  # the leadership check that follows finds out whether the session is gone
+        if not self._leadership.wait(self.config.poll_interval):
+            log.warning("relay lost its leadership", extra={"relay": self.identity})
+            raise _Stopped
 
     def _publish(
         self, producer: Producer, events: list[OutgoingEvent], before_commit: Callable[[], None]

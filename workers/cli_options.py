@@ -1,7 +1,8 @@
 """What the ``tidings`` commands share: the options naming the store and Kafka, and how they fail.
 
 Every long-running command reads the same environment (``DATABASE_URL``, ``TIDINGS_SCHEMA``,
-``KAFKA_BOOTSTRAP_SERVERS``, ``TIDINGS_KAFKA_<NAME>``), so one container spec serves them all.
+``KAFKA_BOOTSTRAP_SERVERS``, ``TIDINGS_KAFKA_<NAME>``, and ``TIDINGS_LEADER_URL`` for those that elect
+leaders), so one container spec serves them all.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ __all__ = [
     "Bootstrap",
     "DatabaseUrl",
     "Kafka",
+    "LeaderUrl",
     "Schema",
     "fail",
     "kafka_settings",
@@ -41,6 +43,16 @@ DatabaseUrl = Annotated[
     ),
 ]
 Schema = Annotated[str, typer.Option(envvar="TIDINGS_SCHEMA", help="PostgreSQL schema of the store.")]
+LeaderUrl = Annotated[
+    str,
+    typer.Option(
+        envvar="TIDINGS_LEADER_URL",
+        show_default=False,
+        help="Session-mode PostgreSQL URL for the leaders' advisory locks (relays, global-order handlers), "
+        "when DATABASE_URL goes through PgBouncer in transaction mode; same database. Default: DATABASE_URL.",
+    ),
+]
+"""Every leadership of a store takes its lock through it (``StoreConfig.leader_url``)."""
 Bootstrap = Annotated[
     str,
     typer.Option(
@@ -78,14 +90,16 @@ def required(value: str, what: str) -> str:
     return value
 
 
-def migrated_store(database_url: str, schema: str) -> StoreConfig:
+def migrated_store(database_url: str, schema: str, leader_url: str = "") -> StoreConfig:
     """The store's config, once its schema is known to be migrated.
 
     Raises:
         ConfigurationError: no URL, a bad one, or a store that is not migrated.
         StoreUnavailable: PostgreSQL could not be reached.
     """
-    config = StoreConfig(required(database_url, "--database-url / DATABASE_URL"), schema)
+    config = StoreConfig(
+        required(database_url, "--database-url / DATABASE_URL"), schema, leader_url=leader_url or None
+    )
     try:
         revision = current_revision(config)
     except sqlalchemy.exc.OperationalError as exc:

@@ -34,7 +34,15 @@ from eventstore import (
 )
 from eventstore.relay import Relay, RelayConfig, TopicCreationFailed, TopicMissing, relay_status
 from eventstore.routing import Routing
-from workers.cli_options import EXIT_FAILED, EXIT_USAGE, DatabaseUrl, Schema, kafka_settings, required
+from workers.cli_options import (
+    EXIT_FAILED,
+    EXIT_USAGE,
+    DatabaseUrl,
+    LeaderUrl,
+    Schema,
+    kafka_settings,
+    required,
+)
 from workers.logs import configure_logging
 from workers.probes import Probes
 
@@ -95,10 +103,7 @@ def relay_command(
     compression: Annotated[
         str, typer.Option(help="compression.type: none, gzip, snappy, lz4, zstd.")
     ] = "lz4",
-    leader_url: Annotated[
-        str | None,
-        typer.Option(envvar="TIDINGS_LEADER_URL", help="Session-mode PostgreSQL URL for the leader lock."),
-    ] = None,
+    leader_url: LeaderUrl = "",
     standby_poll: Annotated[float, typer.Option(help="Seconds between a standby's attempts to lead.")] = 1.0,
     port: Annotated[
         int,
@@ -121,7 +126,9 @@ def relay_command(
         return
     configure_logging(log_level, log_format)
     try:
-        config = StoreConfig(required(database_url, "--database-url / DATABASE_URL"), schema)
+        config = StoreConfig(
+            required(database_url, "--database-url / DATABASE_URL"), schema, leader_url=leader_url or None
+        )
         relay_config = RelayConfig(
             required(bootstrap_servers, "--bootstrap-servers / KAFKA_BOOTSTRAP_SERVERS"),
             app=app_name,
@@ -134,7 +141,6 @@ def relay_command(
             batch_size=batch_size,
             batch_bytes=batch_bytes,
             compression=compression,
-            leader_url=leader_url,
             standby_poll=standby_poll,
         )
         if current_revision(config) != head_revision():

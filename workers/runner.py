@@ -240,7 +240,9 @@ class HandlerRunner:
         self._merge: GlobalOrder | None = None
         self._released_at = time.monotonic()
         self._leadership = (
-            Leadership(self.store.config.url, f"tidings-handler.{self.store.config.schema}.{self.name}")
+            Leadership(
+                self.store.config.leadership_url, f"tidings-handler.{self.store.config.schema}.{self.name}"
+            )
             if self.global_order
             else None
         )
@@ -335,8 +337,8 @@ class HandlerRunner:
                 if self._leadership is not None and time.monotonic() >= next_check:
                     if not self._leadership.check():
                         log.warning(
-                            "handler lost its global-order leadership (its PostgreSQL session ended); "
-                            "standing by",
+                            "handler lost its global-order leadership (its PostgreSQL session ended or "
+                            "holds no lock); standing by",
                             extra={"handler": self.name},
                         )
                         lost = True
@@ -877,6 +879,7 @@ class HandlerRunner:
                 kafka=self.config.kafka,
                 partitions=self.config.partitions,
                 replication_factor=self.config.replication_factor,
+                leader_url=self.store.config.leadership_url,
             ),
         )
         return [topic]

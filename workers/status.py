@@ -331,12 +331,15 @@ class _StoreRows:
             stopped = conn.execute(select("SELECT handler, state, reason FROM {}", "handler_states"))
             found.stopped = {handler: (state, reason) for handler, state, reason in stopped}
             # A global-order handler's active consumer holds the advisory lock named for it
-            # (workers.runner); a bigint key shows in pg_locks as its two 32-bit halves.
+            # (workers.runner), on a session of the store's leader_url, which may be another server
+            # address (a session-mode pooler) but is this database: pg_locks shows every database's
+            # locks, and advisory locks belong to one. A bigint key shows as its two 32-bit halves.
             held = conn.execute(
                 "SELECT l.classid::bigint, l.objid::bigint, "
                 "coalesce(host(a.client_addr), 'local') || ' pid ' || a.pid "
                 "FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid "
-                "WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1"
+                "WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1 "
+                "AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())"
             )
             found.advisory = {
                 int.from_bytes(((high << 32) | low).to_bytes(8, "big"), "big", signed=True): session

@@ -30,6 +30,7 @@ from workers.cli_options import (
     Bootstrap,
     DatabaseUrl,
     Kafka,
+    LeaderUrl,
     Schema,
     fail,
     kafka_settings,
@@ -58,12 +59,13 @@ def _setup(
     bootstrap_servers: str,
     kafka: list[str] | None,
     tenant: Tenant | None = None,
+    leader_url: str = "",
 ) -> tuple[WorkerApp, StoreConfig, str, dict[str, str]]:
     """The app, the migrated store's config, the brokers and the Kafka settings; or the command's exit
     (2 for what the user must fix, 1 when PostgreSQL does not answer)."""
     try:
         worker_app = load(app_spec, tenant)
-        config = migrated_store(database_url, tenant.schema if tenant else schema)
+        config = migrated_store(database_url, tenant.schema if tenant else schema, leader_url)
         brokers = required(bootstrap_servers, "--bootstrap-servers / KAFKA_BOOTSTRAP_SERVERS")
         return worker_app, config, brokers, kafka_settings(kafka or [], dict(os.environ))
     except ConfigurationError as exc:
@@ -105,6 +107,7 @@ def worker_command(
     database_url: DatabaseUrl = "",
     bootstrap_servers: Bootstrap = "",
     schema: Schema = DEFAULT_SCHEMA,
+    leader_url: LeaderUrl = "",
     tenant: Annotated[
         list[str] | None,
         typer.Option(
@@ -136,7 +139,7 @@ def worker_command(
         choices: list[Tenant | None] = [*tenants] if tenants else [None]
         for one in choices:
             worker_app, config, brokers, settings = _setup(
-                app_spec, database_url, schema, bootstrap_servers, kafka, one
+                app_spec, database_url, schema, bootstrap_servers, kafka, one, leader_url
             )
             store = stack.enter_context(PostgresEventStore(config, sequencer=False))
             try:

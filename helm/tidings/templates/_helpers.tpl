@@ -197,3 +197,17 @@ Call with (dict "root" $ "worker" $worker); returns YAML to be read with fromYam
 {{- $merged := mustMergeOverwrite (deepCopy .root.Values.workerDefaults) (deepCopy .worker) -}}
 {{- toYaml $merged }}
 {{- end }}
+
+{{/*
+The session-mode URL every leadership takes its advisory lock through (relays, repartitioning relays,
+global-order handlers), for the containers that elect leaders: `tidings relay` and `tidings worker`.
+*/}}
+{{- define "tidings.leaderUrlEnv" -}}
+{{- if .Values.database.leaderUrlKey }}
+- name: TIDINGS_LEADER_URL
+  valueFrom:
+    secretKeyRef:
+      name: {{ .Values.database.existingSecret }}
+      key: {{ .Values.database.leaderUrlKey }}
+{{- end }}
+{{- end }}
