@@ -3,7 +3,7 @@
 Services are provided as for the tests (``DATABASE_URL`` / ``KAFKA_BOOTSTRAP_SERVERS``, Docker, or local
 processes). Each benchmark prints a table and writes ``bench/results/<benchmark>.json``. Without
 ``--repeat`` each benchmark repeats its timed cases as often as it sees fit (services: 3, store: 1,
-codec: 1, relay: 1, dispatch: 1, workers: 1, process_managers: 1, global_order: 1).
+codec: 1, relay: 1, dispatch: 1, workers: 1, process_managers: 1, global_order: 1, rebase: 1).
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from bench import (
     bench_dispatch,
     bench_global_order,
     bench_process_managers,
+    bench_rebase,
     bench_relay,
     bench_services,
     bench_store,
@@ -32,6 +33,7 @@ BENCHMARKS: dict[str, Callable[..., list[Row]]] = {
     bench_workers.NAME: bench_workers.run,
     bench_process_managers.NAME: bench_process_managers.run,
     bench_global_order.NAME: bench_global_order.run,
+    bench_rebase.NAME: bench_rebase.run,
 }
 
 
