@@ -16,7 +16,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from eventstore import DEFAULT_SCHEMA, ConfigurationError, StoreConfig, migrate
+from eventstore import DEFAULT_SCHEMA, ConfigurationError, EventStoreError, StoreConfig, migrate
 from tidings import devservices
 from workers.cli_options import AsJson, Bootstrap, DatabaseUrl, Kafka, Schema, kafka_settings
 from workers.demo_cli import demo_command
@@ -109,7 +109,11 @@ def migrate_command(
     Example: [bold]DATABASE_URL=postgresql://app@db/app tidings migrate --schema bank[/]
     """
     with _service_errors():
-        revision = migrate(StoreConfig(database_url, schema))
+        try:
+            revision = migrate(StoreConfig(database_url, schema))
+        except EventStoreError as exc:  # the re-base of a moved store could not be made
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(EXIT_UNHEALTHY) from exc
     if as_json:
         out.print_json(json.dumps({"schema": schema, "revision": revision}))
     else:
