@@ -18,6 +18,7 @@ from eventstore.errors import (
     ConfigurationError,
     DuplicateEvent,
     EmptyAppend,
+    EventFieldTooLong,
     EventStoreError,
     HardDeleteDisabled,
     InvalidStreamId,
@@ -31,6 +32,7 @@ from eventstore.errors import (
     WrongExpectedVersion,
 )
 from eventstore.ids import new_event_id
+from eventstore.kafka_limits import TopicLimitTooSmall
 from eventstore.migrate import current_revision, head_revision, migrate
 from eventstore.postgres import END, PostgresEventStore
 from eventstore.rebase import Rebase, rebase
@@ -91,6 +93,7 @@ __all__ = [
     "ConfigurationError",
     "DuplicateEvent",
     "EmptyAppend",
+    "EventFieldTooLong",
     "EventStoreError",
     "HardDeleteDisabled",
     "InvalidStreamId",
@@ -102,6 +105,7 @@ __all__ = [
     "StreamExists",
     "StreamNotFound",
     "TopicCreationFailed",
+    "TopicLimitTooSmall",
     "TopicMissing",
     "WrongExpectedVersion",
 ]

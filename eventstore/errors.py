@@ -4,6 +4,7 @@
     ├── ConfigurationError        a URL, schema name or limit from configuration is unusable
     ├── InvalidStreamId           empty, too long, or reserved ($-prefixed) stream id
     ├── PayloadTooLarge           an event's data + metadata exceed the configured limit
+    ├── EventFieldTooLong         an event type or schema id longer than 255 characters
     ├── EmptyAppend               an append of no events
     ├── DuplicateEvent            an event_id that the store already holds
     ├── ConcurrencyError
@@ -27,6 +28,7 @@ __all__ = [
     "ConfigurationError",
     "DuplicateEvent",
     "EmptyAppend",
+    "EventFieldTooLong",
     "EventStoreError",
     "HardDeleteDisabled",
     "PoolExhausted",
@@ -62,6 +64,20 @@ class PayloadTooLarge(EventStoreError, ValueError):
         super().__init__(
             f"event {event_type} is {size} bytes, over the limit of {limit}: store large "
             "payloads elsewhere and reference them, or raise max_event_bytes"
+        )
+
+
+class EventFieldTooLong(EventStoreError, ValueError):
+    """An event's type or schema id is longer than the store takes; nothing of the append was written.
+
+    They travel in every Kafka message of the event, whose size Kafka's limits must bound.
+    """
+
+    def __init__(self, event_type: str, field: str, length: int, limit: int) -> None:
+        self.event_type, self.field, self.length, self.limit = event_type, field, length, limit
+        super().__init__(
+            f"event {event_type}: its {field} is {length} characters, over the limit of {limit}: "
+            f"use a shorter {field.replace('_', ' ')}"
         )
 
 

@@ -42,6 +42,15 @@ from psycopg import sql
 
 from eventstore import metrics
 from eventstore.errors import ConfigurationError, EventStoreError
+from eventstore.kafka_limits import (
+    RELAY_NAME_BYTES,
+    TRACEPARENT_BYTES,
+    TRACESTATE_BYTES,
+    MessageLimits,
+    TopicLimitTooSmall,
+    check_topic_limits,
+    message_bytes,
+)
 from eventstore.kafka_tail import EVENT_NUMBER_HEADER, PREVIOUS_HEADER, Tail, last_published, previous_header
 from eventstore.leadership import Leadership
 from eventstore.postgres.statements import notification_channel
@@ -55,6 +64,7 @@ __all__ = [
     "RelayConfig",
     "RelayStatus",
     "TopicCreationFailed",
+    "TopicLimitTooSmall",
     "TopicMissing",
     "headers",
     "relay_status",
@@ -280,7 +290,28 @@ def _trace_context(metadata: bytes) -> Headers:
         return []
     if not isinstance(document, dict):
         return []
-    return [(name, str(document[name])) for name in ("traceparent", "tracestate") if name in document]
+    # Only at their W3C sizes: the Kafka limits allow for no more (eventstore.kafka_limits).
+    found: Headers = []
+    for name, longest in (("traceparent", TRACEPARENT_BYTES), ("tracestate", TRACESTATE_BYTES)):
+        if name in document and len((value := str(document[name])).encode()) <= longest:
+            found.append((name, value))
+    return found
+
+
+def _limits(store: PostgresEventStore, config: RelayConfig, routing: Routing) -> MessageLimits:
+    """The producer's and the topics' message size limits for ``store``'s largest event.
+
+    Raises:
+        ConfigurationError: the Kafka settings or ``topic_config`` set smaller limits, or the relay's name
+            is too long to travel in its messages.
+    """
+    if len(config.name.encode()) > RELAY_NAME_BYTES:
+        raise ConfigurationError(f"a relay name has at most {RELAY_NAME_BYTES} bytes, got {config.name!r}")
+    limits = MessageLimits.of(
+        message_bytes(store.config.max_event_bytes, routing.topics()), config.kafka, config.compression
+    )
+    limits.topic_config(config.topic_config)  # a smaller max.message.bytes there is refused now
+    return limits
 
 
 class _ProducerFailed(Exception):
@@ -323,6 +354,8 @@ class Relay:
             "bootstrap.servers": config.bootstrap_servers,
             **config.kafka,
         }
+        # What the producer and the topics must take: the largest event the store accepts.
+        self.limits = _limits(store, config, self.routing)
 
     # --- running ---------------------------------------------------------------------------------
 
@@ -347,6 +380,8 @@ class Relay:
         Raises:
             TopicMissing: a topic is missing and creating topics is off (nothing was published).
             TopicCreationFailed: Kafka refused to create a topic.
+            TopicLimitTooSmall: a topic takes smaller messages than the largest event makes, and creating
+                topics is off (or raising its limit failed).
             ConfigurationError: Kafka refused the relay's settings.
         """
         backoff = 0.1
@@ -357,7 +392,7 @@ class Relay:
             try:
                 self._lead()
                 backoff = 0.1
-            except (ConfigurationError, TopicMissing, TopicCreationFailed):
+            except (ConfigurationError, TopicMissing, TopicCreationFailed, TopicLimitTooSmall):
                 raise
             except (EventStoreError, psycopg.Error, KafkaException) as exc:
                 metrics.RELAY_ERRORS.labels(*self._labels, "leading").inc()
@@ -576,6 +611,7 @@ class Relay:
                     "acks": "all",
                     "transactional.id": self.identity,
                     "transaction.timeout.ms": int(self.config.transaction_timeout * 1000),
+                    **self.limits.producer_settings(),
                 }
             )
         except KafkaException as exc:
@@ -661,17 +697,34 @@ class Relay:
                     "a topic has another partition count than configured; leaving it as it is",
                     extra={"relay": self.identity, "topic": topic, "partitions": count},
                 )
-        if not missing:
-            return
-        if not self.config.create_topics:
-            raise TopicMissing(missing)
+        if missing:
+            if not self.config.create_topics:
+                raise TopicMissing(missing)
+            self._create_topics(admin, missing)
+        # The new topics too: the broker's defaults (its compression.type) may ask for more.
+        self._retrying(
+            "check the topics' message size limits",
+            "kafka_unavailable",
+            KafkaException,
+            lambda: check_topic_limits(
+                admin,
+                wanted,
+                self.limits,
+                raise_limits=self.config.create_topics,
+                bootstrap_servers=self.config.bootstrap_servers,
+                timeout=self.config.transaction_timeout,
+                who=self.identity,
+            ),
+        )
+
+    def _create_topics(self, admin: AdminClient, missing: list[str]) -> None:
         futures = admin.create_topics(
             [
                 NewTopic(
                     topic,
                     self.config.partitions,
                     self.config.replication_factor,
-                    config=dict(self.config.topic_config),
+                    config=self.limits.topic_config(self.config.topic_config),
                 )
                 for topic in missing
             ],

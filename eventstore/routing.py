@@ -5,6 +5,10 @@ a stream's events stay in order on one partition. Rules per event type, then per
 stream id up to its first ``-``: ``account`` for ``account-42``), choose another topic, another key, or
 both.
 
+A key longer than ``MAX_KEY_BYTES`` (a key function's, or a metadata field's) is replaced by its SHA-256
+digest, ``sha256:<hex>``: the same key still lands on the same partition, in order, and every message
+stays within the size the Kafka limits are set for (``eventstore.kafka_limits``).
+
 Example::
 
     routing = Routing(
@@ -17,6 +21,7 @@ Example::
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import re
@@ -27,7 +32,16 @@ from typing import Protocol
 from eventstore.errors import ConfigurationError
 from eventstore.records import RecordedEvent
 
-__all__ = ["KEY_SOURCES", "KeySource", "Routable", "Route", "Routing", "stream_category", "validate_topic"]
+__all__ = [
+    "KEY_SOURCES",
+    "MAX_KEY_BYTES",
+    "KeySource",
+    "Routable",
+    "Route",
+    "Routing",
+    "stream_category",
+    "validate_topic",
+]
 
 log = logging.getLogger("eventstore.relay")
 
@@ -51,6 +65,9 @@ class Routable(Protocol):
     @property
     def correlation_id(self) -> object: ...
 
+
+MAX_KEY_BYTES = 1024
+"""The longest message key; longer ones are replaced by their digest. Stream ids (255 characters) fit."""
 
 KEY_SOURCES = ("stream_id", "category", "event_type", "event_id", "correlation_id", "causation_id")
 
@@ -186,7 +203,10 @@ class Routing:
         if rule is None and self._by_category:
             rule = self._by_category.get(stream_category(event.stream_id))
         topic, key = rule if rule is not None else (self.default_topic, self._default_key)
-        return topic, key(event)
+        value = key(event)
+        if len(value) > MAX_KEY_BYTES:
+            return topic, b"sha256:" + hashlib.sha256(value).hexdigest().encode()
+        return topic, value
 
 
 def _key_function(source: KeySource) -> Callable[[Routable], bytes]:

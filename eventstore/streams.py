@@ -5,12 +5,15 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
-from eventstore.errors import EmptyAppend, InvalidStreamId, PayloadTooLarge
+from eventstore.errors import EmptyAppend, EventFieldTooLong, InvalidStreamId, PayloadTooLarge
 from eventstore.records import EventData
 
-__all__ = ["MAX_STREAM_ID_LENGTH", "validate_events", "validate_stream_id"]
+__all__ = ["MAX_NAME_LENGTH", "MAX_STREAM_ID_LENGTH", "validate_events", "validate_stream_id"]
 
 MAX_STREAM_ID_LENGTH = 255
+MAX_NAME_LENGTH = 255
+"""The longest event type and schema id: they travel in every Kafka message of the event, whose size
+the relay's and Kafka's limits must bound (``eventstore.kafka_limits``)."""
 _CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f]")
 
 
@@ -42,6 +45,7 @@ def validate_events(events: Sequence[EventData], max_event_bytes: int) -> None:
     Raises:
         EmptyAppend: no events.
         PayloadTooLarge: an event's data and metadata together exceed ``max_event_bytes``.
+        EventFieldTooLong: an event type or schema id is longer than ``MAX_NAME_LENGTH`` characters.
         TypeError: an element is not an EventData, or its data or metadata are not bytes.
     """
     if not events:
@@ -55,6 +59,9 @@ def validate_events(events: Sequence[EventData], max_event_bytes: int) -> None:
             raise TypeError(f"event {event.event_type}: data and metadata must be bytes")
         if not event.event_type:
             raise TypeError("event_type must be a non-empty string")
+        for name, value in (("event_type", event.event_type), ("schema_id", event.schema_id)):
+            if len(value) > MAX_NAME_LENGTH:
+                raise EventFieldTooLong(event.event_type[:80], name, len(value), MAX_NAME_LENGTH)
         size = len(event.data) + len(event.metadata)
         if size > max_event_bytes:
             raise PayloadTooLarge(event.event_type, size, max_event_bytes)

@@ -33,10 +33,11 @@ def test_imports_only_go_down(package: str) -> None:
 
 
 def test_only_the_relay_reaches_for_kafka_in_eventstore() -> None:
-    # The store itself knows bytes, not Kafka: only the relay and its reading of the topics' tails do.
+    # The store itself knows bytes, not Kafka: only the relay, its reading of the topics' tails and its
+    # checking of their message size limits do.
     users = {
         str(p.relative_to(ROOT / "eventstore"))
         for p in (ROOT / "eventstore").rglob("*.py")
         if "confluent_kafka" in _imported_top_levels(p)
     }
-    assert users == {"relay.py", "kafka_tail.py"}
+    assert users == {"relay.py", "kafka_tail.py", "kafka_limits.py"}

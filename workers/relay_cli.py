@@ -32,7 +32,14 @@ from eventstore import (
     current_revision,
     head_revision,
 )
-from eventstore.relay import Relay, RelayConfig, TopicCreationFailed, TopicMissing, relay_status
+from eventstore.relay import (
+    Relay,
+    RelayConfig,
+    TopicCreationFailed,
+    TopicLimitTooSmall,
+    TopicMissing,
+    relay_status,
+)
 from eventstore.routing import Routing
 from workers.cli_options import (
     EXIT_FAILED,
@@ -176,7 +183,7 @@ def relay_command(
             if probes is not None:
                 probes.start()
             relay.run()
-        except (TopicMissing, TopicCreationFailed) as exc:
+        except (TopicMissing, TopicCreationFailed, TopicLimitTooSmall) as exc:
             typer.echo(f"error: {exc}", err=True)
             raise typer.Exit(EXIT_FAILED) from exc
         except ConfigurationError as exc:

@@ -61,7 +61,7 @@ from workers.process_instances import ProcessInstances
 from workers.process_manager import ProcessManager
 from workers.projection import Projection
 from workers.scheduling import ScheduledCommands
-from workers.topics import ensure_topics
+from workers.topics import MAX_REASON_BYTES, dead_letter_limits, ensure_topic_limits, ensure_topics
 
 __all__ = ["HandlerRunner", "HandlerStatus", "HistoryUnavailable", "handler_topics"]
 
@@ -388,11 +388,20 @@ class HandlerRunner:
         else:
             # A handler made eventual must no longer hold strong dispatches back.
             self._while_postgres_away("registering", lambda: acks.unregister_strong(self.name))
-        ensure_topics(self.config, self.topics, known_by=consumer)
+        # Topics created here, and the dead letters, take the largest event the store accepts.
+        limits = dead_letter_limits(self.config, [*self.app.routing_for().topics(), *self.topics])
+        ensure_topics(self.config, self.topics, known_by=consumer, limits=limits)
         if self.handler.on_poison == "dead_letter":
-            ensure_topics(self.config, [self.dead_letter_topic], known_by=consumer)
+            ensure_topics(self.config, [self.dead_letter_topic], known_by=consumer, limits=limits)
+            ensure_topic_limits(self.config, [self.dead_letter_topic], limits, who=self.name)
             self._dead_letters = Producer(
-                {**self.config.connection(), "enable.idempotence": True, "acks": "all", "linger.ms": 5}
+                {
+                    **self.config.connection(),
+                    "enable.idempotence": True,
+                    "acks": "all",
+                    "linger.ms": 5,
+                    **limits.producer_settings(),
+                }
             )
         shared = Shared(
             name=self.name,
@@ -854,7 +863,8 @@ class HandlerRunner:
             key=delivery.key,
             headers=[
                 *delivery.headers,
-                ("tidings_error", reason.encode()),
+                # Cut to its limit, and back to whole characters.
+                ("tidings_error", reason.encode()[:MAX_REASON_BYTES].decode(errors="ignore").encode()),
                 ("tidings_source", f"{delivery.topic}/{delivery.partition}/{delivery.offset}".encode()),
             ],
             on_delivery=reported,

@@ -14,6 +14,7 @@ from eventstore import (
     DuplicateEvent,
     EmptyAppend,
     EventData,
+    EventFieldTooLong,
     InvalidStreamId,
     PayloadTooLarge,
     PostgresEventStore,
@@ -92,6 +93,31 @@ def test_an_oversized_event_fails_the_whole_append(postgres_schema: PostgresSche
         with pytest.raises(PayloadTooLarge, match="over the limit of 1000"):
             store.append_to_stream("s", ANY, [EventData("Small", b"x"), EventData("Big", b"x" * 1001)])
         assert store.list_streams() == []
+
+
+def test_an_event_of_exactly_the_limit_is_accepted_and_one_byte_more_is_refused(
+    postgres_schema: PostgresSchema,
+) -> None:
+    config = StoreConfig(postgres_schema.server_url, postgres_schema.name, max_event_bytes=1000)
+    migrate(config)
+    with PostgresEventStore(config) as store:
+        store.append_to_stream("s", ANY, [EventData("Full", b"x" * 990, metadata=b'{"k": "v"}')])
+        with pytest.raises(PayloadTooLarge) as refused:
+            store.append_to_stream("s", ANY, [EventData("Over", b"x" * 991, metadata=b'{"k": "v"}')])
+        assert (refused.value.size, refused.value.limit) == (1001, 1000)
+        assert store.stream_info("s").stream_version == 1
+
+
+@pytest.mark.parametrize("field", ["event_type", "schema_id"])
+def test_an_event_type_or_schema_id_over_255_characters_writes_nothing(
+    event_store: PostgresEventStore, field: str
+) -> None:
+    longest = EventData(**{"event_type": "E", "data": b"", field: "\U0001f4e6" * 255})  # type: ignore[arg-type]
+    event_store.append_to_stream("s", ANY, [longest])
+    too_long = EventData(**{"event_type": "E", "data": b"", field: "x" * 256})  # type: ignore[arg-type]
+    with pytest.raises(EventFieldTooLong, match=f"its {field} is 256 characters, over the limit of 255"):
+        event_store.append_to_stream("s", ANY, [EventData("A", b""), too_long])
+    assert event_store.stream_info("s").stream_version == 1
 
 
 def test_bad_input_is_typed_and_writes_nothing(event_store: PostgresEventStore) -> None:
