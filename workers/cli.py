@@ -111,6 +111,8 @@ def migrate_command(
     with _service_errors():
         try:
             revision = migrate(StoreConfig(database_url, schema))
+        except ConfigurationError:
+            raise
         except EventStoreError as exc:  # the re-base of a moved store could not be made
             typer.echo(f"error: {exc}", err=True)
             raise typer.Exit(EXIT_UNHEALTHY) from exc
