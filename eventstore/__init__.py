@@ -33,6 +33,7 @@ from eventstore.errors import (
 )
 from eventstore.ids import new_event_id
 from eventstore.kafka_limits import TopicLimitTooSmall
+from eventstore.kafka_tail import TailUnreadable
 from eventstore.migrate import current_revision, head_revision, migrate
 from eventstore.postgres import END, PostgresEventStore
 from eventstore.rebase import Rebase, rebase
@@ -47,6 +48,16 @@ from eventstore.records import (
     StreamInfo,
 )
 from eventstore.relay import Relay, RelayConfig, RelayStatus, TopicCreationFailed, TopicMissing, relay_status
+from eventstore.relay_position import InvalidResumePoint, resume_after
+from eventstore.relay_problems import (
+    EventUnpublishable,
+    EventUnroutable,
+    ForeignMessages,
+    KafkaAheadOfStore,
+    RelayProblem,
+    TailMismatch,
+    TailUnconfirmed,
+)
 from eventstore.routing import Route, Routing
 from eventstore.sequencer import Sequencer, SequencerStatus
 from eventstore.streams import validate_stream_id
@@ -64,6 +75,17 @@ __all__ = [
     "Route",
     "Routing",
     "relay_status",
+    "resume_after",
+    # what stops a relay (eventstore.relay_problems)
+    "RelayProblem",
+    "EventUnpublishable",
+    "EventUnroutable",
+    "ForeignMessages",
+    "InvalidResumePoint",
+    "KafkaAheadOfStore",
+    "TailMismatch",
+    "TailUnconfirmed",
+    "TailUnreadable",
     # records
     "ANY",
     "NO_STREAM",

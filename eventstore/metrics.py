@@ -15,6 +15,13 @@
 - ``tidings_relay_published_events_total{schema,relay}``: events committed to Kafka.
 - ``tidings_relay_transactions_total{schema,relay}``: Kafka transactions committed.
 - ``tidings_relay_errors_total{schema,relay,kind}``: failures the relay retried or recovered from.
+- ``tidings_relay_blocked{schema,relay}``: 1 while the leading relay cannot publish on (a problem of
+  ``eventstore.relay_problems``; ``tidings relay status`` says which and what to do).
+- ``tidings_relay_problems_total{schema,relay,verdict}``: problems met, by verdict.
+- ``tidings_relay_foreign_messages_total{schema,relay}``: messages the relay did not publish found on its
+  topics' tail and passed over.
+- ``tidings_relay_republished_events_total{schema,relay}``: events published again because Kafka held
+  fewer than the relay recorded (a topic recreated, Kafka restored from a backup).
 """
 
 from __future__ import annotations
@@ -24,12 +31,16 @@ from prometheus_client import Counter, Gauge
 __all__ = [
     "APPENDED",
     "NUMBERED",
+    "RELAY_BLOCKED",
     "RELAY_ERRORS",
+    "RELAY_FOREIGN_MESSAGES",
     "RELAY_LAG_EVENTS",
     "RELAY_LAG_SECONDS",
     "RELAY_LAST_PUBLISHED",
     "RELAY_LEADER",
+    "RELAY_PROBLEMS",
     "RELAY_PUBLISHED",
+    "RELAY_REPUBLISHED",
     "RELAY_TRANSACTIONS",
     "SEQUENCER_LAG",
     "SEQUENCER_MOVED",
@@ -69,4 +80,16 @@ RELAY_PUBLISHED = Counter("tidings_relay_published_events", "Events committed to
 RELAY_TRANSACTIONS = Counter("tidings_relay_transactions", "Kafka transactions committed", _RELAY)
 RELAY_ERRORS = Counter(
     "tidings_relay_errors", "Failures the relay retried or recovered from", [*_RELAY, "kind"]
+)
+RELAY_BLOCKED = Gauge("tidings_relay_blocked", "1 while the leading relay cannot publish on", _RELAY)
+RELAY_PROBLEMS = Counter(
+    "tidings_relay_problems", "Problems that stopped the relay's publication", [*_RELAY, "verdict"]
+)
+RELAY_FOREIGN_MESSAGES = Counter(
+    "tidings_relay_foreign_messages", "Messages the relay did not publish, passed over on its tail", _RELAY
+)
+RELAY_REPUBLISHED = Counter(
+    "tidings_relay_republished_events",
+    "Events published again because Kafka held fewer than recorded",
+    _RELAY,
 )

@@ -38,7 +38,6 @@ import psycopg
 from confluent_kafka import KafkaError, KafkaException, Producer
 from confluent_kafka.admin import AdminClient
 from confluent_kafka.cimpl import NewTopic
-from psycopg import sql
 
 from eventstore import metrics
 from eventstore.errors import ConfigurationError, EventStoreError
@@ -51,14 +50,41 @@ from eventstore.kafka_limits import (
     check_topic_limits,
     message_bytes,
 )
-from eventstore.kafka_tail import EVENT_NUMBER_HEADER, PREVIOUS_HEADER, Tail, last_published, previous_header
+from eventstore.kafka_tail import (
+    EPOCH_HEADER,
+    EVENT_NUMBER_HEADER,
+    PREVIOUS_HEADER,
+    RELAY_HEADER,
+    STORE_HEADER,
+    Tail,
+    previous_header,
+    read_tail,
+)
 from eventstore.leadership import Leadership
 from eventstore.postgres.statements import notification_channel
 from eventstore.postgres.store import PostgresEventStore
 from eventstore.records import RecordedEvent
+from eventstore.relay_position import (
+    RelayIdentity,
+    RelayRecord,
+    RelayStatus,
+    decide_resume,
+    numbers_to_check,
+    relay_status,
+    resume_after,
+)
+from eventstore.relay_problems import (
+    EventUnpublishable,
+    EventUnroutable,
+    KafkaAheadOfStore,
+    RelayProblem,
+    TailMismatch,
+)
 from eventstore.routing import Routing, validate_topic
 
 __all__ = [
+    "RELAY_HEADER",
+    "STORE_HEADER",
     "OutgoingEvent",
     "Relay",
     "RelayConfig",
@@ -68,6 +94,7 @@ __all__ = [
     "TopicMissing",
     "headers",
     "relay_status",
+    "resume_after",
 ]
 
 log = logging.getLogger("eventstore.relay")
@@ -75,12 +102,20 @@ log = logging.getLogger("eventstore.relay")
 T = TypeVar("T")
 
 # Settings that make the relay's guarantees; configuration may not change them.
-_FIXED = {"enable.idempotence", "acks", "transactional.id", "isolation.level", "enable.auto.commit"}
+_FIXED = {
+    "enable.idempotence",
+    "acks",
+    "transactional.id",
+    "isolation.level",
+    "enable.auto.commit",
+    "delivery.report.only.error",
+}
 MAX_BACKOFF_SECONDS = 5.0
 CHECK_LEADERSHIP_EVERY_SECONDS = 1.0
 # The position recorded in PostgreSQL and the lag metrics are refreshed this often, not per batch.
 RECORD_EVERY_SECONDS = 1.0
 COMMIT_WAIT_SECONDS = 2.0
+FIRST_PROBLEM_WAIT_SECONDS = 0.1
 
 
 class TopicCreationFailed(EventStoreError):
@@ -139,6 +174,10 @@ class RelayConfig:
         poll_interval: seconds between reads of the store when no notification arrives.
         transaction_timeout: ``transaction.timeout.ms`` in seconds: how long a silent leader's open
             transaction may hold back ``read_committed`` consumers before the broker aborts it.
+        ignore_stores: ids of other stores whose messages on the relay's topics are known leftovers (a
+            test, an old copy): the relay passes over them instead of refusing to publish.
+        problem_retry: seconds between attempts while a problem stops publication
+            (``eventstore.relay_problems``).
     """
 
     bootstrap_servers: str
@@ -158,6 +197,8 @@ class RelayConfig:
     standby_poll: float = 1.0
     poll_interval: float = 0.5
     transaction_timeout: float = 60.0
+    ignore_stores: frozenset[str] = frozenset()
+    problem_retry: float = 5.0
 
     def __post_init__(self) -> None:
         if not self.bootstrap_servers:
@@ -176,8 +217,17 @@ class RelayConfig:
             raise ConfigurationError(
                 "partitions and replication_factor must be positive, or -1 for the broker's"
             )
-        if min(self.standby_poll, self.poll_interval, self.transaction_timeout) <= 0:
-            raise ConfigurationError("standby_poll, poll_interval and transaction_timeout must be positive")
+        if min(self.standby_poll, self.poll_interval, self.transaction_timeout, self.problem_retry) <= 0:
+            raise ConfigurationError(
+                "standby_poll, poll_interval, transaction_timeout and problem_retry must be positive"
+            )
+        for store in self.ignore_stores:
+            try:
+                uuid.UUID(store)
+            except ValueError:
+                raise ConfigurationError(
+                    f"{store!r} is not a store id: ignore_stores takes the ids `tidings relay status` names"
+                ) from None
         if not self.name or not all(c.isalnum() or c in "._-" for c in self.name):
             raise ConfigurationError(f"{self.name!r} is not a relay name: use letters, digits, . _ -")
         if self.app is not None:
@@ -192,17 +242,6 @@ class RelayConfig:
 
     def routing_for(self, schema: str) -> Routing:
         return self.routing if self.routing is not None else Routing(f"{self.app or schema}.events")
-
-
-@dataclass(frozen=True, slots=True)
-class RelayStatus:
-    """A relay's position and leader, as recorded in PostgreSQL."""
-
-    name: str
-    last_published: int
-    last_numbered: int
-    leader: str | None
-    lag_events: int
 
 
 Headers = list[tuple[str, str | bytes | None]]
@@ -282,6 +321,22 @@ def headers(event: OutgoingEvent) -> Headers:
     return found
 
 
+def _key(problem: RelayProblem) -> tuple[type[RelayProblem], int | None]:
+    """What makes two problems the same one (their texts may hold figures that move on)."""
+    return type(problem), problem.event_number
+
+
+def _discard(futures: list[Future[list[OutgoingEvent]]]) -> None:
+    for future in futures:
+        future.cancel()
+    futures.clear()
+
+
+def _message_size(event: OutgoingEvent, key: bytes) -> int:
+    """Roughly what ``event``'s message weighs before compression: value, key and headers."""
+    return len(event.data) + len(key) + sum(len(n) + len(v or "") for n, v in headers(event))
+
+
 def _trace_context(metadata: bytes) -> Headers:
     # W3C trace context kept in the metadata by the writer, repeated where tracing tools look for it.
     try:
@@ -322,6 +377,33 @@ class _Stopped(Exception):
     """Asked to stop, or the leadership is gone: leave the batch unpublished (it is aborted or fenced)."""
 
 
+class _Resume(Exception):
+    """An operator moved the relay's position (a new epoch): find where to go on again."""
+
+
+class _Narrow(Exception):
+    """Publish only the first ``keep`` events of the batch: the one after them is refused."""
+
+    def __init__(self, keep: int) -> None:
+        super().__init__(keep)
+        self.keep = keep
+
+
+# Kafka's answers about one message that no retry of the same batch changes: the batch is narrowed down
+# to the event that draws them, which then stops publication (a RelayProblem), in order, loudly.
+_REFUSALS = {
+    KafkaError.MSG_SIZE_TOO_LARGE,
+    KafkaError.RECORD_LIST_TOO_LARGE,
+    KafkaError.INVALID_RECORD,
+    KafkaError.TOPIC_AUTHORIZATION_FAILED,
+    KafkaError.POLICY_VIOLATION,
+    KafkaError.TOPIC_EXCEPTION,
+    # A topic deleted under the running relay: said for the event that waits, and tried again.
+    KafkaError.UNKNOWN_TOPIC_OR_PART,
+    KafkaError._UNKNOWN_TOPIC,
+}
+
+
 class Relay:
     """Publishes a store's numbered events to Kafka while it leads; stands by otherwise.
 
@@ -349,7 +431,14 @@ class Relay:
         self._leadership = Leadership(config.leader_url or store.config.leadership_url, self.identity)
         self._reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"relay-read-{self.schema}")
         self._labels = (self.schema, config.name)
-        self._sql = _Statements(self.schema)
+        self._record = RelayRecord(store, config.name)
+        self._identity = RelayIdentity("", config.name)
+        self._identity_headers: Headers = []
+        self.problem: RelayProblem | None = None
+        """What stops publication now, if anything (also in ``relay_status`` and the metrics)."""
+        self._suspected: tuple[type[RelayProblem], int | None] | None = None
+        self._problem_wait = FIRST_PROBLEM_WAIT_SECONDS
+        self._verdict_cleared = False
         self._connection: dict[str, str | int | float | bool] = {
             "bootstrap.servers": config.bootstrap_servers,
             **config.kafka,
@@ -406,6 +495,9 @@ class Relay:
                 self._leadership.release()
                 self.leading.clear()
                 metrics.RELAY_LEADER.labels(*self._labels).set(0)
+                # The verdict stays in PostgreSQL until the next leader looks; this process says nothing.
+                metrics.RELAY_BLOCKED.labels(*self._labels).set(0)
+                self.problem, self._suspected = None, None
                 log.info("relay stepped down", extra={"relay": self.identity, "leader": self.whoami})
 
     # --- leading ---------------------------------------------------------------------------------
@@ -414,20 +506,25 @@ class Relay:
         log.info("relay leads", extra={"relay": self.identity, "leader": self.whoami})
         self.leading.set()
         metrics.RELAY_LEADER.labels(*self._labels).set(1)
-        self._ensure_row()
-        self._record_leader()
+        self._record.ensure()
+        self._record.lead(self.whoami)
+        self._identity = RelayIdentity(self._record.store_id(), self.config.name)
         self._leadership.listen(notification_channel(self.schema))
         topics_ready = False
+        producer: Producer | None = None
         while not self._stopping.is_set():
             try:
                 # The producer first: it fences any earlier leader, and it checks the Kafka settings.
-                producer = self._producer()
+                producer = producer or self._producer()
                 if not topics_ready:
                     self._ensure_topics()
                     topics_ready = True
-                self.last_published = self._resume_point()
+                self._resume()
                 self._publish_until_stopped(producer)
+            except _Resume:
+                continue
             except _ProducerFailed as exc:
+                producer = None
                 metrics.RELAY_ERRORS.labels(*self._labels, "producer").inc()
                 log.warning(
                     "relay producer failed; starting a new one",
@@ -438,9 +535,65 @@ class Relay:
             if not self._leadership.check():
                 return
 
+    def _resume(self) -> None:
+        """Find where to go on; while a problem stops that, say so and try again now and then."""
+        while True:
+            try:
+                self.last_published = self._resume_point()
+                self._report_problem(None)
+                return
+            except RelayProblem as problem:
+                self._meet(problem)
+
+    def _meet(self, problem: RelayProblem) -> None:
+        """Say ``problem`` once it is met twice in a row, then wait before the next attempt.
+
+        The first attempt again comes quickly and quietly, so that a blip (a new topic's metadata not yet
+        on every broker) is not reported as a problem; what is met again is, within a fraction of a
+        second. The waits then grow to ``problem_retry``.
+        """
+        if self.problem is not None or self._suspected == _key(problem):
+            self._report_problem(problem)
+        self._suspected = _key(problem)
+        wait, self._problem_wait = self._problem_wait, min(self._problem_wait * 4, self.config.problem_retry)
+        if self._stopping.wait(wait) or not self._leadership.check():
+            raise _Stopped
+
+    def _report_problem(self, problem: RelayProblem | None) -> None:
+        """Make ``problem`` (None: none any more) visible: log, metrics, and the verdict in PostgreSQL."""
+        before, self.problem = self.problem, problem
+        if problem is None:
+            self._suspected, self._problem_wait = None, FIRST_PROBLEM_WAIT_SECONDS
+            if before is not None or not self._verdict_cleared:
+                metrics.RELAY_BLOCKED.labels(*self._labels).set(0)
+                self._record.report(None)
+                self._verdict_cleared = True
+            if before is not None:
+                log.info("relay publishes again", extra={"relay": self.identity, "verdict": before.verdict})
+            return
+        metrics.RELAY_BLOCKED.labels(*self._labels).set(1)
+        self._verdict_cleared = False
+        if before is not None and _key(before) == _key(problem):
+            if str(before) != str(problem):
+                self._record.report(problem)  # the same problem, its figures moved on
+            return  # said already
+        metrics.RELAY_PROBLEMS.labels(*self._labels, problem.verdict).inc()
+        log.error(
+            "relay cannot publish on",
+            extra={
+                "relay": self.identity,
+                "verdict": problem.verdict,
+                "problem": type(problem).__name__,
+                "event_number": problem.event_number,
+                "error": str(problem),
+            },
+        )
+        self._record.report(problem)
+
     def _publish_until_stopped(self, producer: Producer) -> None:
         checked = recorded = time.monotonic()
-        upcoming: Future[list[OutgoingEvent]] | None = None
+        # The next batch, read from PostgreSQL while Kafka commits this one (at most one).
+        upcoming: list[Future[list[OutgoingEvent]]] = []
         try:
             while True:
                 if self._stopping.is_set():
@@ -449,9 +602,11 @@ class Relay:
                     if not self._leadership.check():
                         log.warning("relay lost its leadership", extra={"relay": self.identity})
                         raise _Stopped
+                    if self._record.epoch() != self._identity.epoch:
+                        log.warning("an operator moved the relay's position", extra={"relay": self.identity})
+                        raise _Resume
                     checked = time.monotonic()
-                events = upcoming.result() if upcoming is not None else self._read(self.last_published + 1)
-                upcoming = None
+                events = upcoming.pop().result() if upcoming else self._read(self.last_published + 1)
                 if not events:
                     if self._checkpointed != self.last_published:
                         self._checkpoint()  # caught up: the recorded position catches up too
@@ -461,13 +616,23 @@ class Relay:
                 after = events[-1].event_number or 0
 
                 def read_ahead(after: int = after) -> None:
-                    # The next batch is read from PostgreSQL while Kafka commits this one.
-                    nonlocal upcoming
-                    upcoming = self._reader.submit(self._read, after + 1)
+                    _discard(upcoming)  # a batch narrowed and published again reads ahead again
+                    upcoming.append(self._reader.submit(self._read, after + 1))
 
-                self._publish(producer, events, read_ahead)
+                try:
+                    published = self._publish(producer, events, read_ahead)
+                except RelayProblem as problem:
+                    # events[0] stops publication: nothing after it may pass it. Try again later.
+                    _discard(upcoming)
+                    self._meet(problem)
+                    continue
+                if published < len(events):
+                    _discard(upcoming)  # it reads after the whole batch; the rest of the batch comes first
+                if self.problem is not None or self._suspected is not None:
+                    self._report_problem(None)
+                after = events[published - 1].event_number
                 self.last_published = after
-                metrics.RELAY_PUBLISHED.labels(*self._labels).inc(len(events))
+                metrics.RELAY_PUBLISHED.labels(*self._labels).inc(published)
                 metrics.RELAY_TRANSACTIONS.labels(*self._labels).inc()
                 metrics.RELAY_LAST_PUBLISHED.labels(*self._labels).set(after)
                 if time.monotonic() - recorded > RECORD_EVERY_SECONDS:
@@ -477,8 +642,7 @@ class Relay:
                     recorded = time.monotonic()
         finally:
             self._checkpoint()  # the position as it stands when leaving, whatever the reason
-            if upcoming is not None:
-                upcoming.cancel()
+            _discard(upcoming)
 
     def _read(self, start: int) -> list[OutgoingEvent]:
         rows = self._retrying(
@@ -515,44 +679,104 @@ class Relay:
 
     def _publish(
         self, producer: Producer, events: list[OutgoingEvent], before_commit: Callable[[], None]
-    ) -> None:
-        """Publish ``events`` in one transaction; retry until committed, or raise."""
+    ) -> int:
+        """Publish ``events``, or the longest first part of them Kafka takes, in one transaction.
+
+        Returns how many of ``events`` were committed (at least one). A batch Kafka refuses because of one
+        event (``_REFUSALS``, or a routing that raises) is narrowed down to the events before it, so that
+        they are published; when the refused event comes first, it is the problem.
+
+        Raises:
+            EventUnroutable: the routing raised for ``events[0]``.
+            EventUnpublishable: Kafka refuses ``events[0]`` on its own.
+        """
         backoff = 0.1
         while True:
             # Each event says, per topic, which event was published there before it (the header
             # PREVIOUS_HEADER); a batch published again starts from the same state.
             previous = dict(self._last_on_topic)
+            routes: list[tuple[str, bytes]] = []
+            refused: list[tuple[int, KafkaError]] = []  # delivery reports come only for failures
+            producing: int | None = None
             try:
                 producer.begin_transaction()
                 route = self.routing.route
-                for event in events:
-                    topic, key = route(event.recorded() if self._recorded_keys else event)
-                    self._produce(producer, topic, key, event, previous_header(previous))
+                for i, event in enumerate(events):
+                    try:
+                        topic, key = route(event.recorded() if self._recorded_keys else event)
+                    except Exception as exc:  # the user's key function: anything may come out of it
+                        if i == 0:
+                            self._abort(producer)
+                            raise EventUnroutable(
+                                event.event_number, event.event_id, event.stream_id, exc
+                            ) from exc
+                        raise _Narrow(i) from exc
+                    routes.append((topic, key))
+                    producing = i
+                    self._produce(producer, topic, key, event, previous_header(previous), i, refused)
                     previous[topic] = event.event_number
+                producing = None
                 before_commit()
                 self._commit(producer, events)
                 self._last_on_topic = previous
-                return
+                return len(events)
+            except _Narrow as narrow:
+                self._abort(producer)
+                events = events[: narrow.keep]
             except KafkaException as exc:
                 error: KafkaError = exc.args[0]
                 if error.fatal():
                     raise _ProducerFailed(str(error)) from exc
-                metrics.RELAY_ERRORS.labels(*self._labels, "kafka").inc()
-                log.warning(
-                    "relay batch failed; aborting it and publishing it again",
-                    extra={"relay": self.identity, "error": str(error), "first": events[0].event_number},
-                )
                 self._abort(producer)
-                backoff = self._pause(backoff)
+                producer.poll(0)  # serve the delivery reports that name the refused messages
+                first = min((i for i, e in refused if e.code() in _REFUSALS), default=None)
+                if error.code() in _REFUSALS:
+                    # produce() itself refused an event, or the commit failed on a refusal no report names
+                    first = producing if producing is not None else (first or 0)
+                if first is None:
+                    metrics.RELAY_ERRORS.labels(*self._labels, "kafka").inc()
+                    log.warning(
+                        "relay batch failed; aborting it and publishing it again",
+                        extra={"relay": self.identity, "error": str(error), "first": events[0].event_number},
+                    )
+                    backoff = self._pause(backoff)
+                elif len(events) == 1:
+                    event = events[0]
+                    topic, key = (
+                        routes[0]
+                        if routes
+                        else self.routing.route(event.recorded() if self._recorded_keys else event)
+                    )
+                    reason = next((e.str() for i, e in refused if i == 0), error.str())
+                    raise EventUnpublishable(
+                        event.event_number, event.event_id, topic, _message_size(event, key), reason
+                    ) from exc
+                else:
+                    # Kafka refuses whole record batches: the refused event is at ``first`` or after
+                    # it. Publish what comes before (at least one event), then look again.
+                    events = events[: max(first, 1)]
 
     def _produce(
-        self, producer: Producer, topic: str, key: bytes, event: OutgoingEvent, previous: str
+        self,
+        producer: Producer,
+        topic: str,
+        key: bytes,
+        event: OutgoingEvent,
+        previous: str,
+        index: int,
+        refused: list[tuple[int, KafkaError]],
     ) -> None:
         message_headers = headers(event)
         message_headers.append((PREVIOUS_HEADER, previous))
+        message_headers.extend(self._identity_headers)
+
+        def failed(error: KafkaError | None, _: object) -> None:
+            if error is not None:
+                refused.append((index, error))
+
         while True:
             try:
-                producer.produce(topic, event.data, key, headers=message_headers)
+                producer.produce(topic, event.data, key, headers=message_headers, on_delivery=failed)
                 return
             except BufferError:
                 producer.poll(0.05)  # the local queue is full: let requests drain
@@ -612,6 +836,8 @@ class Relay:
                     "transactional.id": self.identity,
                     "transaction.timeout.ms": int(self.config.transaction_timeout * 1000),
                     **self.limits.producer_settings(),
+                    # Reports only for messages Kafka refused: they name the event that stops a batch.
+                    "delivery.report.only.error": True,
                 }
             )
         except KafkaException as exc:
@@ -635,12 +861,25 @@ class Relay:
                 backoff = self._pause(backoff)
 
     def _resume_point(self) -> int:
-        """The last event published: from the topics' committed tail, else the recorded position."""
+        """The last event published, as the topics' tail and the store confirm it together.
 
-        def tail() -> Tail:
+        Raises:
+            RelayProblem: the tail cannot be trusted (``relay_position.decide_resume`` says why).
+        """
+        recorded, epoch, epoch_start = self._record.recorded()
+        identity = RelayIdentity(self._identity.store, self.config.name, epoch, epoch_start)
+        topics = self.routing.topics()
+
+        def tail(trust_own: bool = True) -> Tail:
             try:
-                return last_published(
-                    self._connection, self.routing.topics(), self.config.transaction_timeout
+                return read_tail(
+                    self._connection,
+                    topics,
+                    store=identity.store,
+                    relay=identity.relay,
+                    confirm=self._record.confirm,
+                    timeout=self.config.transaction_timeout,
+                    trust_own=trust_own,
                 )
             except KafkaException as exc:
                 if exc.args[0].code() == KafkaError._INVALID_ARG:
@@ -650,29 +889,50 @@ class Relay:
                 raise
 
         found = self._retrying("read the topics' tails", "kafka_unavailable", KafkaException, tail)
-        self._last_on_topic = {topic: found.per_topic.get(topic, 0) for topic in self.routing.topics()}
-        recorded = self._recorded_position()
-        if found.last_event_number is not None:
-            if recorded > found.last_event_number:
-                log.warning(
-                    "Kafka holds fewer events than the relay recorded publishing (a topic recreated, or the "
-                    "routing changed); publishing again after the last one Kafka holds",
-                    extra={"relay": self.identity, "kafka": found.last_event_number, "recorded": recorded},
-                )
-            position = found.last_event_number
-        elif found.ever_written:
-            # The topics held messages but none is left to read (retention removed them).
-            position = recorded
-        else:
-            if recorded:
-                log.warning(
-                    "the relay's topics are empty: publishing every event again",
-                    extra={"relay": self.identity, "recorded": recorded},
-                )
-            position = 0
-        log.info("relay resumes", extra={"relay": self.identity, "after_event_number": position})
-        metrics.RELAY_LAST_PUBLISHED.labels(*self._labels).set(position)
-        return position
+        facts = self._record.facts(numbers_to_check(found, identity))
+        try:
+            resume = decide_resume(
+                found,
+                identity,
+                facts,
+                recorded=recorded,
+                topics=topics,
+                ignore_stores=self.config.ignore_stores,
+            )
+        except (KafkaAheadOfStore, TailMismatch) as problem:
+            # Read the tail again, trusting nothing the store does not confirm: where the two agree is
+            # where the operator will most likely want the relay to go on.
+            agreed = self._retrying(
+                "read the topics' tails", "kafka_unavailable", KafkaException, lambda: tail(trust_own=False)
+            ).last_event_number
+            raise problem.agreeing_up_to(agreed or 0) from None
+        passed_over = found.ignored + len(resume.ignored_foreign)
+        if passed_over:
+            metrics.RELAY_FOREIGN_MESSAGES.labels(*self._labels).inc(passed_over)
+            log.warning(
+                "the relay's topics hold messages it did not publish; passed over",
+                extra={"relay": self.identity, "messages": passed_over},
+            )
+        if resume.republish_from is not None:
+            metrics.RELAY_REPUBLISHED.labels(*self._labels).inc(recorded - resume.position)
+            log.warning(
+                "Kafka holds fewer events than the relay recorded publishing (a topic recreated, a Kafka "
+                "restored from a backup): publishing again after the last one Kafka holds",
+                extra={"relay": self.identity, "kafka": resume.position, "recorded": recorded},
+            )
+        self._identity = identity
+        self._identity_headers = [
+            (STORE_HEADER, identity.store),
+            (RELAY_HEADER, identity.relay),
+            (EPOCH_HEADER, str(identity.epoch)),
+        ]
+        self._last_on_topic = resume.previous
+        log.info(
+            "relay resumes",
+            extra={"relay": self.identity, "after_event_number": resume.position, "epoch": epoch},
+        )
+        metrics.RELAY_LAST_PUBLISHED.labels(*self._labels).set(resume.position)
+        return resume.position
 
     def _ensure_topics(self) -> None:
         try:
@@ -744,25 +1004,12 @@ class Relay:
 
     # --- the position in PostgreSQL ------------------------------------------------------------------
 
-    def _ensure_row(self) -> None:
-        with self.store.connection() as conn:
-            conn.execute(self._sql.ensure, {"name": self.config.name})
-
-    def _record_leader(self) -> None:
-        with self.store.connection() as conn:
-            conn.execute(self._sql.lead, {"name": self.config.name, "leader": self.whoami})
-
-    def _recorded_position(self) -> int:
-        with self.store.connection() as conn:
-            row = conn.execute(self._sql.position, {"name": self.config.name}).fetchone()
-        return int(row[0]) if row else 0
-
     def _checkpoint(self) -> None:
-        # Only a hint for operators and for topics emptied by retention: Kafka's tail is the truth.
+        # Only a hint for operators and for topics emptied by retention: Kafka's tail is the truth. Not
+        # written over an operator's decision taken meanwhile (another epoch).
         position = self.last_published
         try:
-            with self.store.connection() as conn:
-                conn.execute(self._sql.checkpoint, {"name": self.config.name, "position": position})
+            self._record.checkpoint(position, self._identity.epoch)
             self._checkpointed = position
         except EventStoreError as exc:
             metrics.RELAY_ERRORS.labels(*self._labels, "postgres").inc()
@@ -784,31 +1031,3 @@ class Relay:
             metrics.RELAY_LAG_SECONDS.labels(*self._labels).set(
                 max(0.0, time.time() - datetime.fromisoformat(newest.created_at).timestamp())
             )
-
-
-class _Statements:
-    def __init__(self, schema: str) -> None:
-        relays = sql.Identifier(schema, "relays")
-        self.ensure = sql.SQL("INSERT INTO {} (name) VALUES (%(name)s) ON CONFLICT (name) DO NOTHING").format(
-            relays
-        )
-        self.lead = sql.SQL(
-            "UPDATE {} SET leader = %(leader)s, leader_since = now(), updated_at = now() "
-            "WHERE name = %(name)s"
-        ).format(relays)
-        self.position = sql.SQL("SELECT last_event_number FROM {} WHERE name = %(name)s").format(relays)
-        self.checkpoint = sql.SQL(
-            "UPDATE {} SET last_event_number = %(position)s, updated_at = now() WHERE name = %(name)s"
-        ).format(relays)
-        self.status = sql.SQL("SELECT name, last_event_number, leader FROM {} ORDER BY name").format(relays)
-
-
-def relay_status(store: PostgresEventStore) -> list[RelayStatus]:
-    """Every relay of ``store``: its recorded position, last leader and lag behind the sequencer."""
-    last = store.last_event_number()
-    with store.connection() as conn:
-        rows = conn.execute(_Statements(store.config.schema).status).fetchall()
-    return [
-        RelayStatus(name, int(position), last, leader, max(0, last - int(position)))
-        for name, position, leader in rows
-    ]

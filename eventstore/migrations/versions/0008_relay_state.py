@@ -8,8 +8,9 @@ Create Date: 2026-12-07
   publish (its topics' tail disagrees with the store, another store publishes there, one event cannot be
   routed or published) and cleared when it publishes again. ``tidings relay status`` shows them; the relay
   may run in another process than the one asking.
-- ``resume_after``: an operator's decision (``tidings relay resume-after N``) that the next leader takes
-  instead of the tail it cannot confirm, once.
+- ``epoch``, ``epoch_start``: an operator's decision (``tidings relay resume-after N``): the relay goes on
+  after event_number N, and its messages from before the decision (an older epoch, in the
+  ``tidings.epoch`` header) no longer say where it stands.
 """
 
 from __future__ import annotations
@@ -28,11 +29,18 @@ def upgrade() -> None:
     op.add_column("relays", sa.Column("verdict", sa.Text, nullable=False, server_default="ok"), schema=schema)
     op.add_column("relays", sa.Column("problem", sa.Text, nullable=False, server_default=""), schema=schema)
     op.add_column("relays", sa.Column("problem_event", sa.BigInteger, nullable=True), schema=schema)
-    op.add_column("relays", sa.Column("problem_since", sa.DateTime(timezone=True), nullable=True), schema=schema)
-    op.add_column("relays", sa.Column("resume_after", sa.BigInteger, nullable=True), schema=schema)
+    op.add_column(
+        "relays", sa.Column("problem_since", sa.DateTime(timezone=True), nullable=True), schema=schema
+    )
+    op.add_column(
+        "relays", sa.Column("epoch", sa.BigInteger, nullable=False, server_default="0"), schema=schema
+    )
+    op.add_column(
+        "relays", sa.Column("epoch_start", sa.BigInteger, nullable=False, server_default="0"), schema=schema
+    )
 
 
 def downgrade() -> None:
     schema = context.config.attributes["schema"]
-    for column in ("resume_after", "problem_since", "problem_event", "problem", "verdict"):
+    for column in ("epoch_start", "epoch", "problem_since", "problem_event", "problem", "verdict"):
         op.drop_column("relays", column, schema=schema)

@@ -1,0 +1,352 @@
+"""Where a relay stands: the decision where to resume, and its row in PostgreSQL.
+
+``decide_resume`` is the trust model of the tail (docs/decisions/0013-the-relays-tail-trust.md), pure so
+that it can be read and property-tested on its own: the relay resumes after the newest message of its own
+that the store confirms, never after a message it cannot confirm, and says what is wrong otherwise.
+
+``RelayRecord`` is the relay's row: its position (a hint for operators: Kafka's confirmed tail is the
+truth), its leader, its verdict, and its epoch, which the operator's ``resume_after`` moves on.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Collection, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from psycopg import sql
+
+from eventstore.errors import EventStoreError
+from eventstore.kafka_tail import Tail, TailMessage
+from eventstore.postgres.store import PostgresEventStore
+from eventstore.relay_problems import (
+    ForeignMessages,
+    KafkaAheadOfStore,
+    RelayProblem,
+    TailMismatch,
+    TailUnconfirmed,
+)
+
+__all__ = [
+    "InvalidResumePoint",
+    "RelayIdentity",
+    "RelayRecord",
+    "RelayStatus",
+    "Resume",
+    "StoreFacts",
+    "decide_resume",
+    "relay_status",
+    "resume_after",
+]
+
+log = logging.getLogger("eventstore.relay")
+
+
+class InvalidResumePoint(EventStoreError, ValueError):
+    """``resume_after`` was given a position the store cannot resume from."""
+
+
+@dataclass(frozen=True, slots=True)
+class RelayIdentity:
+    """Who publishes: the store's id, the relay's name and its current epoch (with where it began)."""
+
+    store: str
+    relay: str
+    epoch: int = 0
+    epoch_start: int = 0
+
+    def owns(self, message: TailMessage) -> bool:
+        return (message.store, message.relay) == (self.store, self.relay)
+
+
+@dataclass(frozen=True, slots=True)
+class StoreFacts:
+    """What the store says about the numbers the tail names."""
+
+    last_numbered: int
+    event_ids: Mapping[int, str]
+    """event_number -> event_id, for the numbers asked about that the store holds."""
+
+
+@dataclass(frozen=True, slots=True)
+class Resume:
+    """Where to go on: after ``position``; ``previous`` per topic for the ``tidings.previous`` header."""
+
+    position: int
+    previous: dict[str, int]
+    republish_from: int | None = None
+    """Set when Kafka holds less than the relay recorded: the events after ``position`` go out again."""
+    ignored_foreign: list[TailMessage] = field(default_factory=list)
+
+
+def numbers_to_check(tail: Tail, identity: RelayIdentity) -> list[int]:
+    """The event_numbers ``decide_resume`` needs the store's event ids of."""
+    return sorted({m.event_number for m in tail.newest if identity.owns(m) and m.event_number is not None})
+
+
+def decide_resume(
+    tail: Tail,
+    identity: RelayIdentity,
+    facts: StoreFacts,
+    *,
+    recorded: int,
+    topics: Sequence[str],
+    ignore_stores: Collection[str] = frozenset(),
+) -> Resume:
+    """Where the relay resumes, from what its topics' tail and its store say.
+
+    Raises:
+        ForeignMessages: another store or relay published on the topics (unless its store is ignored).
+        KafkaAheadOfStore: an own message names a number above the store's newest.
+        TailMismatch: an own message's event is not the one the store holds at its number.
+        TailUnconfirmed: the topics were written to, but nothing left on them is confirmed as the relay's.
+    """
+    foreign = [m for m in tail.foreign if m.store not in ignore_stores]
+    if foreign:
+        raise ForeignMessages([m.origin for m in foreign], sorted({m.topic for m in foreign}))
+    current: list[int] = []
+    ahead = [
+        m.event_number or 0
+        for m in tail.newest
+        if identity.owns(m) and m.epoch >= identity.epoch and (m.event_number or 0) > facts.last_numbered
+    ]
+    if ahead:
+        raise KafkaAheadOfStore(max(ahead), facts.last_numbered)
+    for message in tail.newest:
+        number = message.event_number or 0
+        if not identity.owns(message):
+            if identity.epoch == 0:
+                current.append(number)  # an earlier release's message, confirmed by the store already
+            continue
+        if message.epoch < identity.epoch:
+            continue  # from before the operator's decision: it says nothing about where the relay stands
+        held = facts.event_ids.get(number)
+        if held is not None and held != message.event_id:
+            raise TailMismatch(number, message.event_id or "?", held)
+        # held is None: the event was erased (a hard delete) after it was published; its number stands.
+        current.append(number)
+    # The header chain goes on from the last message the relay's topic really holds, whatever its epoch.
+    previous = {topic: tail.per_topic.get(topic, 0) for topic in topics}
+    if current:
+        position = max(current)
+    elif identity.epoch > 0:
+        position = identity.epoch_start
+    elif tail.ever_written and recorded > 0:
+        raise TailUnconfirmed(recorded)
+    else:
+        position = 0
+    return Resume(position, previous, position if recorded > position else None, tail.foreign)
+
+
+# --- the relays row ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class RelayStatus:
+    """A relay's position, leader and verdict, as recorded in PostgreSQL.
+
+    ``verdict`` is ``ok`` while the relay publishes (or stands ready to); otherwise it names the problem
+    (``eventstore.relay_problems``: ``kafka_ahead``, ``tail_mismatch``, ``foreign_store``,
+    ``tail_unconfirmed``, ``tail_unreadable``, ``blocked``) and ``problem`` says what happened and what to
+    do; ``problem_event`` is the event_number it concerns, where there is one.
+    """
+
+    name: str
+    last_published: int
+    last_numbered: int
+    leader: str | None
+    lag_events: int
+    verdict: str = "ok"
+    problem: str = ""
+    problem_event: int | None = None
+    problem_since: datetime | None = None
+    epoch: int = 0
+
+
+class _Statements:
+    def __init__(self, schema: str) -> None:
+        relays = sql.Identifier(schema, "relays")
+        self.ensure = sql.SQL("INSERT INTO {} (name) VALUES (%(name)s) ON CONFLICT (name) DO NOTHING").format(
+            relays
+        )
+        self.lead = sql.SQL(
+            "UPDATE {} SET leader = %(leader)s, leader_since = now(), updated_at = now() "
+            "WHERE name = %(name)s"
+        ).format(relays)
+        self.position = sql.SQL(
+            "SELECT last_event_number, epoch, epoch_start FROM {} WHERE name = %(name)s"
+        ).format(relays)
+        self.epoch = sql.SQL("SELECT epoch FROM {} WHERE name = %(name)s").format(relays)
+        self.checkpoint = sql.SQL(
+            "UPDATE {} SET last_event_number = %(position)s, updated_at = now() "
+            "WHERE name = %(name)s AND epoch = %(epoch)s"
+        ).format(relays)
+        self.report = sql.SQL(
+            "UPDATE {} SET verdict = %(verdict)s, problem = %(problem)s, problem_event = %(event)s, "
+            "problem_since = CASE WHEN verdict = %(verdict)s AND problem_since IS NOT NULL "
+            "THEN problem_since WHEN %(verdict)s = 'ok' THEN NULL ELSE now() END, updated_at = now() "
+            "WHERE name = %(name)s"
+        ).format(relays)
+        self.decide = sql.SQL(
+            "INSERT INTO {} AS r (name, last_event_number, epoch, epoch_start) "
+            "VALUES (%(name)s, %(position)s, 1, %(position)s) ON CONFLICT (name) DO UPDATE "
+            "SET epoch = r.epoch + 1, epoch_start = %(position)s, last_event_number = %(position)s, "
+            "updated_at = now() RETURNING epoch"
+        ).format(relays)
+        self.status = sql.SQL(
+            "SELECT name, last_event_number, leader, verdict, problem, problem_event, problem_since, epoch "
+            "FROM {} ORDER BY name"
+        ).format(relays)
+        self.store_id = sql.SQL("SELECT value FROM {} WHERE key = 'store_id'").format(
+            sql.Identifier(schema, "store_info")
+        )
+        self.event_ids = sql.SQL(
+            "SELECT o.event_number, e.event_id::text FROM {} o JOIN {} e ON e.id = o.id "
+            "WHERE o.event_number = ANY(%(numbers)s)"
+        ).format(sql.Identifier(schema, "event_order"), sql.Identifier(schema, "events"))
+
+
+class RelayRecord:
+    """One relay's row in ``<schema>.relays``."""
+
+    def __init__(self, store: PostgresEventStore, name: str) -> None:
+        self.store = store
+        self.name = name
+        self._sql = _Statements(store.config.schema)
+
+    def store_id(self) -> str:
+        """The store's identity, which every message of its relays carries (``STORE_HEADER``)."""
+        with self.store.connection() as conn:
+            row = conn.execute(self._sql.store_id).fetchone()
+        if row is None:
+            raise EventStoreError("the store has no store_id in store_info: run `tidings migrate`")
+        return str(uuid.UUID(str(row[0])))
+
+    def ensure(self) -> None:
+        with self.store.connection() as conn:
+            conn.execute(self._sql.ensure, {"name": self.name})
+
+    def lead(self, whoami: str) -> None:
+        with self.store.connection() as conn:
+            conn.execute(self._sql.lead, {"name": self.name, "leader": whoami})
+
+    def recorded(self) -> tuple[int, int, int]:
+        """The recorded position, the epoch and where the epoch began."""
+        with self.store.connection() as conn:
+            row = conn.execute(self._sql.position, {"name": self.name}).fetchone()
+        return (int(row[0]), int(row[1]), int(row[2])) if row else (0, 0, 0)
+
+    def epoch(self) -> int:
+        with self.store.connection() as conn:
+            row = conn.execute(self._sql.epoch, {"name": self.name}).fetchone()
+        return int(row[0]) if row else 0
+
+    def checkpoint(self, position: int, epoch: int) -> bool:
+        """Record the position; False if an operator's decision began another epoch meanwhile."""
+        with self.store.connection() as conn:
+            return (
+                conn.execute(
+                    self._sql.checkpoint, {"name": self.name, "position": position, "epoch": epoch}
+                ).rowcount
+                == 1
+            )
+
+    def report(self, problem: RelayProblem | None) -> None:
+        """Record the verdict: ``problem``, or ok when it is None."""
+        params = {
+            "name": self.name,
+            "verdict": "ok" if problem is None else problem.verdict,
+            "problem": "" if problem is None else str(problem),
+            "event": None if problem is None else problem.event_number,
+        }
+        with self.store.connection() as conn:
+            conn.execute(self._sql.report, params)
+
+    def facts(self, numbers: Sequence[int]) -> StoreFacts:
+        """The store's newest number and its event ids at ``numbers``."""
+        return StoreFacts(self.store.last_event_number(), self.event_ids(numbers))
+
+    def event_ids(self, numbers: Sequence[int]) -> dict[int, str]:
+        wanted = [n for n in numbers if 0 < n < 2**63]  # a made-up header may hold any integer
+        if not wanted:
+            return {}
+        with self.store.connection() as conn:
+            rows = conn.execute(self._sql.event_ids, {"numbers": wanted}).fetchall()
+        return {int(number): str(event_id) for number, event_id in rows}
+
+    def confirm(self, pairs: Sequence[tuple[int, str]]) -> set[tuple[int, str]]:
+        """The (event_number, event_id) pairs the store holds as they are."""
+        held = self.event_ids([number for number, _ in pairs])
+        return {(number, event_id) for number, event_id in pairs if held.get(number) == _uuid_text(event_id)}
+
+
+def _uuid_text(text: str) -> str | None:
+    try:
+        return str(uuid.UUID(text))
+    except ValueError:
+        return None
+
+
+def relay_status(store: PostgresEventStore) -> list[RelayStatus]:
+    """Every relay of ``store``: its recorded position, last leader, lag behind the sequencer and verdict.
+
+    A relay whose recorded position is above the store's newest event is reported ``kafka_ahead`` even
+    before a relay has looked: the store has lost events that were published.
+    """
+    last = store.last_event_number()
+    with store.connection() as conn:
+        rows = conn.execute(_Statements(store.config.schema).status).fetchall()
+    found = []
+    for name, position, leader, verdict, problem, event, since, epoch in rows:
+        position = int(position)
+        if verdict == "ok" and position > last:
+            verdict, problem, event = "kafka_ahead", str(KafkaAheadOfStore(position, last)), position
+        found.append(
+            RelayStatus(
+                name,
+                position,
+                last,
+                leader,
+                max(0, last - position),
+                verdict,
+                problem,
+                event,
+                since,
+                int(epoch),
+            )
+        )
+    return found
+
+
+def resume_after(store: PostgresEventStore, position: int, name: str = "default") -> int:
+    """The operator's decision: relay ``name`` goes on after event_number ``position``.
+
+    The leading relay takes it within a second (or at its next attempt, if a problem stopped it); what
+    it had published before no longer says where it stands (a new epoch). Returns the new epoch.
+
+    Raises:
+        InvalidResumePoint: ``position`` is negative or above the store's newest event.
+    """
+    last = store.last_event_number()
+    if not 0 <= position <= last:
+        raise InvalidResumePoint(
+            f"cannot resume after event_number {position}: the store's events run from 1 to {last}; "
+            "give a number in 0..{last} (0 publishes everything again)".replace("{last}", str(last))
+        )
+    with store.connection() as conn:
+        row = conn.execute(
+            _Statements(store.config.schema).decide, {"name": name, "position": position}
+        ).fetchone()
+    epoch = int(row[0]) if row else 0
+    log.warning(
+        "the operator moved a relay's position",
+        extra={
+            "schema": store.config.schema,
+            "relay_name": name,
+            "after_event_number": position,
+            "epoch": epoch,
+        },
+    )
+    return epoch
