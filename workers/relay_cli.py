@@ -39,7 +39,9 @@ from eventstore.relay import (
     TopicLimitTooSmall,
     TopicMissing,
     relay_status,
+    resume_after,
 )
+from eventstore.relay_position import InvalidResumePoint
 from eventstore.routing import Routing
 from workers.cli_options import (
     EXIT_FAILED,
@@ -112,6 +114,16 @@ def relay_command(
     ] = "lz4",
     leader_url: LeaderUrl = "",
     standby_poll: Annotated[float, typer.Option(help="Seconds between a standby's attempts to lead.")] = 1.0,
+    ignore_store: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="A store id whose messages on the relay's topics are known leftovers (repeatable; "
+            "`tidings relay status` names them when it refuses to publish)."
+        ),
+    ] = None,
+    problem_retry: Annotated[
+        float, typer.Option(help="Seconds between attempts while a problem stops publication.")
+    ] = 5.0,
     port: Annotated[
         int,
         typer.Option(
@@ -149,6 +161,8 @@ def relay_command(
             batch_bytes=batch_bytes,
             compression=compression,
             standby_poll=standby_poll,
+            ignore_stores=frozenset(ignore_store or ()),
+            problem_retry=problem_retry,
         )
         if current_revision(config) != head_revision():
             raise ConfigurationError(
@@ -169,6 +183,9 @@ def relay_command(
                 "relay": name,
                 "leading": relay.leading.is_set(),
                 "last_published": relay.last_published,
+                # Still ready while a problem stops it: a restart would not help, and it says why.
+                "verdict": "ok" if relay.problem is None else relay.problem.verdict,
+                "problem": "" if relay.problem is None else str(relay.problem),
             }
 
         probes = Probes(readiness, host=host, port=port) if port else None
@@ -200,7 +217,9 @@ def status_command(
     schema: Schema = DEFAULT_SCHEMA,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")] = False,
 ) -> None:
-    """Each relay's last published event, lag behind the sequencer and last leader.
+    """Each relay's last published event, lag behind the sequencer, last leader and verdict.
+
+    Exits 1 when a relay's verdict is not ok: what stops it and what to do are in the problem column.
 
     Example: [bold]tidings relay status --schema bank --json[/]
     """
@@ -212,9 +231,57 @@ def status_command(
     with PostgresEventStore(config, sequencer=False) as store:
         statuses = relay_status(store)
     if as_json:
-        out.print_json(json.dumps([asdict(s) for s in statuses]))
-        return
-    table = Table("relay", "last published", "last numbered", "lag (events)", "leader")
-    for s in statuses:
-        table.add_row(s.name, str(s.last_published), str(s.last_numbered), str(s.lag_events), s.leader or "-")
-    out.print(table)
+        out.print_json(json.dumps([asdict(s) for s in statuses], default=str))
+    else:
+        table = Table("relay", "last published", "last numbered", "lag (events)", "leader", "verdict")
+        for s in statuses:
+            table.add_row(
+                s.name,
+                str(s.last_published),
+                str(s.last_numbered),
+                str(s.lag_events),
+                s.leader or "-",
+                s.verdict,
+            )
+        out.print(table)
+        for s in statuses:
+            if s.verdict != "ok":
+                out.print(
+                    f"[bold red]{s.name}[/] ({s.verdict}, since {s.problem_since}): {s.problem}",
+                    soft_wrap=True,
+                )
+    if any(s.verdict != "ok" for s in statuses):
+        raise typer.Exit(EXIT_FAILED)
+
+
+@relay_app.command("resume-after")
+def resume_after_command(
+    event_number: Annotated[int, typer.Argument(help="The last event_number the relay counts as published.")],
+    database_url: DatabaseUrl = "",
+    schema: Schema = DEFAULT_SCHEMA,
+    name: Annotated[str, typer.Option(envvar="TIDINGS_RELAY_NAME", help="The relay's name.")] = "default",
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")] = False,
+) -> None:
+    """Tell a relay to go on after EVENT_NUMBER, whatever its topics' tail says (an operator's decision).
+
+    For a relay whose verdict asks for it (kafka_ahead, tail_mismatch, tail_unconfirmed): the leading relay
+    takes it within a second and publishes the store's events after EVENT_NUMBER (0: every event again).
+    Its messages from before the decision no longer say where it stands (a new epoch).
+
+    Example: [bold]tidings relay resume-after 41872 --schema bank[/]
+    """
+    try:
+        config = StoreConfig(required(database_url, "--database-url / DATABASE_URL"), schema)
+    except ConfigurationError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(EXIT_USAGE) from exc
+    with PostgresEventStore(config, sequencer=False) as store:
+        try:
+            epoch = resume_after(store, event_number, name)
+        except InvalidResumePoint as exc:
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(EXIT_USAGE) from exc
+    if as_json:
+        out.print_json(json.dumps({"relay": name, "after_event_number": event_number, "epoch": epoch}))
+    else:
+        out.print(f"relay {name} goes on after event_number {event_number} (epoch {epoch})")

@@ -12,9 +12,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from psycopg import sql
 
 from eventstore import ConfigurationError, PostgresEventStore
-from tests.eventstore.relay_support import append_events, read_committed
+from tests.eventstore.relay_support import RelayProcess, append_events, read_committed, relay_row
 from tests.support import tidings_script
 from tests.workers.worker_support import eventually
 from tidings.pytest_plugin import KafkaNamespace, PostgresSchema
@@ -122,7 +123,14 @@ def test_the_relay_publishes_and_its_status_shows_it(
                     _get(port, "/readyz")
                     == (
                         200,
-                        {"ready": True, "relay": "default", "leading": True, "last_published": len(appended)},
+                        {
+                            "ready": True,
+                            "relay": "default",
+                            "leading": True,
+                            "last_published": len(appended),
+                            "verdict": "ok",
+                            "problem": "",
+                        },
                     )
                 ),
                 timeout=30,
@@ -187,3 +195,84 @@ def test_routing_files_are_read_and_bad_ones_say_where(tmp_path: Path) -> None:
             load_routing(bad)
     with pytest.raises(ConfigurationError, match="cannot read the routing file"):
         load_routing(tmp_path / "missing.toml")
+
+
+def test_an_operator_sees_a_lost_tail_in_status_and_readiness_and_resolves_it_with_resume_after(
+    event_store: PostgresEventStore,
+    postgres_schema: PostgresSchema,
+    kafka_namespace: KafkaNamespace,
+    tmp_path: Path,
+) -> None:
+    env = _env(postgres_schema, kafka_namespace)
+    app = kafka_namespace.topic("bank")
+    append_events(event_store, streams=2, per_stream=3)  # 1..6
+    first = RelayProcess(env, ["--app", app], tmp_path / "first.log")
+    eventually(lambda: relay_row(event_store)[1] == 6, 60, "the first relay publishing")
+    assert first.terminate() == 0
+    # PostgreSQL loses its last two events (a failover, say) and gives number 5 to a new one.
+    schema = event_store.config.schema
+    with event_store.connection() as conn:
+        gone = conn.execute(
+            sql.SQL("DELETE FROM {} WHERE event_number > 4 RETURNING id").format(
+                sql.Identifier(schema, "event_order")
+            )
+        ).fetchall()
+        conn.execute(
+            sql.SQL("DELETE FROM {} WHERE id = ANY(%s)").format(sql.Identifier(schema, "events")),
+            [[row[0] for row in gone]],
+        )
+        conn.execute(
+            sql.SQL("UPDATE {} SET last_event_number = 4").format(sql.Identifier(schema, "sequencer"))
+        )
+    (new,) = append_events(event_store, streams=1, per_stream=1, prefix="after-failover")
+
+    port = _free_port()
+    args = ["--app", app, "--port", str(port), "--problem-retry", "0.2"]
+    with_problem = RelayProcess(env, args, tmp_path / "second.log")
+    try:
+        eventually(lambda: _readiness(port).get("verdict") == "kafka_ahead", 60, "the verdict in /readyz")
+        status, body = _get(port, "/readyz")
+        assert status == 200, "a relay with a verdict stays ready: a restart would not help"
+        assert "resume-after 4" in body["problem"]
+
+        result = _run("status", "--json", env=env)
+        assert result.returncode == 1, result.stdout
+        (row,) = json.loads(result.stdout)
+        assert (row["verdict"], row["last_numbered"]) == ("kafka_ahead", 5)
+        assert "resume-after 4" in row["problem"]
+        text = _run("status", env=env)
+        assert text.returncode == 1
+        assert "kafka_ahead" in text.stdout
+
+        refused = _run("resume-after", "99", env=env)
+        assert refused.returncode == 2
+        assert "give a number in 0..5" in refused.stderr
+
+        decided = _run("resume-after", "4", "--json", env=env)
+        assert decided.returncode == 0, decided.stderr
+        assert json.loads(decided.stdout) == {"relay": "default", "after_event_number": 4, "epoch": 1}
+        eventually(lambda: _run("status", env=env).returncode == 0, 60, "the verdict cleared")
+        seen = read_committed(
+            kafka_namespace.bootstrap_servers,
+            [f"{app}.events"],
+            kafka_namespace.group("check"),
+            lambda s: any(m.event_id == new for m in s),
+        )
+        assert [m.headers["tidings.epoch"] for m in seen if m.event_id == new] == [b"1"]
+    finally:
+        assert with_problem.terminate() == 0
+
+
+def _readiness(port: int) -> dict[str, Any]:
+    try:
+        return _get(port, "/readyz")[1]  # type: ignore[no-any-return]
+    except OSError:
+        return {}  # not listening yet
+
+
+def test_an_ignored_store_must_be_a_store_id(
+    postgres_schema: PostgresSchema, kafka_namespace: KafkaNamespace
+) -> None:
+    result = _run("--ignore-store", "staging", env=_env(postgres_schema, kafka_namespace))
+    assert result.returncode == 2
+    assert "'staging' is not a store id" in result.stderr
