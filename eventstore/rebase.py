@@ -79,7 +79,9 @@ SELECT s.last_event_number + p.rn, p.id FROM pending p CROSS JOIN state s
 _LOW_KEY = "SELECT (pg_snapshot_xmin(pg_current_snapshot())::text::bigint - 1)::text::xid8"
 
 # Ahead of the lock: numbered events (at or before the cursor) above the horizon, a batch at a time in key
-# order, from where the last batch ended; returns the batch's last key and size.
+# order, from where the last batch ended; returns the batch's last key and size. Rows locked by someone
+# else (a stream being appended to, events being deleted) are passed over, never waited for: waiting could
+# deadlock with a transaction that appends to several streams, and the locked step lowers what is left.
 _LOWER_NUMBERED = """
 WITH b AS (
     SELECT id, order_xid FROM {events}
@@ -87,6 +89,7 @@ WITH b AS (
       AND (order_xid, id) <= (%(cursor_xid)s, %(cursor_id)s)
     ORDER BY order_xid, id
     LIMIT %(batch)s
+    FOR UPDATE SKIP LOCKED
 ), lowered AS (
     UPDATE {events} e SET order_xid = %(low)s FROM b WHERE e.id = b.id
 )
@@ -97,6 +100,7 @@ WITH b AS (
     SELECT stream_id FROM {streams} WHERE stream_id > %(after)s AND last_xid > %(low)s
     ORDER BY stream_id
     LIMIT %(batch)s
+    FOR UPDATE SKIP LOCKED
 ), lowered AS (
     UPDATE {streams} t SET last_xid = %(low)s FROM b WHERE t.stream_id = b.stream_id AND t.last_xid > %(low)s
 )
