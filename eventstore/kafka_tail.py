@@ -111,6 +111,8 @@ class TailMessage:
     """The ``STORE_HEADER``, when it is a well-formed store id."""
     relay: str | None
     epoch: int = 0
+    previous: dict[str, int] | None = None
+    """Its ``PREVIOUS_HEADER``: per topic, the event published there before it."""
 
     @property
     def origin(self) -> str:
@@ -354,6 +356,7 @@ def _tail_message(where: tuple[str, int], offset: int, headers: Any) -> TailMess
         _store_id(values.get(STORE_HEADER)),
         _text(values.get(RELAY_HEADER)),
         _epoch(values.get(EPOCH_HEADER)),
+        parse_previous(values.get(PREVIOUS_HEADER)),
     )
 
 

@@ -106,7 +106,7 @@ def decide_resume(
     foreign = [m for m in tail.foreign if m.store not in ignore_stores]
     if foreign:
         raise ForeignMessages([m.origin for m in foreign], sorted({m.topic for m in foreign}))
-    current: list[int] = []
+    current: list[TailMessage] = []
     ahead = [
         m.event_number or 0
         for m in tail.newest
@@ -118,7 +118,7 @@ def decide_resume(
         number = message.event_number or 0
         if not identity.owns(message):
             if identity.epoch == 0:
-                current.append(number)  # an earlier release's message, confirmed by the store already
+                current.append(message)  # an earlier release's message, confirmed by the store already
             continue
         if message.epoch < identity.epoch:
             continue  # from before the operator's decision: it says nothing about where the relay stands
@@ -126,11 +126,12 @@ def decide_resume(
         if held is not None and held != message.event_id:
             raise TailMismatch(number, message.event_id or "?", held)
         # held is None: the event was erased (a hard delete) after it was published; its number stands.
-        current.append(number)
+        current.append(message)
     # The header chain goes on from the last message the relay's topic really holds, whatever its epoch.
     previous = {topic: tail.per_topic.get(topic, 0) for topic in topics}
     if current:
-        position = max(current)
+        newest = max(current, key=lambda m: m.event_number or 0)
+        position = min(newest.event_number or 0, _complete_up_to(newest, previous))
     elif identity.epoch > 0:
         position = identity.epoch_start
     elif tail.ever_written and recorded > 0:
@@ -138,6 +139,20 @@ def decide_resume(
     else:
         position = 0
     return Resume(position, previous, position if recorded > position else None, tail.foreign)
+
+
+def _complete_up_to(newest: TailMessage, holds: Mapping[str, int]) -> int:
+    """Up to where every topic holds what the newest message says was published on it before.
+
+    A topic that holds less (recreated, or restored from an older backup, while another topic went on)
+    has lost events after the last one it holds: the relay publishes again from there. The events of
+    the other topics after that point go out a second time, under the same ids and numbers.
+    """
+    complete = newest.event_number or 0
+    for topic, last in (newest.previous or {}).items():
+        if topic in holds and holds[topic] < last:
+            complete = min(complete, holds[topic])
+    return complete
 
 
 # --- the relays row ---------------------------------------------------------------------------------------

@@ -58,6 +58,7 @@ def histories(draw: st.DrawFn) -> tuple[dict[int, str], int, list[list[TailMessa
                 ids[number],
                 None if legacy else STORE,
                 None if legacy else "default",
+                previous={t: last_on_topic.get(t, 0) for t in TOPICS},
             )
         )
         last_on_topic[topic] = number
@@ -108,6 +109,7 @@ def _at(message: TailMessage, offset: int) -> TailMessage:
         message.store,
         message.relay,
         message.epoch,
+        message.previous,
     )
 
 
@@ -214,3 +216,21 @@ def test_messages_of_an_older_epoch_say_nothing_about_the_position() -> None:
     )
     assert resume.position == 4
     assert resume.previous[TOPICS[0]] == 9, "the header chain goes on from what the topic really holds"
+
+
+@settings(max_examples=300, deadline=None)
+@given(histories(), st.data())
+def test_a_topic_that_lost_its_end_is_published_again_from_before_the_loss(
+    case: tuple[dict[int, str], int, list[list[TailMessage]], dict[str, int]], data: st.DataObject
+) -> None:
+    # A topic recreated, or restored from an older backup, while the relay's other topic kept its events.
+    ids, published, partitions, _ = case
+    lost_topic = data.draw(st.sampled_from(TOPICS), label="the topic that lost its end")
+    kept = data.draw(st.integers(0, published), label="the last event it kept")
+    remaining = [[m for m in p if m.topic != lost_topic or (m.event_number or 0) <= kept] for p in partitions]
+    tail = _tail(remaining, ids)
+    facts = StoreFacts(len(ids), ids)
+    resume = decide_resume(tail, RelayIdentity(STORE, "default"), facts, recorded=published, topics=TOPICS)
+    present = {m.event_number for p in remaining for m in p}
+    missing = [n for n in range(1, resume.position + 1) if n not in present]
+    assert not missing, f"resumes after {resume.position} though events {missing} are not in Kafka"

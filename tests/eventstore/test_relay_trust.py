@@ -30,7 +30,7 @@ from eventstore.relay import (
     resume_after,
 )
 from eventstore.relay_problems import KafkaAheadOfStore
-from eventstore.routing import Routing
+from eventstore.routing import Route, Routing
 from tests.eventstore.relay_support import (
     Seen,
     append_events,
@@ -409,3 +409,33 @@ def test_messages_of_an_earlier_relay_without_the_identity_headers_are_confirmed
     wait_until(lambda: relay.last_published == len(appended) + len(more), 30, "the relay")
     seen = read_to_end(kafka_namespace.bootstrap_servers, [topic])
     assert_exactly_once_in_order(seen, appended + more)
+
+
+def test_a_topic_recreated_while_another_kept_its_events_gets_its_events_again(
+    event_store: PostgresEventStore, kafka_namespace: KafkaNamespace, relays: list[Relay]
+) -> None:
+    main, audit = kafka_namespace.topic("events"), kafka_namespace.topic("audit")
+    routing = Routing(main, by_event_type={"AuditNoted": Route(topic=audit)})
+    appended = []
+    for n in range(6):
+        for kind in ("Noted", "AuditNoted"):
+            event = EventData(kind, b"%d" % n)
+            event_store.append_to_stream(f"account-{n % 2}", ANY, [event])
+            appended.append((kind, event.event_id))
+    first = _start(relays, event_store, _config(kafka_namespace, main, routing=routing))
+    wait_until(lambda: first.last_published == 12, 30, "the first relay")
+    first.stop()
+    # The audit topic is deleted and made again (by an operator, a cluster restored from an older backup).
+    admin = AdminClient({"bootstrap.servers": kafka_namespace.bootstrap_servers})
+    admin.delete_topics([audit])[audit].result(30)
+    wait_until(lambda: audit not in admin.list_topics(timeout=10).topics, 30, "the topic deleted")
+    republished = metrics.RELAY_REPUBLISHED.labels(event_store.config.schema, "default")._value.get()
+
+    second = _start(relays, event_store, _config(kafka_namespace, main, routing=routing))
+    wait_until(lambda: second.last_published == 12, 30, "the restarted relay")
+    on_audit = read_to_end(kafka_namespace.bootstrap_servers, [audit])
+    assert sorted(m.event_id for m in on_audit) == sorted(i for kind, i in appended if kind == "AuditNoted")
+    on_main = read_to_end(kafka_namespace.bootstrap_servers, [main])
+    assert {m.event_id for m in on_main} == {i for kind, i in appended if kind == "Noted"}
+    assert metrics.RELAY_REPUBLISHED.labels(event_store.config.schema, "default")._value.get() > republished
+    assert _verdict(event_store) == "ok"
