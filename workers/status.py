@@ -189,7 +189,10 @@ class StoreStatus:
             "schema": self.schema,
             "last_event_number": self.last_event_number,
             "topics": list(self.topics),
-            "relays": [asdict(relay) for relay in self.relays],
+            "relays": [
+                {**asdict(relay), "problem_since": relay.problem_since and relay.problem_since.isoformat()}
+                for relay in self.relays
+            ],
             "handlers": [
                 {
                     "name": h.name,

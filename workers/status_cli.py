@@ -119,7 +119,7 @@ def _only(specs: list[HandlerSpec], names: list[str]) -> list[HandlerSpec]:
 
 def _print(status: StoreStatus) -> None:
     relays = Table(title=f"relays of schema {status.schema} (last event_number {status.last_event_number})")
-    for column in ("relay", "leader", "last published", "last numbered", "lag (events)"):
+    for column in ("relay", "leader", "last published", "last numbered", "lag (events)", "verdict"):
         relays.add_column(column)
     for relay in status.relays:
         relays.add_row(
@@ -128,8 +128,12 @@ def _print(status: StoreStatus) -> None:
             str(relay.last_published),
             str(relay.last_numbered),
             str(relay.lag_events),
+            relay.verdict,
         )
     out.print(relays if status.relays else "no relay has run on this store")
+    for relay in status.relays:
+        if relay.verdict != "ok":
+            out.print(f"[bold red]relay {relay.name}[/] ({relay.verdict}): {relay.problem}", soft_wrap=True)
     if not status.handlers:
         out.print(f"no handler found for {', '.join(status.topics)}")
         return

@@ -21,6 +21,7 @@ from tests.workers.worker_support import eventually
 from tidings.pytest_plugin import KafkaNamespace, PostgresSchema
 from workers.cli_options import kafka_settings
 from workers.relay_cli import load_routing
+from workers.status import collect_status
 
 
 def _run(*args: str, env: dict[str, str], timeout: float = 120) -> subprocess.CompletedProcess[str]:
@@ -243,6 +244,13 @@ def test_an_operator_sees_a_lost_tail_in_status_and_readiness_and_resolves_it_wi
         text = _run("status", env=env)
         assert text.returncode == 1
         assert "kafka_ahead" in text.stdout
+        # `tidings status` carries it too, as JSON that parses.
+        overview = collect_status(
+            event_store, kafka_namespace.bootstrap_servers, {}, topics=[f"{app}.events"]
+        )
+        (relay,) = json.loads(json.dumps(overview.document()))["relays"]
+        assert relay["verdict"] == "kafka_ahead"
+        assert relay["problem_since"] is not None
 
         refused = _run("resume-after", "99", env=env)
         assert refused.returncode == 2
