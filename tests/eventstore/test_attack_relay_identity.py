@@ -73,9 +73,7 @@ def test_two_stores_with_one_schema_name_in_two_databases_each_publish_their_eve
             ours += append_events(event_store, streams=5, per_stream=2, prefix=f"ours{round_}")
             _published(relays[0], len(ours), f"our relay, round {round_}")
             theirs += append_events(twin_store, streams=5, per_stream=2, prefix=f"theirs{round_}")
-            wait_until(
-                lambda n=len(theirs): relays[1].last_published == n, 30, f"their relay, round {round_}"
-            )
+            _published(relays[1], len(theirs), f"their relay, round {round_}")
     finally:
         for relay in relays:
             relay.stop()
