@@ -249,3 +249,33 @@ def test_a_foreign_transaction_left_open_on_the_topic_does_not_make_a_restarted_
     wait_until(lambda: _settled(second, event_store, len(appended)), 60, "the restarted relay")
     foreign.abort_transaction(30)
     _assert_each_event_once(read_to_end(kafka_namespace.bootstrap_servers, [topic]), appended, set())
+
+
+def test_a_replayed_copy_without_identity_above_a_first_window_of_foreign_messages_is_not_the_tail(
+    event_store: PostgresEventStore, kafka_namespace: KafkaNamespace, relays: list[Relay]
+) -> None:
+    # The tail is read in a widening window (64 offsets first). A copy of the relay's first message
+    # without the identity headers (an earlier release's message replayed, or a mirror that drops
+    # headers it does not know) is confirmed by the store; with over 64 foreign messages between it and
+    # the relay's newest own message, the first window holds the copy and not the own message.
+    topic = kafka_namespace.topic("events")
+    config = _config(kafka_namespace, topic, partitions=1)
+    appended = _publish_then_stop(relays, event_store, config, 9)
+    seen = read_to_end(kafka_namespace.bootstrap_servers, [topic])
+    first_message = min(seen, key=lambda m: m.offset)
+    producer = Producer({"bootstrap.servers": kafka_namespace.bootstrap_servers})
+    for _ in range(100):
+        producer.produce(topic, b"noise", b"foreign", partition=0)
+    identity = (STORE_HEADER, RELAY_HEADER, EPOCH_HEADER, PREVIOUS_HEADER)
+    stripped = [(k, v) for k, v in first_message.headers.items() if k not in identity]
+    producer.produce(topic, first_message.value, first_message.key, partition=0, headers=stripped)
+    for _ in range(30):
+        producer.produce(topic, b"noise", b"foreign", partition=0)
+    assert producer.flush(30) == 0
+    planted = {m.offset for m in read_to_end(kafka_namespace.bootstrap_servers, [topic]) if m.offset > 8}
+    appended += append_events(event_store, streams=3, per_stream=1, prefix="later")
+
+    second = _start(relays, event_store, config)
+    wait_until(lambda: _settled(second, event_store, len(appended)), 30, "the restarted relay")
+    seen = read_to_end(kafka_namespace.bootstrap_servers, [topic])
+    _assert_each_event_once([m for m in seen if m.key != b"foreign"], appended, planted)
