@@ -33,7 +33,7 @@ from eventstore.errors import (
 )
 from eventstore.ids import new_event_id
 from eventstore.kafka_limits import TopicLimitTooSmall
-from eventstore.kafka_tail import TailUnreadable
+from eventstore.kafka_tail import TailUnreadable, TailUnsettled
 from eventstore.migrate import current_revision, head_revision, migrate
 from eventstore.postgres import END, PostgresEventStore
 from eventstore.rebase import Rebase, rebase
@@ -86,6 +86,7 @@ __all__ = [
     "TailMismatch",
     "TailUnconfirmed",
     "TailUnreadable",
+    "TailUnsettled",
     # records
     "ANY",
     "NO_STREAM",

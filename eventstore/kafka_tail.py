@@ -24,6 +24,7 @@ window that widens until its newest own or confirmed message is found or the par
 
 from __future__ import annotations
 
+import logging
 import time
 import uuid
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
@@ -46,6 +47,7 @@ __all__ = [
     "Tail",
     "TailMessage",
     "TailUnreadable",
+    "TailUnsettled",
     "classify",
     "event_number_of",
     "parse_previous",
@@ -68,6 +70,8 @@ one (``bank.events=41,bank.audit=17``; 0: none). A consumer reading several part
 topics, knows from it whether an event is the next one in the global order: see
 ``workers.global_order``."""
 FIRST_WINDOW = 64
+
+log = logging.getLogger("eventstore.relay")
 
 Confirm = Callable[[Sequence[tuple[int, str]]], Collection[tuple[int, str]]]
 """Given (event_number, event_id) pairs, those the store holds: the event with that id has that number."""
@@ -96,6 +100,24 @@ class TailUnreadable(RelayProblem):
         )
         self.topic = topic
         self.reason = reason
+
+
+class TailUnsettled(RelayProblem):
+    """Another producer holds a transaction open on a partition: its stable end is below its end."""
+
+    verdict = "tail_unsettled"
+
+    def __init__(self, topic: str, partition: int, stable: int, end: int) -> None:
+        super().__init__(
+            f"partition {partition} of topic {topic} holds a transaction another producer left open: its "
+            f"last stable offset is {stable}, its end {end}, and nothing after the open transaction can be "
+            "read until it ends (the relay's own transactions are always settled when it starts). The "
+            "relay waits rather than guess its tail. Find the producer (`kafka-transactions.sh "
+            f"--bootstrap-server ... describe-producers --topic {topic} --partition {partition}`) and end "
+            "its transaction, or wait for the broker to abort it (transaction.timeout.ms)"
+        )
+        self.topic = topic
+        self.partition = partition
 
 
 @dataclass(frozen=True, slots=True)
@@ -165,72 +187,114 @@ def read_tail(
     store: str,
     relay: str,
     confirm: Confirm,
+    epoch: int = 0,
+    at_least: int = 0,
     timeout: float = 30.0,
     trust_own: bool = True,
 ) -> Tail:
     """Read back the tail of every partition of ``topics`` and classify it for ``store``'s ``relay``.
 
-    ``config`` holds the connection settings (``bootstrap.servers``, security); the consumer reads
-    committed messages only and joins no group. With ``trust_own=False`` the relay's own messages, too,
-    count only once the store confirms them: the tail is then where Kafka and the store last agree.
+    ``config`` holds the connection settings (``bootstrap.servers``, security); the consumers join no
+    group, and only committed messages are read. Per partition, the relay's last message is its own
+    message of the current ``epoch`` with the highest event_number: a copy of an earlier one replayed
+    after it does not hide it. While what was found lies below ``at_least`` (the position the relay
+    recorded: it published at least that far), partitions are read further back, since a long run of
+    copies may hide more. With ``trust_own=False`` the relay's own messages, too, count only once the
+    store confirms them: the tail is then where Kafka and the store last agree.
 
     Raises:
         TailUnreadable: a topic is missing, or Kafka answers its metadata with an error that does not pass.
+        TailUnsettled: another producer holds a transaction open on a partition: what follows it cannot be
+            read until it ends.
         KafkaException: the brokers did not answer within ``timeout`` seconds (try again).
     """
-    consumer = Consumer(
-        {
-            **config,
-            "group.id": "tidings-relay-tail",  # required by the client; nothing is committed under it
-            "isolation.level": "read_committed",
-            "enable.auto.commit": False,
-            "enable.partition.eof": True,
-            "auto.offset.reset": "earliest",
-        }
-    )
+    settings = {
+        **config,
+        "group.id": "tidings-relay-tail",  # required by the client; nothing is committed under it
+        "enable.auto.commit": False,
+        "enable.partition.eof": True,
+        "auto.offset.reset": "earliest",
+    }
+    consumer = Consumer({**settings, "isolation.level": "read_committed"})
+    # Its end offsets are the partitions' true ends; the read_committed consumer's are the stable ones.
+    ends = Consumer({**settings, "isolation.level": "read_uncommitted"})
     try:
-        pending: list[_Partition] = []
+        partitions: list[_Partition] = []
         ever_written = False
         for topic in topics:
             for number in _partitions(consumer, topic, timeout):
                 tp = TopicPartition(topic, number)
-                low, high = consumer.get_watermark_offsets(tp, timeout=timeout, cached=False)
-                ever_written = ever_written or high > 0
-                if high > low:
-                    pending.append(_Partition(tp, low, high))
-        newest: list[TailMessage] = []
-        foreign: list[TailMessage] = []
-        ignored = 0
+                low, stable = consumer.get_watermark_offsets(tp, timeout=timeout, cached=False)
+                end = ends.get_watermark_offsets(tp, timeout=timeout, cached=False)[1]
+                if stable < end:
+                    raise TailUnsettled(topic, number, stable, end)
+                ever_written = ever_written or end > 0
+                if end > low:
+                    partitions.append(_Partition(tp, low, end))
+        found: dict[int, PartitionTail] = {}
+        partial: set[int] = set()  # found in a window that does not reach the partition's start
+        reading = list(range(len(partitions)))
         window = FIRST_WINDOW
-        while pending:
-            read = _read_back(consumer, pending, window, timeout)
-            complete = [p.high - window <= p.low for p in pending]
-            found = classify(read, complete, store=store, relay=relay, confirm=confirm, trust_own=trust_own)
-            still_pending = []
-            for partition, result in zip(pending, found, strict=True):
+        while reading:
+            read = _read_back(consumer, [partitions[i] for i in reading], window, timeout)
+            complete = [partitions[i].high - window <= partitions[i].low for i in reading]
+            results = classify(
+                read, complete, store=store, relay=relay, confirm=confirm, epoch=epoch, trust_own=trust_own
+            )
+            still = []
+            for i, whole, result in zip(reading, complete, results, strict=True):
                 if result is None:
-                    still_pending.append(partition)  # nothing own or confirmed so far: look further back
+                    still.append(i)  # nothing of the relay's so far: look further back
                     continue
-                if result.newest is not None:
-                    newest.append(result.newest)
-                foreign.extend(result.foreign)
-                ignored += result.ignored
-            pending, window = still_pending, window * 8
-        return Tail(newest, foreign, ignored, ever_written)
+                found[i] = result
+                if whole:
+                    partial.discard(i)
+                else:
+                    partial.add(i)
+            reading, window = still, window * 8
+            if not reading and partial and _position(found.values()) < at_least:
+                # The relay published further than this: copies of older messages hide its last ones,
+                # or the topics lost their end. Only the whole partitions can tell.
+                log.warning(
+                    "the tails show less than the relay recorded publishing; reading further back",
+                    extra={"found": _position(found.values()), "recorded": at_least, "window": window},
+                )
+                reading = sorted(partial)
+        return Tail(
+            [m for r in found.values() for m in r.messages],
+            [m for r in found.values() for m in r.foreign],
+            sum(r.ignored for r in found.values()),
+            ever_written,
+        )
     finally:
         consumer.close()
+        ends.close()
+
+
+def _position(found: Iterable[PartitionTail]) -> int:
+    return max((r.current.event_number or 0 for r in found if r.current is not None), default=0)
 
 
 @dataclass(frozen=True, slots=True)
 class PartitionTail:
     """What one partition's tail says."""
 
-    newest: TailMessage | None
-    """Its newest own or confirmed message."""
+    current: TailMessage | None
+    """The relay's last message: its own of the current epoch (or, in epoch 0, one the store confirms)
+    with the highest event_number."""
+    latest: TailMessage | None
+    """Its own (or confirmed) message of any epoch with the highest event_number: where the header chain
+    goes on."""
     foreign: list[TailMessage]
-    """Messages of other stores or relays newer than it."""
+    """Messages of other stores or relays newer than those."""
     ignored: int
-    """Other messages newer than it: no identity, and not confirmed."""
+    """Other messages passed over: no identity and not confirmed, copies, damaged numbers."""
+
+    @property
+    def messages(self) -> list[TailMessage]:
+        if self.latest is None or self.latest == self.current:
+            return [self.current] if self.current is not None else []
+        return [self.latest] if self.current is None else [self.current, self.latest]
 
 
 def classify(
@@ -240,26 +304,35 @@ def classify(
     store: str,
     relay: str,
     confirm: Confirm,
+    epoch: int = 0,
     trust_own: bool = True,
 ) -> list[PartitionTail | None]:
     """For each partition's window of messages, what it says; None where the window must reach further
-    back (it holds nothing own or confirmed, and does not begin at the partition's start: ``complete``).
+    back (it holds nothing of the relay's, and does not begin at the partition's start: ``complete``).
 
     Messages without identity count only once the store confirms them: one ``confirm`` call for all.
     """
     classified = [_classify(messages, store, relay, trust_own) for messages in windows]
-    asked = [_pair(m) for c in classified if c.own is None for m in c.candidates]
+    asked = [_pair(m) for c in classified for m in c.candidates]
     confirmed = set(confirm(asked)) if asked else set()
     results: list[PartitionTail | None] = []
     for c, reaches_start in zip(classified, complete, strict=True):
-        found = c.own or next((m for m in c.candidates if _pair(m) in confirmed), None)
-        if found is None and not reaches_start:
+        held = [m for m in c.candidates if _pair(m) in confirmed]
+        current = _highest([m for m in c.own if m.epoch >= epoch] or (held if epoch == 0 else []))
+        latest = _highest(c.own or held)
+        if current is None and latest is None and not reaches_start:
             results.append(None)
             continue
-        newer = [m for m in c.candidates if found is None or m.offset > found.offset]
-        foreign = [m for m in c.foreign if found is None or m.offset > found.offset]
-        results.append(PartitionTail(found, foreign, c.ignored + len(newer)))
+        mark = max((m.offset for m in (current, latest) if m is not None), default=-1)
+        passed_over = [m for m in c.own + c.candidates if m.offset > mark]
+        foreign = [m for m in c.foreign if m.offset > mark]
+        results.append(PartitionTail(current, latest, foreign, c.ignored + len(passed_over)))
     return results
+
+
+def _highest(messages: list[TailMessage]) -> TailMessage | None:
+    """The message with the highest event_number; of equal ones the first written (copies come later)."""
+    return min(messages, key=lambda m: (-(m.event_number or 0), m.offset), default=None)
 
 
 def _pair(message: TailMessage) -> tuple[int, str]:
@@ -281,30 +354,31 @@ def _partitions(consumer: Consumer, topic: str, timeout: float) -> list[int]:
 
 @dataclass
 class _Classified:
-    own: TailMessage | None
+    own: list[TailMessage]
     candidates: list[TailMessage]
     foreign: list[TailMessage]
     ignored: int
 
 
+# What a relay's message can hold: an event_number that fits PostgreSQL's bigint, and an event id.
+_LARGEST_NUMBER = 2**63 - 1
+
+
 def _classify(messages: list[TailMessage], store: str, relay: str, trust_own: bool) -> _Classified:
-    """Walk a partition's window newest first, up to its newest own message."""
-    result = _Classified(None, [], [], 0)
-    for message in sorted(messages, key=lambda m: m.offset, reverse=True):
-        if not trust_own and (message.store, message.relay) == (store, relay):
-            if message.event_number is not None and message.event_id is not None:
-                result.candidates.append(message)
-            else:
-                result.ignored += 1
-        elif message.store is not None:
-            if (message.store, message.relay) == (store, relay):
-                result.own = message
-                break
+    """Sort a partition's window: the relay's own, those the store must confirm, other stores', the rest."""
+    result = _Classified([], [], [], 0)
+    for message in messages:
+        number = message.event_number
+        whole = number is not None and 0 < number <= _LARGEST_NUMBER and message.event_id is not None
+        ours = (message.store, message.relay) == (store, relay)
+        if ours and whole:
+            (result.own if trust_own else result.candidates).append(message)
+        elif message.store is not None and not ours:
             result.foreign.append(message)
-        elif message.event_number is not None and message.event_id is not None:
+        elif whole and message.store is None:
             result.candidates.append(message)
         else:
-            result.ignored += 1
+            result.ignored += 1  # damaged: no number, a number no event can have, or no event id
     return result
 
 

@@ -870,6 +870,10 @@ class Relay:
         identity = RelayIdentity(self._identity.store, self.config.name, epoch, epoch_start)
         topics = self.routing.topics()
 
+        # It published at least as far as it recorded (in this epoch): a tail found below that is looked
+        # at further back before it is believed.
+        at_least = recorded if epoch == 0 or recorded > epoch_start else 0
+
         def tail(trust_own: bool = True) -> Tail:
             try:
                 return read_tail(
@@ -878,6 +882,8 @@ class Relay:
                     store=identity.store,
                     relay=identity.relay,
                     confirm=self._record.confirm,
+                    epoch=epoch if trust_own else 0,
+                    at_least=at_least if trust_own else 0,
                     timeout=self.config.transaction_timeout,
                     trust_own=trust_own,
                 )

@@ -44,6 +44,10 @@ __all__ = [
 log = logging.getLogger("eventstore.relay")
 
 
+def _bigint(number: int | None) -> int | None:
+    return number if number is not None and -(2**63) <= number < 2**63 else None
+
+
 class InvalidResumePoint(EventStoreError, ValueError):
     """``resume_after`` was given a position the store cannot resume from."""
 
@@ -274,7 +278,8 @@ class RelayRecord:
             "name": self.name,
             "verdict": "ok" if problem is None else problem.verdict,
             "problem": "" if problem is None else str(problem),
-            "event": None if problem is None else problem.event_number,
+            # A made-up number may not fit the column; the text still names it.
+            "event": None if problem is None else _bigint(problem.event_number),
         }
         with self.store.connection() as conn:
             conn.execute(self._sql.report, params)

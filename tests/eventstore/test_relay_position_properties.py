@@ -65,8 +65,23 @@ def histories(draw: st.DrawFn) -> tuple[dict[int, str], int, list[list[TailMessa
     return ids, published, [partitions[place] for place in places], last_on_topic
 
 
-def _junk(draw: st.DrawFn, topic: str, partition: int, offset: int, ids: dict[int, str]) -> TailMessage:
-    kind = draw(st.sampled_from(["bytes", "huge", "reused number", "damaged identity", "copied id"]))
+def _junk(
+    draw: st.DrawFn,
+    topic: str,
+    partition: int,
+    offset: int,
+    ids: dict[int, str],
+    before: list[TailMessage] = (),  # type: ignore[assignment]
+) -> TailMessage:
+    kinds = ["bytes", "huge", "reused number", "damaged identity", "copied id", "own, damaged", "own, huge"]
+    kind = draw(st.sampled_from([*kinds, "own copy"] if before else kinds))
+    if kind == "own copy":
+        # A replayed copy of one of the relay's own earlier messages of this partition, byte for byte.
+        original = draw(st.sampled_from(before))
+        return _at(original, offset)
+    if kind in ("own, damaged", "own, huge"):
+        number = None if kind == "own, damaged" else draw(st.integers(2**63, 2**70))
+        return TailMessage(topic, partition, offset, number, str(uuid.uuid4()), STORE, "default")
     number: int | None = None
     event_id: str | None = None
     if kind == "huge":
@@ -91,10 +106,10 @@ def with_junk(draw: st.DrawFn) -> tuple[dict[int, str], int, list[list[TailMessa
         out: list[TailMessage] = []
         for message in messages:
             for _ in range(draw(st.integers(0, 2))):
-                out.append(_junk(draw, topic, partition, len(out), ids))
+                out.append(_junk(draw, topic, partition, len(out), ids, [m for m in out if m.store]))
             out.append(_at(message, len(out)))
         for _ in range(draw(st.integers(0, 4))):
-            out.append(_junk(draw, topic, partition, len(out), ids))
+            out.append(_junk(draw, topic, partition, len(out), ids, [m for m in out if m.store]))
         mixed.append(out)
     return ids, published, mixed, last_on_topic
 
@@ -117,7 +132,7 @@ def _tail(partitions: list[list[TailMessage]], ids: dict[int, str], ever_written
     found = classify(
         partitions, [True] * len(partitions), store=STORE, relay="default", confirm=_confirm(ids)
     )
-    newest = [r.newest for r in found if r is not None and r.newest is not None]
+    newest = [m for r in found if r is not None for m in r.messages]
     foreign = [m for r in found if r is not None for m in r.foreign]
     ignored = sum(r.ignored for r in found if r is not None)
     return Tail(newest, foreign, ignored, ever_written and any(partitions))
