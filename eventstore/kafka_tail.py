@@ -31,7 +31,8 @@ from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, TopicCollection, TopicPartition
+from confluent_kafka.admin import AdminClient
 
 from eventstore.relay_problems import RelayProblem
 
@@ -53,6 +54,7 @@ __all__ = [
     "parse_previous",
     "previous_header",
     "read_tail",
+    "topic_ids",
 ]
 
 EVENT_NUMBER_HEADER = "event_number"
@@ -153,6 +155,8 @@ class Tail:
     """Messages passed over: no identity, and the store does not confirm them."""
     ever_written: bool
     """Whether any partition has ever held a message (its end offset is above zero)."""
+    trimmed: frozenset[str] = frozenset()
+    """Topics retention (or DeleteRecords) has removed messages from: a partition starts above offset 0."""
 
     def own(self, store: str, relay: str) -> list[TailMessage]:
         """The newest messages that carry this store's and relay's identity (the store must agree)."""
@@ -221,6 +225,7 @@ def read_tail(
     try:
         partitions: list[_Partition] = []
         ever_written = False
+        trimmed: set[str] = set()
         for topic in topics:
             for number in _partitions(consumer, topic, timeout):
                 tp = TopicPartition(topic, number)
@@ -229,6 +234,8 @@ def read_tail(
                 if stable < end:
                     raise TailUnsettled(topic, number, stable, end)
                 ever_written = ever_written or end > 0
+                if low > 0:
+                    trimmed.add(topic)
                 if end > low:
                     partitions.append(_Partition(tp, low, end))
         found: dict[int, PartitionTail] = {}
@@ -265,10 +272,32 @@ def read_tail(
             [m for r in found.values() for m in r.foreign],
             sum(r.ignored for r in found.values()),
             ever_written,
+            frozenset(trimmed),
         )
     finally:
         consumer.close()
         ends.close()
+
+
+def topic_ids(config: Mapping[str, Any], topics: Iterable[str], timeout: float = 30.0) -> dict[str, str]:
+    """Kafka's id of each of ``topics``: a topic deleted and made again under the same name has another.
+
+    A topic Kafka will not describe is left out.
+
+    Raises:
+        KafkaException: the brokers did not answer (try again).
+    """
+    admin = AdminClient(dict(config))
+    futures = admin.describe_topics(TopicCollection(list(topics)), request_timeout=timeout)
+    found = {}
+    for topic, future in futures.items():
+        try:
+            found[topic] = str(future.result(timeout).topic_id)
+        except KafkaException as exc:
+            if exc.args[0].retriable():
+                raise
+            # No Describe permission, say: without the id, a topic made again goes unnoticed by it.
+    return found
 
 
 def _position(found: Iterable[PartitionTail]) -> int:

@@ -59,6 +59,7 @@ from eventstore.kafka_tail import (
     Tail,
     previous_header,
     read_tail,
+    topic_ids,
 )
 from eventstore.leadership import Leadership
 from eventstore.postgres.statements import notification_channel
@@ -437,6 +438,7 @@ class Relay:
         self.problem: RelayProblem | None = None
         """What stops publication now, if anything (also in ``relay_status`` and the metrics)."""
         self._suspected: tuple[type[RelayProblem], int | None] | None = None
+        self._complete_ids: tuple[dict[str, str], int] | None = None
         self._problem_wait = FIRST_PROBLEM_WAIT_SECONDS
         self._verdict_cleared = False
         self._connection: dict[str, str | int | float | bool] = {
@@ -866,13 +868,21 @@ class Relay:
         Raises:
             RelayProblem: the tail cannot be trusted (``relay_position.decide_resume`` says why).
         """
-        recorded, epoch, epoch_start = self._record.recorded()
+        recorded, epoch, epoch_start, known_ids = self._record.recorded()
         identity = RelayIdentity(self._identity.store, self.config.name, epoch, epoch_start)
         topics = self.routing.topics()
+        ids = self._retrying(
+            "describe the topics",
+            "kafka_unavailable",
+            KafkaException,
+            lambda: topic_ids(self._connection, topics, self.config.transaction_timeout),
+        )
+        recreated = sorted(t for t in topics if t in known_ids and t in ids and known_ids[t] != ids[t])
 
         # It published at least as far as it recorded (in this epoch): a tail found below that is looked
         # at further back before it is believed.
-        at_least = recorded if epoch == 0 or recorded > epoch_start else 0
+        # (Not when a topic was made again: everything goes out again anyway.)
+        at_least = recorded if (epoch == 0 or recorded > epoch_start) and not recreated else 0
 
         def tail(trust_own: bool = True) -> Tail:
             try:
@@ -904,6 +914,7 @@ class Relay:
                 recorded=recorded,
                 topics=topics,
                 ignore_stores=self.config.ignore_stores,
+                recreated=recreated,
             )
         except (KafkaAheadOfStore, TailMismatch) as problem:
             # Read the tail again, trusting nothing the store does not confirm: where the two agree is
@@ -919,6 +930,15 @@ class Relay:
                 "the relay's topics hold messages it did not publish; passed over",
                 extra={"relay": self.identity, "messages": passed_over},
             )
+        if recreated:
+            log.warning(
+                "topics were deleted and made again since the relay last had them complete: publishing every "
+                "event again",
+                extra={"relay": self.identity, "topics": recreated},
+            )
+        # The topics' ids are recorded once the relay has published as far as it had before: a relay that
+        # dies before then finds the topics made again, again.
+        self._complete_ids = (ids, recorded) if ids != known_ids else None
         if resume.republish_from is not None:
             metrics.RELAY_REPUBLISHED.labels(*self._labels).inc(recorded - resume.position)
             log.warning(
@@ -1017,6 +1037,9 @@ class Relay:
         try:
             self._record.checkpoint(position, self._identity.epoch)
             self._checkpointed = position
+            if self._complete_ids is not None and position >= self._complete_ids[1]:
+                self._record.record_topic_ids(self._complete_ids[0])
+                self._complete_ids = None
         except EventStoreError as exc:
             metrics.RELAY_ERRORS.labels(*self._labels, "postgres").inc()
             log.warning(

@@ -10,6 +10,7 @@ truth), its leader, its verdict, and its epoch, which the operator's ``resume_af
 
 from __future__ import annotations
 
+import json
 import logging
 import uuid
 from collections.abc import Collection, Mapping, Sequence
@@ -98,6 +99,7 @@ def decide_resume(
     recorded: int,
     topics: Sequence[str],
     ignore_stores: Collection[str] = frozenset(),
+    recreated: Collection[str] = frozenset(),
 ) -> Resume:
     """Where the relay resumes, from what its topics' tail and its store say.
 
@@ -106,6 +108,9 @@ def decide_resume(
         KafkaAheadOfStore: an own message names a number above the store's newest.
         TailMismatch: an own message's event is not the one the store holds at its number.
         TailUnconfirmed: the topics were written to, but nothing left on them is confirmed as the relay's.
+
+    A topic in ``recreated`` (its Kafka id changed since the relay last had it complete) gets every event
+    again: the relay cannot tell which of its events it held.
     """
     foreign = [m for m in tail.foreign if m.store not in ignore_stores]
     if foreign:
@@ -135,26 +140,29 @@ def decide_resume(
     previous = {topic: tail.per_topic.get(topic, 0) for topic in topics}
     if current:
         newest = max(current, key=lambda m: m.event_number or 0)
-        position = min(newest.event_number or 0, _complete_up_to(newest, previous))
+        position = min(newest.event_number or 0, _complete_up_to(newest, previous, tail.trimmed))
     elif identity.epoch > 0:
         position = identity.epoch_start
     elif tail.ever_written and recorded > 0:
         raise TailUnconfirmed(recorded)
     else:
         position = 0
+    if recreated:
+        position = 0
     return Resume(position, previous, position if recorded > position else None, tail.foreign)
 
 
-def _complete_up_to(newest: TailMessage, holds: Mapping[str, int]) -> int:
+def _complete_up_to(newest: TailMessage, holds: Mapping[str, int], trimmed: Collection[str]) -> int:
     """Up to where every topic holds what the newest message says was published on it before.
 
-    A topic that holds less (recreated, or restored from an older backup, while another topic went on)
-    has lost events after the last one it holds: the relay publishes again from there. The events of
-    the other topics after that point go out a second time, under the same ids and numbers.
+    A topic that holds less (restored from an older backup while another topic went on) has lost events
+    after the last one it holds: the relay publishes again from there. The events of the other topics
+    after that point go out a second time, under the same ids and numbers. A topic retention has trimmed
+    holds less on purpose: it is left out.
     """
     complete = newest.event_number or 0
     for topic, last in (newest.previous or {}).items():
-        if topic in holds and holds[topic] < last:
+        if topic in holds and topic not in trimmed and holds[topic] < last:
             complete = min(complete, holds[topic])
     return complete
 
@@ -195,8 +203,9 @@ class _Statements:
             "WHERE name = %(name)s"
         ).format(relays)
         self.position = sql.SQL(
-            "SELECT last_event_number, epoch, epoch_start FROM {} WHERE name = %(name)s"
+            "SELECT last_event_number, epoch, epoch_start, topic_ids FROM {} WHERE name = %(name)s"
         ).format(relays)
+        self.topic_ids = sql.SQL("UPDATE {} SET topic_ids = %(ids)s WHERE name = %(name)s").format(relays)
         self.epoch = sql.SQL("SELECT epoch FROM {} WHERE name = %(name)s").format(relays)
         self.checkpoint = sql.SQL(
             "UPDATE {} SET last_event_number = %(position)s, updated_at = now() "
@@ -251,11 +260,20 @@ class RelayRecord:
         with self.store.connection() as conn:
             conn.execute(self._sql.lead, {"name": self.name, "leader": whoami})
 
-    def recorded(self) -> tuple[int, int, int]:
-        """The recorded position, the epoch and where the epoch began."""
+    def recorded(self) -> tuple[int, int, int, dict[str, str]]:
+        """The recorded position, the epoch, where the epoch began, and the topics' ids."""
         with self.store.connection() as conn:
             row = conn.execute(self._sql.position, {"name": self.name}).fetchone()
-        return (int(row[0]), int(row[1]), int(row[2])) if row else (0, 0, 0)
+        if row is None:
+            return 0, 0, 0, {}
+        return int(row[0]), int(row[1]), int(row[2]), dict(json.loads(row[3]))
+
+    def record_topic_ids(self, ids: Mapping[str, str]) -> None:
+        """The topics' ids, once the relay has them complete (every event published to them)."""
+        with self.store.connection() as conn:
+            conn.execute(
+                self._sql.topic_ids, {"name": self.name, "ids": json.dumps(dict(ids), sort_keys=True)}
+            )
 
     def epoch(self) -> int:
         with self.store.connection() as conn:

@@ -8,6 +8,8 @@ Create Date: 2026-12-07
   publish (its topics' tail disagrees with the store, another store publishes there, one event cannot be
   routed or published) and cleared when it publishes again. ``tidings relay status`` shows them; the relay
   may run in another process than the one asking.
+- ``topic_ids``: the Kafka ids of the relay's topics when it last had them complete (JSON); a topic
+  with another id was deleted and made again, and gets every event again.
 - ``epoch``, ``epoch_start``: an operator's decision (``tidings relay resume-after N``): the relay goes on
   after event_number N, and its messages from before the decision (an older epoch, in the
   ``tidings.epoch`` header) no longer say where it stands.
@@ -38,9 +40,20 @@ def upgrade() -> None:
     op.add_column(
         "relays", sa.Column("epoch_start", sa.BigInteger, nullable=False, server_default="0"), schema=schema
     )
+    op.add_column(
+        "relays", sa.Column("topic_ids", sa.Text, nullable=False, server_default="{}"), schema=schema
+    )
 
 
 def downgrade() -> None:
     schema = context.config.attributes["schema"]
-    for column in ("epoch_start", "epoch", "problem_since", "problem_event", "problem", "verdict"):
+    for column in (
+        "topic_ids",
+        "epoch_start",
+        "epoch",
+        "problem_since",
+        "problem_event",
+        "problem",
+        "verdict",
+    ):
         op.drop_column("relays", column, schema=schema)
