@@ -8,8 +8,9 @@ and place (``headers``).
 
 Exactly once, as a ``read_committed`` consumer sees it (docs/decisions/0006-exactly-once-relay.md):
 
-- every relay of a store shares one ``transactional.id``, so a new leader's ``init_transactions``
-  fences the previous leader, even one that still runs, and settles its open transaction;
+- every relay of a store shares one ``transactional.id`` (``tidings-relay.<store id>.<name>``), so a new
+  leader's ``init_transactions`` fences the previous leader, even one that still runs, and settles its
+  open transaction;
 - the new leader then reads the committed tail of its topics (``eventstore.kafka_tail``) and resumes
   after the highest event_number there: batches are committed whole and in order, so everything below
   it is published and nothing above it is;
@@ -439,6 +440,7 @@ class Relay:
         """What stops publication now, if anything (also in ``relay_status`` and the metrics)."""
         self._suspected: tuple[type[RelayProblem], int | None] | None = None
         self._complete_ids: tuple[dict[str, str], int] | None = None
+        self._transactional_id = self.identity  # until it leads and knows its store's id
         self._problem_wait = FIRST_PROBLEM_WAIT_SECONDS
         self._verdict_cleared = False
         self._connection: dict[str, str | int | float | bool] = {
@@ -511,6 +513,9 @@ class Relay:
         self._record.ensure()
         self._record.lead(self.whoami)
         self._identity = RelayIdentity(self._record.store_id(), self.config.name)
+        # The store's id, not its schema's name: two stores with one schema name in two databases (staging
+        # and production on one Kafka cluster) must not fence each other.
+        self._transactional_id = f"tidings-relay.{self._identity.store}.{self.config.name}"
         self._leadership.listen(notification_channel(self.schema))
         topics_ready = False
         producer: Producer | None = None
@@ -835,7 +840,7 @@ class Relay:
                     **self._connection,
                     "enable.idempotence": True,
                     "acks": "all",
-                    "transactional.id": self.identity,
+                    "transactional.id": self._transactional_id,
                     "transaction.timeout.ms": int(self.config.transaction_timeout * 1000),
                     **self.limits.producer_settings(),
                     # Reports only for messages Kafka refused: they name the event that stops a batch.
