@@ -28,7 +28,7 @@ import logging
 import time
 import uuid
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicCollection, TopicPartition
@@ -50,6 +50,7 @@ __all__ = [
     "TailUnreadable",
     "TailUnsettled",
     "classify",
+    "end_offsets",
     "event_number_of",
     "parse_previous",
     "previous_header",
@@ -193,6 +194,7 @@ def read_tail(
     confirm: Confirm,
     epoch: int = 0,
     at_least: int = 0,
+    boundary: Mapping[tuple[str, int], int] | None = None,
     timeout: float = 30.0,
     trust_own: bool = True,
 ) -> Tail:
@@ -204,7 +206,9 @@ def read_tail(
     after it does not hide it. While what was found lies below ``at_least`` (the position the relay
     recorded: it published at least that far), partitions are read further back, since a long run of
     copies may hide more. With ``trust_own=False`` the relay's own messages, too, count only once the
-    store confirms them: the tail is then where Kafka and the store last agree.
+    store confirms them: the tail is then where Kafka and the store last agree. ``boundary`` gives, per
+    (topic, partition), where the current epoch began: the relay's messages before it are of an older
+    epoch and those after it of the current one, whatever their ``EPOCH_HEADER`` claims.
 
     Raises:
         TailUnreadable: a topic is missing, or Kafka answers its metadata with an error that does not pass.
@@ -244,6 +248,8 @@ def read_tail(
         window = FIRST_WINDOW
         while reading:
             read = _read_back(consumer, [partitions[i] for i in reading], window, timeout)
+            if boundary:
+                read = [_placed(messages, boundary, epoch) for messages in read]
             complete = [partitions[i].high - window <= partitions[i].low for i in reading]
             results = classify(
                 read, complete, store=store, relay=relay, confirm=confirm, epoch=epoch, trust_own=trust_own
@@ -298,6 +304,38 @@ def topic_ids(config: Mapping[str, Any], topics: Iterable[str], timeout: float =
                 raise
             # No Describe permission, say: without the id, a topic made again goes unnoticed by it.
     return found
+
+
+def end_offsets(
+    config: Mapping[str, Any], topics: Iterable[str], timeout: float = 30.0
+) -> dict[tuple[str, int], int]:
+    """Where each partition of ``topics`` ends now (its next offset).
+
+    Raises:
+        TailUnreadable: a topic is missing or cannot be described.
+        KafkaException: the brokers did not answer (try again).
+    """
+    consumer = Consumer({**config, "group.id": "tidings-relay-tail", "isolation.level": "read_uncommitted"})
+    try:
+        return {
+            (topic, number): consumer.get_watermark_offsets(
+                TopicPartition(topic, number), timeout=timeout, cached=False
+            )[1]
+            for topic in topics
+            for number in _partitions(consumer, topic, timeout)
+        }
+    finally:
+        consumer.close()
+
+
+def _placed(
+    messages: list[TailMessage], boundary: Mapping[tuple[str, int], int], epoch: int
+) -> list[TailMessage]:
+    """The messages with the epoch their place gives them: before the boundary, an older one."""
+    return [
+        replace(m, epoch=epoch if m.offset >= boundary.get((m.topic, m.partition), 0) else epoch - 1)
+        for m in messages
+    ]
 
 
 def _position(found: Iterable[PartitionTail]) -> int:

@@ -58,6 +58,7 @@ from eventstore.kafka_tail import (
     RELAY_HEADER,
     STORE_HEADER,
     Tail,
+    end_offsets,
     previous_header,
     read_tail,
     topic_ids,
@@ -873,15 +874,31 @@ class Relay:
         Raises:
             RelayProblem: the tail cannot be trusted (``relay_position.decide_resume`` says why).
         """
-        recorded, epoch, epoch_start, known_ids = self._record.recorded()
+        row = self._record.recorded()
+        recorded, epoch, epoch_start, known_ids = row.position, row.epoch, row.epoch_start, row.topic_ids
         identity = RelayIdentity(self._identity.store, self.config.name, epoch, epoch_start)
         topics = self.routing.topics()
+        timeout = self.config.transaction_timeout
         ids = self._retrying(
             "describe the topics",
             "kafka_unavailable",
             KafkaException,
-            lambda: topic_ids(self._connection, topics, self.config.transaction_timeout),
+            lambda: topic_ids(self._connection, topics, timeout),
         )
+        boundary = row.boundary(ids)
+        if epoch > 0 and boundary is None:
+            # Taking the operator's decision: what the partitions hold now is of the epochs before it,
+            # whatever epoch their headers claim (a store restored from an older backup, a forged header).
+            ends = self._retrying(
+                "read where the partitions end",
+                "kafka_unavailable",
+                KafkaException,
+                lambda: end_offsets(self._connection, topics, timeout),
+            )
+            self._record.record_epoch_offsets(
+                epoch, {f"{ids[t]}/{p}": offset for (t, p), offset in ends.items() if t in ids}
+            )
+            boundary = {(t, p): offset for (t, p), offset in ends.items() if t in ids}
         recreated = sorted(t for t in topics if t in known_ids and t in ids and known_ids[t] != ids[t])
 
         # It published at least as far as it recorded (in this epoch): a tail found below that is looked
@@ -899,6 +916,7 @@ class Relay:
                     confirm=self._record.confirm,
                     epoch=epoch if trust_own else 0,
                     at_least=at_least if trust_own else 0,
+                    boundary=boundary if trust_own else None,
                     timeout=self.config.transaction_timeout,
                     trust_own=trust_own,
                 )

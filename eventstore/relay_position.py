@@ -16,6 +16,7 @@ import uuid
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 
 from psycopg import sql
 
@@ -32,6 +33,7 @@ from eventstore.relay_problems import (
 
 __all__ = [
     "InvalidResumePoint",
+    "Recorded",
     "RelayIdentity",
     "RelayRecord",
     "RelayStatus",
@@ -203,7 +205,11 @@ class _Statements:
             "WHERE name = %(name)s"
         ).format(relays)
         self.position = sql.SQL(
-            "SELECT last_event_number, epoch, epoch_start, topic_ids FROM {} WHERE name = %(name)s"
+            "SELECT last_event_number, epoch, epoch_start, topic_ids, epoch_offsets FROM {} "
+            "WHERE name = %(name)s"
+        ).format(relays)
+        self.epoch_offsets = sql.SQL(
+            "UPDATE {} SET epoch_offsets = %(offsets)s WHERE name = %(name)s AND epoch = %(epoch)s"
         ).format(relays)
         self.topic_ids = sql.SQL("UPDATE {} SET topic_ids = %(ids)s WHERE name = %(name)s").format(relays)
         self.epoch = sql.SQL("SELECT epoch FROM {} WHERE name = %(name)s").format(relays)
@@ -221,6 +227,7 @@ class _Statements:
             "INSERT INTO {} AS r (name, last_event_number, epoch, epoch_start) "
             "VALUES (%(name)s, %(position)s, 1, %(position)s) ON CONFLICT (name) DO UPDATE "
             "SET epoch = r.epoch + 1, epoch_start = %(position)s, last_event_number = %(position)s, "
+            "epoch_offsets = '{{}}', "
             "updated_at = now() RETURNING epoch"
         ).format(relays)
         self.status = sql.SQL(
@@ -234,6 +241,31 @@ class _Statements:
             "SELECT o.event_number, e.event_id::text FROM {} o JOIN {} e ON e.id = o.id "
             "WHERE o.event_number = ANY(%(numbers)s)"
         ).format(sql.Identifier(schema, "event_order"), sql.Identifier(schema, "events"))
+
+
+@dataclass(frozen=True, slots=True)
+class Recorded:
+    """A relay's row, as it resumes."""
+
+    position: int
+    epoch: int
+    epoch_start: int
+    topic_ids: dict[str, str]
+    epoch_offsets: dict[str, Any]
+    """``{"epoch": E, "offsets": {"<topic id>/<partition>": offset}}`` once the relay took epoch E."""
+
+    def boundary(self, ids: Mapping[str, str]) -> dict[tuple[str, int], int] | None:
+        """Where the current epoch began per (topic, partition) of the topics as they are now (``ids``),
+        or None if the relay has not taken this epoch yet (or it is epoch 0)."""
+        if self.epoch == 0 or self.epoch_offsets.get("epoch") != self.epoch:
+            return None
+        topics = {topic_id: topic for topic, topic_id in ids.items()}
+        found = {}
+        for key, offset in self.epoch_offsets.get("offsets", {}).items():
+            topic_id, _, partition = key.rpartition("/")
+            if topic_id in topics:  # a topic made again since starts its epoch at its start
+                found[(topics[topic_id], int(partition))] = int(offset)
+        return found
 
 
 class RelayRecord:
@@ -260,13 +292,19 @@ class RelayRecord:
         with self.store.connection() as conn:
             conn.execute(self._sql.lead, {"name": self.name, "leader": whoami})
 
-    def recorded(self) -> tuple[int, int, int, dict[str, str]]:
-        """The recorded position, the epoch, where the epoch began, and the topics' ids."""
+    def recorded(self) -> Recorded:
+        """What the row says: the position, the epoch, the topics' ids and where the epoch began."""
         with self.store.connection() as conn:
             row = conn.execute(self._sql.position, {"name": self.name}).fetchone()
         if row is None:
-            return 0, 0, 0, {}
-        return int(row[0]), int(row[1]), int(row[2]), dict(json.loads(row[3]))
+            return Recorded(0, 0, 0, {}, {})
+        return Recorded(int(row[0]), int(row[1]), int(row[2]), dict(json.loads(row[3])), json.loads(row[4]))
+
+    def record_epoch_offsets(self, epoch: int, offsets: Mapping[str, int]) -> None:
+        """Where each partition (``<topic id>/<partition>``) ended when the relay took epoch ``epoch``."""
+        document = json.dumps({"epoch": epoch, "offsets": dict(offsets)}, sort_keys=True)
+        with self.store.connection() as conn:
+            conn.execute(self._sql.epoch_offsets, {"name": self.name, "epoch": epoch, "offsets": document})
 
     def record_topic_ids(self, ids: Mapping[str, str]) -> None:
         """The topics' ids, once the relay has them complete (every event published to them)."""

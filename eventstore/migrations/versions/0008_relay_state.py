@@ -11,8 +11,9 @@ Create Date: 2026-12-07
 - ``topic_ids``: the Kafka ids of the relay's topics when it last had them complete (JSON); a topic
   with another id was deleted and made again, and gets every event again.
 - ``epoch``, ``epoch_start``: an operator's decision (``tidings relay resume-after N``): the relay goes on
-  after event_number N, and its messages from before the decision (an older epoch, in the
-  ``tidings.epoch`` header) no longer say where it stands.
+  after event_number N, and its messages from before the decision no longer say where it stands.
+- ``epoch_offsets``: where each partition ended when the relay took the decision (JSON, by topic id):
+  what lies before is of an older epoch, whatever its ``tidings.epoch`` header claims.
 """
 
 from __future__ import annotations
@@ -43,11 +44,15 @@ def upgrade() -> None:
     op.add_column(
         "relays", sa.Column("topic_ids", sa.Text, nullable=False, server_default="{}"), schema=schema
     )
+    op.add_column(
+        "relays", sa.Column("epoch_offsets", sa.Text, nullable=False, server_default="{}"), schema=schema
+    )
 
 
 def downgrade() -> None:
     schema = context.config.attributes["schema"]
     for column in (
+        "epoch_offsets",
         "topic_ids",
         "epoch_start",
         "epoch",
