@@ -15,12 +15,13 @@ that state (:class:`~eventstore.errors.StoreMoved` at start-up, a report while r
    streams' last keys, are lowered below the cluster's horizon. A numbered event's key only has to stay
    at or before the cursor, which the old cursor, far above, still is; so this is safe at any time, and
    it is the long part (an UPDATE of every event), done without holding appends back.
-2. In one transaction that appends wait for: every event not numbered yet is numbered, in its old
-   (order_xid, id) order: those committed before the move first, then any appended since (each stream's
-   order kept); the few keys still above the horizon are lowered; the cursor is set after every event,
-   so that new appends (stamped with this cluster's ids, all at or above the horizon) come after
-   everything numbered; the events' id sequence is moved past the highest id if it lags (logical
-   replication does not copy sequences).
+2. In one transaction that appends wait for: every event not numbered yet is numbered, those keyed by
+   the other cluster first, each in its old (order_xid, id) order, then those keyed by this one; within
+   a stream, always in version order (appends made during step 1 carry old, lowered and new keys mixed,
+   so the keys alone would not keep it); the few keys still above the horizon are lowered; the cursor
+   is set after every event, so that new appends (stamped with this cluster's ids, all at or above the
+   horizon) come after everything numbered; the events' id sequence is moved past the highest id if it
+   lags (logical replication does not copy sequences).
 3. VACUUM takes the old index entries away (until then, every look of the sequencer steps over them).
 
 Nothing already numbered changes its number. ``tidings migrate`` runs it after the migrations, and
@@ -57,19 +58,32 @@ FROM {sequencer} q CROSS JOIN (SELECT pg_snapshot_xmax(pg_current_snapshot()) AS
 WHERE q.singleton
 """
 
-# Pre-move events (after the cursor) first, in their old order; then events that sort at or before the
-# cursor although unnumbered, which only an append made after the move can be (a new stream stamped with
-# this cluster's low id). Within a stream, keys never go down, so each stream keeps its order.
+# Every event not numbered yet, in an order that keeps each stream's versions whatever the keys say. The
+# keys alone cannot be trusted here: an append after the move to a stream whose last event was numbered
+# inherits that event's old key (at or before the cursor), and once step 1 has lowered the stream's last
+# key the next append to it is stamped with this cluster's low id, below the inherited one; step 1's
+# batches pass over rows and streams that writers hold, so one stream can carry old keys, lowered keys and
+# this cluster's ids in any mix. So: rank every waiting event by (stamped by the other cluster first, key,
+# id), which puts the events committed before the move in their old order ahead of the appends stamped by
+# this cluster; give each event the highest rank of its stream's waiting events up to its version; number
+# by (that rank, version). Within a stream the rank never goes down and ties fall to the version; ranks of
+# two streams never tie (each is one event's own rank).
 _NUMBER_THE_REST = """
 WITH state AS (
-    SELECT last_event_number, cursor_xid, cursor_id FROM {sequencer} WHERE singleton
-), pending AS (
-    SELECT e.id,
+    SELECT last_event_number FROM {sequencer} WHERE singleton
+), ranked AS (
+    SELECT e.id, e.stream_id, e.stream_version,
            row_number() OVER (
-               ORDER BY (e.order_xid, e.id) <= (s.cursor_xid, s.cursor_id), e.order_xid, e.id
-           ) AS rn
-    FROM {events} e CROSS JOIN state s
+               ORDER BY e.order_xid < pg_snapshot_xmax(pg_current_snapshot()), e.order_xid, e.id
+           ) AS rank
+    FROM {events} e
     WHERE NOT EXISTS (SELECT 1 FROM {event_order} o WHERE o.id = e.id)
+), kept AS (
+    SELECT id, stream_version,
+           max(rank) OVER (PARTITION BY stream_id ORDER BY stream_version) AS rank
+    FROM ranked
+), pending AS (
+    SELECT id, row_number() OVER (ORDER BY rank, stream_version) AS rn FROM kept
 )
 INSERT INTO {event_order} (event_number, id)
 SELECT s.last_event_number + p.rn, p.id FROM pending p CROSS JOIN state s

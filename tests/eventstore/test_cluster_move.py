@@ -251,6 +251,45 @@ def test_writers_during_and_after_the_rebase_lose_nothing(
         assert numbers == sorted(numbers), f"stream {stream} numbered out of its order"
 
 
+def _lower_the_streams_keys(config: StoreConfig) -> None:
+    """What step 1's streams' batches do (the events' batches having passed before the appends came)."""
+    with psycopg.connect(config.url) as conn:
+        low = "(pg_snapshot_xmin(pg_current_snapshot())::text::bigint - 1)::text::xid8"
+        conn.execute(
+            sql.SQL("UPDATE {} SET last_xid = " + low).format(sql.Identifier(config.schema, "streams"))
+        )
+
+
+def test_appends_made_while_the_keys_are_lowered_are_numbered_in_their_streams_order(
+    config: StoreConfig, writer: PostgresEventStore
+) -> None:
+    numbered_before = [_append(writer, s, f"n{i}") for i, s in enumerate("abab")]
+    assert writer.sequencer.catch_up() == len(numbered_before)
+    waiting = [_append(writer, "b", "w0")]
+    move_to_a_younger_cluster(config)
+    # a's last event is numbered, so its appends inherit that event's old key, before the cursor; b's
+    # inherit its waiting event's key, after the cursor; c is new (this cluster's id).
+    inherited = [_append(writer, s, f"i{i}") for i, s in enumerate("aabc")]
+    _lower_the_streams_keys(config)
+    # Stamped with this cluster's ids, far below the keys the streams' earlier appends inherited.
+    lowered = [_append(writer, s, f"l{i}") for i, s in enumerate("abca")]
+
+    report = rebase(config)
+    assert report.rebased
+    assert report.numbered == len(waiting) + len(inherited) + len(lowered)
+    with PostgresEventStore(config, sequencer_poll_interval=0.02) as store:
+        after = [_append(store, s, f"r{i}") for i, s in enumerate("abcd")]
+        total = len(numbered_before) + len(waiting) + len(inherited) + len(lowered) + len(after)
+        events = _wait_numbered(store, total)
+        in_stream_order = {s: [e.event_number for e in store.stream_forward(s)] for s in "abcd"}
+
+    assert [e.event_number for e in events] == list(range(1, total + 1))
+    assert [e.event_id for e in events[: len(numbered_before)]] == [e.event_id for e in numbered_before]
+    assert [e.event_id for e in events[-len(after) :]] == [e.event_id for e in after]
+    for stream, numbers in in_stream_order.items():
+        assert numbers == sorted(numbers), f"stream {stream} numbered out of its order: {numbers}"
+
+
 def _wait_for(condition: Callable[[], bool], what: str) -> None:
     deadline = time.monotonic() + DEADLINE
     while not condition():
