@@ -353,7 +353,7 @@ class PartitionTail:
     """Its own (or confirmed) message of any epoch with the highest event_number: where the header chain
     goes on."""
     foreign: list[TailMessage]
-    """Messages of other stores or relays newer than those."""
+    """Messages of other stores or relays in the window read."""
     ignored: int
     """Other messages passed over: no identity and not confirmed, copies, damaged numbers."""
 
@@ -392,7 +392,7 @@ def classify(
             continue
         mark = max((m.offset for m in (current, latest) if m is not None), default=-1)
         passed_over = [m for m in c.own + c.candidates if m.offset > mark]
-        foreign = [m for m in c.foreign if m.offset > mark]
+        foreign = c.foreign  # wherever they are in the window: two histories in one topic either way
         results.append(PartitionTail(current, latest, foreign, c.ignored + len(passed_over)))
     return results
 

@@ -181,6 +181,9 @@ class RelayConfig:
             test, an old copy): the relay passes over them instead of refusing to publish.
         problem_retry: seconds between attempts while a problem stops publication
             (``eventstore.relay_problems``).
+        tail_check_interval: seconds between looks at the topics' tails while publishing, for messages
+            of another store or relay (also right after the first batch into topics without messages of
+            the relay's: two relays that start together on empty topics find each other).
     """
 
     bootstrap_servers: str
@@ -202,6 +205,7 @@ class RelayConfig:
     transaction_timeout: float = 60.0
     ignore_stores: frozenset[str] = frozenset()
     problem_retry: float = 5.0
+    tail_check_interval: float = 60.0
 
     def __post_init__(self) -> None:
         if not self.bootstrap_servers:
@@ -220,9 +224,19 @@ class RelayConfig:
             raise ConfigurationError(
                 "partitions and replication_factor must be positive, or -1 for the broker's"
             )
-        if min(self.standby_poll, self.poll_interval, self.transaction_timeout, self.problem_retry) <= 0:
+        if (
+            min(
+                self.standby_poll,
+                self.poll_interval,
+                self.transaction_timeout,
+                self.problem_retry,
+                self.tail_check_interval,
+            )
+            <= 0
+        ):
             raise ConfigurationError(
-                "standby_poll, poll_interval, transaction_timeout and problem_retry must be positive"
+                "standby_poll, poll_interval, transaction_timeout, problem_retry and tail_check_interval "
+                "must be positive"
             )
         for store in self.ignore_stores:
             try:
@@ -344,7 +358,7 @@ def _trace_context(metadata: bytes) -> Headers:
     # W3C trace context kept in the metadata by the writer, repeated where tracing tools look for it.
     try:
         document = json.loads(metadata)
-    except ValueError:
+    except (ValueError, RecursionError):  # not JSON, or nested deeper than the parser goes
         return []
     if not isinstance(document, dict):
         return []
@@ -441,6 +455,7 @@ class Relay:
         """What stops publication now, if anything (also in ``relay_status`` and the metrics)."""
         self._suspected: tuple[type[RelayProblem], int | None] | None = None
         self._complete_ids: tuple[dict[str, str], int] | None = None
+        self._next_tail_check = 0.0
         self._transactional_id = self.identity  # until it leads and knows its store's id
         self._problem_wait = FIRST_PROBLEM_WAIT_SECONDS
         self._verdict_cleared = False
@@ -567,6 +582,32 @@ class Relay:
         if self._stopping.wait(wait) or not self._leadership.check():
             raise _Stopped
 
+    def _foreign_on_tail(self) -> bool:
+        """Whether another store or relay has published on the topics (while this relay publishes)."""
+        identity = self._identity
+        tail = self._retrying(
+            "read the topics' tails",
+            "kafka_unavailable",
+            KafkaException,
+            lambda: read_tail(
+                self._connection,
+                self.routing.topics(),
+                store=identity.store,
+                relay=identity.relay,
+                confirm=self._record.confirm,
+                epoch=identity.epoch,
+                timeout=self.config.transaction_timeout,
+            ),
+        )
+        ignored = self.config.ignore_stores
+        found = [m for m in tail.foreign if m.store not in ignored or m.store == identity.store]
+        if found:
+            log.warning(
+                "another store or relay publishes on the relay's topics",
+                extra={"relay": self.identity, "origins": sorted({m.origin for m in found})},
+            )
+        return bool(found)
+
     def _report_problem(self, problem: RelayProblem | None) -> None:
         """Make ``problem`` (None: none any more) visible: log, metrics, and the verdict in PostgreSQL."""
         before, self.problem = self.problem, problem
@@ -636,6 +677,11 @@ class Relay:
                     continue
                 if published < len(events):
                     _discard(upcoming)  # it reads after the whole batch; the rest of the batch comes first
+                if time.monotonic() >= self._next_tail_check:
+                    self._next_tail_check = time.monotonic() + self.config.tail_check_interval
+                    if self._foreign_on_tail():
+                        _discard(upcoming)
+                        raise _Resume  # where it says why, and waits
                 if self.problem is not None or self._suspected is not None:
                     self._report_problem(None)
                 after = events[published - 1].event_number
@@ -653,11 +699,14 @@ class Relay:
             _discard(upcoming)
 
     def _read(self, start: int) -> list[OutgoingEvent]:
+        # While an event stops publication, it is tried alone: a whole batch behind it would be sent and
+        # aborted at each attempt, holding back read_committed readers of every partition meanwhile.
+        count = 1 if self.problem is not None else self.config.batch_size
         rows = self._retrying(
             "read the store",
             "postgres",
             EventStoreError,
-            lambda: self.store._relay_batch(start, self.config.batch_size, self.config.batch_bytes),
+            lambda: self.store._relay_batch(start, count, self.config.batch_bytes),
         )
         return [OutgoingEvent(*row) for row in rows]
 
@@ -712,6 +761,7 @@ class Relay:
                 for i, event in enumerate(events):
                     try:
                         topic, key = route(event.recorded() if self._recorded_keys else event)
+                        message_headers = self._headers(event, previous)
                     except Exception as exc:  # the user's key function: anything may come out of it
                         if i == 0:
                             self._abort(producer)
@@ -721,7 +771,7 @@ class Relay:
                         raise _Narrow(i) from exc
                     routes.append((topic, key))
                     producing = i
-                    self._produce(producer, topic, key, event, previous_header(previous), i, refused)
+                    self._produce(producer, topic, key, event, message_headers, i, refused)
                     previous[topic] = event.event_number
                 producing = None
                 before_commit()
@@ -755,9 +805,14 @@ class Relay:
                         if routes
                         else self.routing.route(event.recorded() if self._recorded_keys else event)
                     )
-                    reason = next((e.str() for i, e in refused if i == 0), error.str())
+                    cause = next((e for i, e in refused if i == 0 and e.code() in _REFUSALS), error)
                     raise EventUnpublishable(
-                        event.event_number, event.event_id, topic, _message_size(event, key), reason
+                        event.event_number,
+                        event.event_id,
+                        topic,
+                        _message_size(event, key),
+                        cause.str(),
+                        cause.name(),
                     ) from exc
                 else:
                     # Kafka refuses whole record batches: the refused event is at ``first`` or after
@@ -770,14 +825,10 @@ class Relay:
         topic: str,
         key: bytes,
         event: OutgoingEvent,
-        previous: str,
+        message_headers: Headers,
         index: int,
         refused: list[tuple[int, KafkaError]],
     ) -> None:
-        message_headers = headers(event)
-        message_headers.append((PREVIOUS_HEADER, previous))
-        message_headers.extend(self._identity_headers)
-
         def failed(error: KafkaError | None, _: object) -> None:
             if error is not None:
                 refused.append((index, error))
@@ -788,6 +839,12 @@ class Relay:
                 return
             except BufferError:
                 producer.poll(0.05)  # the local queue is full: let requests drain
+
+    def _headers(self, event: OutgoingEvent, previous: Mapping[str, int]) -> Headers:
+        found = headers(event)
+        found.append((PREVIOUS_HEADER, previous_header(previous)))
+        found.extend(self._identity_headers)
+        return found
 
     def _commit(self, producer: Producer, events: list[OutgoingEvent]) -> None:
         while True:
@@ -970,6 +1027,10 @@ class Relay:
                 extra={"relay": self.identity, "kafka": resume.position, "recorded": recorded},
             )
         self._identity = identity
+        # Topics without a message of the relay's are looked at again right after its first batch: another
+        # relay that started at the same moment on them shows there.
+        fresh = not any(identity.owns(m) for m in found.newest)
+        self._next_tail_check = 0.0 if fresh else time.monotonic() + self.config.tail_check_interval
         self._identity_headers = [
             (STORE_HEADER, identity.store),
             (RELAY_HEADER, identity.relay),

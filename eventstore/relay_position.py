@@ -114,9 +114,10 @@ def decide_resume(
     A topic in ``recreated`` (its Kafka id changed since the relay last had it complete) gets every event
     again: the relay cannot tell which of its events it held.
     """
-    foreign = [m for m in tail.foreign if m.store not in ignore_stores]
+    # Ignoring a store is for other stores: another relay of this one is never a leftover.
+    foreign = [m for m in tail.foreign if m.store not in ignore_stores or m.store == identity.store]
     if foreign:
-        raise ForeignMessages([m.origin for m in foreign], sorted({m.topic for m in foreign}))
+        raise ForeignMessages([m.origin for m in foreign], sorted({m.topic for m in foreign}), identity.store)
     current: list[TailMessage] = []
     ahead = [
         m.event_number or 0

@@ -98,14 +98,19 @@ class ForeignMessages(RelayProblem):
 
     verdict = "foreign_store"
 
-    def __init__(self, origins: list[str], topics: list[str]) -> None:
+    def __init__(self, origins: list[str], topics: list[str], own_store: str = "") -> None:
         stores = sorted({origin.split(",")[0].removeprefix("store ") for origin in origins})
+        others = [store for store in stores if store != own_store]
+        remedy = (
+            "If those messages are known leftovers (a test, an old copy), start the relay with "
+            + " ".join(f"--ignore-store {store}" for store in others)
+            if others
+            else "Another relay of this store publishes there: give the relays' routings topics of their own"
+        )
         super().__init__(
             f"topics {', '.join(sorted(topics))} hold messages of {'; '.join(sorted(set(origins)))}: two "
             "stores (or two relays) publishing to one topic mix two histories that no consumer can tell "
-            "apart. Give each store its own app name (`tidings relay --app`) or routing. If those messages "
-            "are known leftovers (a test, an old copy), start the relay with "
-            + " ".join(f"--ignore-store {store}" for store in stores)
+            f"apart. Give each store its own app name (`tidings relay --app`) or routing. {remedy}"
         )
         self.stores = stores
 
@@ -127,30 +132,47 @@ class TailUnconfirmed(RelayProblem):
 
 
 class EventUnroutable(RelayProblem):
-    """The routing (a key function of the user's) raised for an event."""
+    """The routing (a key function of the user's), or building the event's message, raised."""
 
     verdict = "blocked"
 
     def __init__(self, event_number: int, event_id: str, stream_id: str, error: BaseException) -> None:
         super().__init__(
-            f"the routing raised {type(error).__name__}: {error} for event_number {event_number} "
-            f"(event {event_id} of stream {stream_id}). Events after it wait, in order: fix the routing "
-            "(its key function) and restart the relay",
+            f"routing event_number {event_number} (event {event_id} of stream {stream_id}) or building "
+            f"its message raised {type(error).__name__}: {error}. Events after it wait, in order: fix the "
+            "routing (its key function) and restart the relay",
             event_number,
         )
 
 
 class EventUnpublishable(RelayProblem):
-    """Kafka refuses an event whatever the batch (too large for the topic, not authorised...)."""
+    """Kafka refuses an event whatever the batch (too large for the topic, not authorised, no topic...)."""
 
     verdict = "blocked"
 
-    def __init__(self, event_number: int, event_id: str, topic: str, size: int, reason: str) -> None:
+    def __init__(
+        self, event_number: int, event_id: str, topic: str, size: int, reason: str, code: str = ""
+    ) -> None:
         super().__init__(
             f"Kafka refuses event_number {event_number} (event {event_id}, {size} bytes with its headers) "
-            f"on topic {topic}: {reason}. Events after it wait, in order, and the relay tries again: raise "
-            "the topic's max.message.bytes (`kafka-configs.sh --alter --entity-type topics --entity-name "
-            f"{topic} --add-config max.message.bytes=N`) or grant the relay's principal Write on it",
+            f"on topic {topic}: {reason}. Events after it wait, in order, and the relay tries again: "
+            + _remedy(code, topic),
             event_number,
         )
         self.topic = topic
+
+
+def _remedy(code: str, topic: str) -> str:
+    if code in ("TOPIC_AUTHORIZATION_FAILED", "POLICY_VIOLATION"):
+        return f"grant the relay's principal Write on topic {topic} (or change the broker's policy)"
+    if code in ("UNKNOWN_TOPIC_OR_PART", "_UNKNOWN_TOPIC"):
+        return (
+            f"topic {topic} does not exist (deleted under the relay?): create it, or restart the relay, "
+            "which creates missing topics unless --no-create-topics"
+        )
+    if code in ("MSG_SIZE_TOO_LARGE", "RECORD_LIST_TOO_LARGE"):
+        return (
+            "raise the topic's max.message.bytes (`kafka-configs.sh --alter --entity-type topics "
+            f"--entity-name {topic} --add-config max.message.bytes=N`)"
+        )
+    return "fix what the reason names"

@@ -245,7 +245,7 @@ def _from_metadata(field: str) -> Callable[[Routable], bytes]:
     def key(event: Routable) -> bytes:
         try:
             value = json.loads(event.metadata).get(field)
-        except (ValueError, AttributeError):
+        except (ValueError, AttributeError, RecursionError):
             value = None
         if value is None:
             log.warning(

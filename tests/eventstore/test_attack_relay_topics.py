@@ -268,12 +268,16 @@ def test_two_relays_with_different_names_started_together_on_one_topic_do_not_bo
         "both relays",
     )
     more = append_events(event_store, streams=3, per_stream=1, prefix="more")
+    # Two relays that find each other's messages both stop and say why (which history is right is the
+    # operator's call: docs/relay.md); a relay that found none goes on.
     wait_until(
         lambda: (
-            a.last_published == len(appended) + len(more) or b.last_published == len(appended) + len(more)
+            a.last_published == len(appended) + len(more)
+            or b.last_published == len(appended) + len(more)
+            or "ok" not in {_verdict(event_store, "default"), _verdict(event_store, "second")}
         ),
         30,
-        "one relay goes on",
+        "one relay goes on, or both say why they stopped",
     )
     seen = read_to_end(kafka_namespace.bootstrap_servers, [topic])
     verdicts = {_verdict(event_store, "default"), _verdict(event_store, "second")}
@@ -323,12 +327,15 @@ def test_a_relay_blocked_on_a_refused_event_does_not_hold_back_read_committed_re
     # While blocked, the relay tries the refused event again every problem_retry seconds. Its attempts
     # must not keep a transaction open on the partition: read_committed readers (a consumer waiting for
     # the partition's end, the lag it reports, read_to_end here) would never reach the partition's end.
+    # (Each attempt is one event alone, aborted, which leaves a marker on the partition: a retry every
+    # fraction of a second keeps moving the end a reader chases, so this test retries every 2 s; the
+    # default is 5.)
     topic = kafka_namespace.topic("events")
     gate = threading.Event()
     config = RelayConfig(
         kafka_namespace.bootstrap_servers,
         routing=Routing(topic, key=_gate_key(gate)),
-        problem_retry=RETRY,
+        problem_retry=2.0,
         partitions=3,
         compression="none",
     )
