@@ -456,6 +456,7 @@ class Relay:
         self._suspected: tuple[type[RelayProblem], int | None] | None = None
         self._complete_ids: tuple[dict[str, str], int] | None = None
         self._next_tail_check = 0.0
+        self._refusals: list[KafkaError] = []
         self._transactional_id = self.identity  # until it leads and knows its store's id
         self._problem_wait = FIRST_PROBLEM_WAIT_SECONDS
         self._verdict_cleared = False
@@ -753,8 +754,8 @@ class Relay:
             # PREVIOUS_HEADER); a batch published again starts from the same state.
             previous = dict(self._last_on_topic)
             routes: list[tuple[str, bytes]] = []
-            refused: list[tuple[int, KafkaError]] = []  # delivery reports come only for failures
             producing: int | None = None
+            self._refusals.clear()
             try:
                 producer.begin_transaction()
                 route = self.routing.route
@@ -771,7 +772,7 @@ class Relay:
                         raise _Narrow(i) from exc
                     routes.append((topic, key))
                     producing = i
-                    self._produce(producer, topic, key, event, message_headers, i, refused)
+                    self._produce(producer, topic, key, event, message_headers)
                     previous[topic] = event.event_number
                 producing = None
                 before_commit()
@@ -786,59 +787,50 @@ class Relay:
                 if error.fatal():
                     raise _ProducerFailed(str(error)) from exc
                 self._abort(producer)
-                producer.poll(0)  # serve the delivery reports that name the refused messages
-                first = min((i for i, e in refused if e.code() in _REFUSALS), default=None)
+                producer.poll(0)  # serve the delivery reports of the refused messages
+                refusal = next((e for e in self._refusals if e.code() in _REFUSALS), None)
                 if error.code() in _REFUSALS:
-                    # produce() itself refused an event, or the commit failed on a refusal no report names
-                    first = producing if producing is not None else (first or 0)
-                if first is None:
+                    refusal = error
+                if refusal is None:
                     metrics.RELAY_ERRORS.labels(*self._labels, "kafka").inc()
                     log.warning(
                         "relay batch failed; aborting it and publishing it again",
                         extra={"relay": self.identity, "error": str(error), "first": events[0].event_number},
                     )
                     backoff = self._pause(backoff)
-                elif len(events) == 1:
+                elif len(events) == 1 or producing == 0:
                     event = events[0]
-                    topic, key = (
-                        routes[0]
-                        if routes
-                        else self.routing.route(event.recorded() if self._recorded_keys else event)
-                    )
-                    cause = next((e for i, e in refused if i == 0 and e.code() in _REFUSALS), error)
+                    topic, key = routes[0]
                     raise EventUnpublishable(
                         event.event_number,
                         event.event_id,
                         topic,
                         _message_size(event, key),
-                        cause.str(),
-                        cause.name(),
+                        refusal.str(),
+                        refusal.name(),
                     ) from exc
+                elif producing is not None:
+                    events = events[:producing]  # produce() itself refused that event: publish those before
                 else:
-                    # Kafka refuses whole record batches: the refused event is at ``first`` or after
-                    # it. Publish what comes before (at least one event), then look again.
-                    events = events[: max(first, 1)]
+                    # Kafka refused a record batch, and its reports do not say for which message (a
+                    # per-message report would cost a third of the throughput): halve the batch until the
+                    # refused event is first and alone. Each halving that succeeds publishes its events.
+                    events = events[: len(events) // 2]
 
     def _produce(
-        self,
-        producer: Producer,
-        topic: str,
-        key: bytes,
-        event: OutgoingEvent,
-        message_headers: Headers,
-        index: int,
-        refused: list[tuple[int, KafkaError]],
+        self, producer: Producer, topic: str, key: bytes, event: OutgoingEvent, message_headers: Headers
     ) -> None:
-        def failed(error: KafkaError | None, _: object) -> None:
-            if error is not None:
-                refused.append((index, error))
-
         while True:
             try:
-                producer.produce(topic, event.data, key, headers=message_headers, on_delivery=failed)
+                producer.produce(topic, event.data, key, headers=message_headers)
                 return
             except BufferError:
                 producer.poll(0.05)  # the local queue is full: let requests drain
+
+    def _delivery_failed(self, error: KafkaError | None, _: object) -> None:
+        # Reports come only for failures (delivery.report.only.error): they say whether Kafka refused.
+        if error is not None:
+            self._refusals.append(error)
 
     def _headers(self, event: OutgoingEvent, previous: Mapping[str, int]) -> Headers:
         found = headers(event)
@@ -901,8 +893,9 @@ class Relay:
                     "transactional.id": self._transactional_id,
                     "transaction.timeout.ms": int(self.config.transaction_timeout * 1000),
                     **self.limits.producer_settings(),
-                    # Reports only for messages Kafka refused: they name the event that stops a batch.
+                    # Reports only for messages Kafka refused: they tell a refusal from an outage.
                     "delivery.report.only.error": True,
+                    "on_delivery": self._delivery_failed,
                 }
             )
         except KafkaException as exc:
