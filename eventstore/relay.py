@@ -33,7 +33,7 @@ from collections.abc import Callable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import NamedTuple, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 import psycopg
 from confluent_kafka import KafkaError, KafkaException, Producer
@@ -72,6 +72,7 @@ from eventstore.relay_position import (
     RelayRecord,
     RelayStatus,
     decide_resume,
+    foreign_messages,
     numbers_to_check,
     relay_status,
     resume_after,
@@ -583,25 +584,34 @@ class Relay:
         if self._stopping.wait(wait) or not self._leadership.check():
             raise _Stopped
 
+    def _read_tail(self, identity: RelayIdentity, **options: Any) -> Tail:
+        """The topics' tails as ``identity`` reads them (``kafka_tail.read_tail``), waiting out outages."""
+
+        def read() -> Tail:
+            try:
+                return read_tail(
+                    self._connection,
+                    self.routing.topics(),
+                    store=identity.store,
+                    relay=identity.relay,
+                    confirm=self._record.confirm,
+                    timeout=self.config.transaction_timeout,
+                    **options,
+                )
+            except KafkaException as exc:
+                if exc.args[0].code() == KafkaError._INVALID_ARG:
+                    raise ConfigurationError(
+                        f"Kafka refused the relay's consumer settings: {exc.args[0].str()}"
+                    ) from None
+                raise
+
+        return self._retrying("read the topics' tails", "kafka_unavailable", KafkaException, read)
+
     def _foreign_on_tail(self) -> bool:
         """Whether another store or relay has published on the topics (while this relay publishes)."""
         identity = self._identity
-        tail = self._retrying(
-            "read the topics' tails",
-            "kafka_unavailable",
-            KafkaException,
-            lambda: read_tail(
-                self._connection,
-                self.routing.topics(),
-                store=identity.store,
-                relay=identity.relay,
-                confirm=self._record.confirm,
-                epoch=identity.epoch,
-                timeout=self.config.transaction_timeout,
-            ),
-        )
-        ignored = self.config.ignore_stores
-        found = [m for m in tail.foreign if m.store not in ignored or m.store == identity.store]
+        tail = self._read_tail(identity, epoch=identity.epoch)
+        found = foreign_messages(tail, identity, self.config.ignore_stores)
         if found:
             log.warning(
                 "another store or relay publishes on the relay's topics",
@@ -956,28 +966,7 @@ class Relay:
         # (Not when a topic was made again: everything goes out again anyway.)
         at_least = recorded if (epoch == 0 or recorded > epoch_start) and not recreated else 0
 
-        def tail(trust_own: bool = True) -> Tail:
-            try:
-                return read_tail(
-                    self._connection,
-                    topics,
-                    store=identity.store,
-                    relay=identity.relay,
-                    confirm=self._record.confirm,
-                    epoch=epoch if trust_own else 0,
-                    at_least=at_least if trust_own else 0,
-                    boundary=boundary if trust_own else None,
-                    timeout=self.config.transaction_timeout,
-                    trust_own=trust_own,
-                )
-            except KafkaException as exc:
-                if exc.args[0].code() == KafkaError._INVALID_ARG:
-                    raise ConfigurationError(
-                        f"Kafka refused the relay's consumer settings: {exc.args[0].str()}"
-                    ) from None
-                raise
-
-        found = self._retrying("read the topics' tails", "kafka_unavailable", KafkaException, tail)
+        found = self._read_tail(identity, epoch=epoch, at_least=at_least, boundary=boundary)
         facts = self._record.facts(numbers_to_check(found, identity))
         try:
             resume = decide_resume(
@@ -992,9 +981,7 @@ class Relay:
         except (KafkaAheadOfStore, TailMismatch) as problem:
             # Read the tail again, trusting nothing the store does not confirm: where the two agree is
             # where the operator will most likely want the relay to go on.
-            agreed = self._retrying(
-                "read the topics' tails", "kafka_unavailable", KafkaException, lambda: tail(trust_own=False)
-            ).last_event_number
+            agreed = self._read_tail(identity, trust_own=False).last_event_number
             raise problem.agreeing_up_to(agreed or 0) from None
         passed_over = found.ignored + len(resume.ignored_foreign)
         if passed_over:

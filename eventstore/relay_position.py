@@ -40,6 +40,7 @@ __all__ = [
     "Resume",
     "StoreFacts",
     "decide_resume",
+    "foreign_messages",
     "relay_status",
     "resume_after",
 ]
@@ -114,8 +115,7 @@ def decide_resume(
     A topic in ``recreated`` (its Kafka id changed since the relay last had it complete) gets every event
     again: the relay cannot tell which of its events it held.
     """
-    # Ignoring a store is for other stores: another relay of this one is never a leftover.
-    foreign = [m for m in tail.foreign if m.store not in ignore_stores or m.store == identity.store]
+    foreign = foreign_messages(tail, identity, ignore_stores)
     if foreign:
         raise ForeignMessages([m.origin for m in foreign], sorted({m.topic for m in foreign}), identity.store)
     current: list[TailMessage] = []
@@ -153,6 +153,14 @@ def decide_resume(
     if recreated:
         position = 0
     return Resume(position, previous, position if recorded > position else None, tail.foreign)
+
+
+def foreign_messages(
+    tail: Tail, identity: RelayIdentity, ignore_stores: Collection[str]
+) -> list[TailMessage]:
+    """The messages of other stores or relays on ``tail`` that stop the relay."""
+    # Ignoring a store is for other stores: another relay of this one is never a leftover.
+    return [m for m in tail.foreign if m.store not in ignore_stores or m.store == identity.store]
 
 
 def _complete_up_to(newest: TailMessage, holds: Mapping[str, int], trimmed: Collection[str]) -> int:

@@ -14,9 +14,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Message, TopicPartition
+from confluent_kafka.admin import AdminClient, AlterConfigOpType, ConfigEntry, ConfigResource
 from psycopg import sql
 
 from eventstore import ANY, EventData, PostgresEventStore
+from eventstore.relay import Relay, RelayConfig, relay_status
 from tests.support import tidings_script
 
 
@@ -252,3 +254,30 @@ class RelayProcess:
         code = self.process.wait(60)
         self._log.close()
         return code
+
+
+def start_relay(relays: list[Relay], store: PostgresEventStore, config: RelayConfig) -> Relay:
+    """A relay started in a thread, and kept in ``relays`` (the fixture) to be stopped at the test's end."""
+    relay = Relay(store, config)
+    relays.append(relay)
+    relay.start()
+    return relay
+
+
+def relay_verdict(store: PostgresEventStore, name: str = "default") -> str | None:
+    """The relay's verdict in ``relay_status``, None before it has a row."""
+    return next((s.verdict for s in relay_status(store) if s.name == name), None)
+
+
+def set_topic_limit(bootstrap: str, topic: str, limit: int) -> None:
+    """Set a topic's ``max.message.bytes``, as an operator would under a running relay."""
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    resource = ConfigResource(
+        ConfigResource.Type.TOPIC,
+        topic,
+        incremental_configs=[
+            ConfigEntry("max.message.bytes", str(limit), incremental_operation=AlterConfigOpType.SET)
+        ],
+    )
+    for future in admin.incremental_alter_configs([resource]).values():
+        future.result(30)

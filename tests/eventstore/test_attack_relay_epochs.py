@@ -8,16 +8,14 @@ import os
 import random
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
 from confluent_kafka import Producer
 from psycopg import sql
 
 from eventstore import PostgresEventStore
 from eventstore.kafka_tail import EPOCH_HEADER, STORE_HEADER
-from eventstore.relay import Relay, RelayConfig, relay_status, resume_after
+from eventstore.relay import Relay, RelayConfig, resume_after
 from eventstore.routing import Routing
 from tests.eventstore.relay_support import (
     RelayProcess,
@@ -27,30 +25,13 @@ from tests.eventstore.relay_support import (
     assert_exactly_once_in_order,
     read_to_end,
     relay_row,
+    relay_verdict,
+    start_relay,
     wait_until,
 )
 from tidings.pytest_plugin import KafkaNamespace, PostgresSchema
 
 RETRY = 0.2
-
-
-@pytest.fixture
-def relays() -> Iterator[list[Relay]]:
-    started: list[Relay] = []
-    yield started
-    for relay in started:
-        relay.stop()
-
-
-def _start(relays: list[Relay], store: PostgresEventStore, config: RelayConfig) -> Relay:
-    relay = Relay(store, config)
-    relays.append(relay)
-    relay.start()
-    return relay
-
-
-def _verdict(store: PostgresEventStore) -> str | None:
-    return next((s.verdict for s in relay_status(store) if s.name == "default"), None)
 
 
 def _lose_tail(store: PostgresEventStore, keep: int, epoch: int | None = None) -> None:
@@ -87,7 +68,7 @@ def test_resume_after_clears_a_lost_tail_published_under_a_later_epoch_than_the_
     topic = kafka_namespace.topic("events")
     config = RelayConfig(kafka_namespace.bootstrap_servers, routing=Routing(topic), problem_retry=RETRY)
     append_events(event_store, streams=2, per_stream=3)
-    relay = _start(relays, event_store, config)
+    relay = start_relay(relays, event_store, config)
     wait_until(lambda: relay.last_published == 6, 30, "the relay")
     resume_after(event_store, 6)
     wait_until(lambda: relay._identity.epoch == 1, 30, "the relay takes the first decision")
@@ -96,14 +77,14 @@ def test_resume_after_clears_a_lost_tail_published_under_a_later_epoch_than_the_
     relay.stop()
     _lose_tail(event_store, keep=8, epoch=0)
 
-    second = _start(relays, event_store, config)
-    wait_until(lambda: _verdict(event_store) == "kafka_ahead", 30, "the kafka_ahead verdict")
+    second = start_relay(relays, event_store, config)
+    wait_until(lambda: relay_verdict(event_store) == "kafka_ahead", 30, "the kafka_ahead verdict")
     resume_after(event_store, 8)
     reused = append_events(event_store, streams=1, per_stream=2, prefix="after-restore")  # 9, 10
     wait_until(lambda: second.last_published == 10, 30, "the relay, after the operator's decision")
     seen = read_to_end(kafka_namespace.bootstrap_servers, [topic])
     assert set(reused) <= {m.event_id for m in seen}
-    assert _verdict(event_store) == "ok"
+    assert relay_verdict(event_store) == "ok"
 
 
 def test_resume_after_clears_an_own_message_forged_with_a_far_later_epoch(
@@ -114,7 +95,7 @@ def test_resume_after_clears_an_own_message_forged_with_a_far_later_epoch(
     topic = kafka_namespace.topic("events")
     config = RelayConfig(kafka_namespace.bootstrap_servers, routing=Routing(topic), problem_retry=RETRY)
     appended = append_events(event_store, streams=2, per_stream=3)
-    relay = _start(relays, event_store, config)
+    relay = start_relay(relays, event_store, config)
     wait_until(lambda: relay.last_published == 6, 30, "the relay")
     relay.stop()
     newest = max(read_to_end(kafka_namespace.bootstrap_servers, [topic]), key=lambda m: m.offset)
@@ -126,8 +107,8 @@ def test_resume_after_clears_an_own_message_forged_with_a_far_later_epoch(
     producer.produce(topic, b"x", newest.key, partition=newest.partition, headers=headers)
     assert producer.flush(30) == 0
 
-    second = _start(relays, event_store, config)
-    wait_until(lambda: _verdict(event_store) == "kafka_ahead", 30, "the kafka_ahead verdict")
+    second = start_relay(relays, event_store, config)
+    wait_until(lambda: relay_verdict(event_store) == "kafka_ahead", 30, "the kafka_ahead verdict")
     resume_after(event_store, 6)
     more = append_events(event_store, streams=2, per_stream=1, prefix="more")
     wait_until(lambda: second.last_published == 8, 30, "the relay, after the operator's decision")
@@ -193,4 +174,4 @@ def test_kill_9_with_foreign_messages_interleaved_in_every_partition_between_the
     ours: list[Seen] = [m for m in seen if m.key != b"foreign"]
     assert len(seen) - len(ours) == foreign
     assert_exactly_once_in_order(ours, writers.appended)
-    assert _verdict(event_store) == "ok"
+    assert relay_verdict(event_store) == "ok"

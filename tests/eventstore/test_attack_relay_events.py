@@ -5,16 +5,12 @@ publication silently. Real PostgreSQL, real Kafka.
 from __future__ import annotations
 
 from eventstore import ANY, EventData, PostgresEventStore
-from eventstore.relay import Relay, RelayConfig, relay_status
+from eventstore.relay import Relay, RelayConfig
 from eventstore.routing import Routing
-from tests.eventstore.relay_support import append_events, wait_until
+from tests.eventstore.relay_support import append_events, relay_verdict, wait_until
 from tidings.pytest_plugin import KafkaNamespace
 
 TRACEPARENT = b'"traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"'
-
-
-def _verdict(store: PostgresEventStore) -> str | None:
-    return next((s.verdict for s in relay_status(store) if s.name == "default"), None)
 
 
 def test_metadata_nested_too_deep_for_the_json_parser_does_not_stop_publication_silently(
@@ -34,7 +30,7 @@ def test_metadata_nested_too_deep_for_the_json_parser_does_not_stop_publication_
         after = append_events(event_store, streams=2, per_stream=1, prefix="after")
         total = len(before) + 1 + len(after)
         wait_until(
-            lambda: relay.last_published == total or _verdict(event_store) == "blocked",
+            lambda: relay.last_published == total or relay_verdict(event_store) == "blocked",
             30,
             "the relay publishes the event, or stops on it and says so",
         )

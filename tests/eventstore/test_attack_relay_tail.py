@@ -11,44 +11,31 @@ from __future__ import annotations
 
 import uuid
 from collections import Counter
-from collections.abc import Iterator
 
 import pytest
 from confluent_kafka import Producer
 
 from eventstore import PostgresEventStore, metrics
 from eventstore.kafka_tail import EPOCH_HEADER, PREVIOUS_HEADER, RELAY_HEADER, STORE_HEADER
-from eventstore.relay import Relay, RelayConfig, relay_status, resume_after
+from eventstore.relay import Relay, RelayConfig, resume_after
 from eventstore.relay_position import RelayRecord
 from eventstore.routing import Routing
-from tests.eventstore.relay_support import Seen, append_events, read_to_end, wait_until
+from tests.eventstore.relay_support import (
+    Seen,
+    append_events,
+    read_to_end,
+    relay_verdict,
+    start_relay,
+    wait_until,
+)
 from tidings.pytest_plugin import KafkaNamespace
 
 RETRY = 0.2
 
 
-@pytest.fixture
-def relays() -> Iterator[list[Relay]]:
-    started: list[Relay] = []
-    yield started
-    for relay in started:
-        relay.stop()
-
-
-def _start(relays: list[Relay], store: PostgresEventStore, config: RelayConfig) -> Relay:
-    relay = Relay(store, config)
-    relays.append(relay)
-    relay.start()
-    return relay
-
-
 def _config(namespace: KafkaNamespace, topic: str, **settings: object) -> RelayConfig:
     settings.setdefault("routing", Routing(topic))
     return RelayConfig(namespace.bootstrap_servers, problem_retry=RETRY, **settings)  # type: ignore[arg-type]
-
-
-def _verdict(store: PostgresEventStore, name: str = "default") -> str | None:
-    return next((s.verdict for s in relay_status(store) if s.name == name), None)
 
 
 def _store_id(store: PostgresEventStore) -> str:
@@ -70,7 +57,7 @@ def _copy(bootstrap: str, message: Seen, headers: list[tuple[str, str | bytes | 
 
 def _settled(relay: Relay, store: PostgresEventStore, total: int) -> bool:
     """The relay published everything, or stopped and says why: either is an end to look at."""
-    return relay.last_published >= total or _verdict(store) not in ("ok", None)
+    return relay.last_published >= total or relay_verdict(store) not in ("ok", None)
 
 
 def _assert_each_event_once(seen: list[Seen], appended: list[uuid.UUID], planted: set[int]) -> None:
@@ -87,7 +74,7 @@ def _publish_then_stop(
     relays: list[Relay], store: PostgresEventStore, config: RelayConfig, count: int
 ) -> list[uuid.UUID]:
     appended = append_events(store, streams=3, per_stream=count // 3)
-    first = _start(relays, store, config)
+    first = start_relay(relays, store, config)
     wait_until(lambda: first.last_published == len(appended), 30, "the first relay")
     first.stop()
     return appended
@@ -107,7 +94,7 @@ def test_a_replayed_copy_of_an_own_early_message_does_not_make_a_restarted_relay
     planted = {max(m.offset for m in read_to_end(kafka_namespace.bootstrap_servers, [topic]))}
     appended += append_events(event_store, streams=3, per_stream=1, prefix="later")
 
-    second = _start(relays, event_store, config)
+    second = start_relay(relays, event_store, config)
     wait_until(lambda: _settled(second, event_store, len(appended)), 30, "the restarted relay")
     _assert_each_event_once(read_to_end(kafka_namespace.bootstrap_servers, [topic]), appended, planted)
 
@@ -128,7 +115,7 @@ def test_own_identity_without_an_event_number_does_not_make_a_restarted_relay_pu
     planted = {max(m.offset for m in read_to_end(kafka_namespace.bootstrap_servers, [topic]))}
     appended += append_events(event_store, streams=3, per_stream=1, prefix="later")
 
-    second = _start(relays, event_store, config)
+    second = start_relay(relays, event_store, config)
     wait_until(lambda: _settled(second, event_store, len(appended)), 30, "the restarted relay")
     _assert_each_event_once(read_to_end(kafka_namespace.bootstrap_servers, [topic]), appended, planted)
 
@@ -146,7 +133,7 @@ def test_own_identity_with_a_made_up_low_event_number_does_not_make_a_restarted_
     planted = {max(m.offset for m in read_to_end(kafka_namespace.bootstrap_servers, [topic]))}
     appended += append_events(event_store, streams=3, per_stream=1, prefix="later")
 
-    second = _start(relays, event_store, config)
+    second = start_relay(relays, event_store, config)
     wait_until(lambda: _settled(second, event_store, len(appended)), 30, "the restarted relay")
     _assert_each_event_once(read_to_end(kafka_namespace.bootstrap_servers, [topic]), appended, planted)
 
@@ -166,7 +153,7 @@ def test_a_forged_previous_header_on_an_own_message_does_not_make_a_restarted_re
     planted = {max(m.offset for m in read_to_end(kafka_namespace.bootstrap_servers, [topic]))}
     appended += append_events(event_store, streams=3, per_stream=1, prefix="later")
 
-    second = _start(relays, event_store, config)
+    second = start_relay(relays, event_store, config)
     wait_until(lambda: _settled(second, event_store, len(appended)), 30, "the restarted relay")
     _assert_each_event_once(read_to_end(kafka_namespace.bootstrap_servers, [topic]), appended, planted)
 
@@ -187,10 +174,10 @@ def test_an_own_event_number_beyond_a_bigint_is_a_recorded_verdict_and_the_relay
     planted = {max(m.offset for m in read_to_end(kafka_namespace.bootstrap_servers, [topic]))}
     appended += append_events(event_store, streams=3, per_stream=1, prefix="later")
 
-    second = _start(relays, event_store, config)
+    second = start_relay(relays, event_store, config)
     wait_until(lambda: _settled(second, event_store, len(appended)), 30, "a verdict, or every event")
     assert second.leading.is_set()
-    if _verdict(event_store) != "ok":
+    if relay_verdict(event_store) != "ok":
         assert metrics.RELAY_BLOCKED.labels(event_store.config.schema, "default")._value.get() == 1
     else:
         _assert_each_event_once(read_to_end(kafka_namespace.bootstrap_servers, [topic]), appended, planted)
@@ -204,7 +191,7 @@ def test_a_copy_of_an_older_epochs_message_does_not_undo_the_operators_decision_
     topic = kafka_namespace.topic("events")
     config = _config(kafka_namespace, topic, partitions=1)
     appended = append_events(event_store, streams=3, per_stream=2)
-    relay = _start(relays, event_store, config)
+    relay = start_relay(relays, event_store, config)
     wait_until(lambda: relay.last_published == 6, 30, "the relay")
     resume_after(event_store, 6)  # nothing changes where it goes on, but it is epoch 1 now
     wait_until(lambda: relay._identity.epoch == 1, 30, "the relay takes the decision")
@@ -217,7 +204,7 @@ def test_a_copy_of_an_older_epochs_message_does_not_undo_the_operators_decision_
     planted = {max(m.offset for m in read_to_end(kafka_namespace.bootstrap_servers, [topic]))}
     appended += append_events(event_store, streams=3, per_stream=1, prefix="last")
 
-    second = _start(relays, event_store, config)
+    second = start_relay(relays, event_store, config)
     wait_until(lambda: _settled(second, event_store, len(appended)), 30, "the restarted relay")
     _assert_each_event_once(read_to_end(kafka_namespace.bootstrap_servers, [topic]), appended, planted)
 
@@ -232,7 +219,7 @@ def test_a_foreign_transaction_left_open_on_the_topic_does_not_make_a_restarted_
     topic = kafka_namespace.topic("events")
     config = _config(kafka_namespace, topic, partitions=1)
     appended = append_events(event_store, streams=3, per_stream=2)
-    relay = _start(relays, event_store, config)
+    relay = start_relay(relays, event_store, config)
     wait_until(lambda: relay.last_published == 6, 30, "the relay")
 
     foreign = Producer(
@@ -251,7 +238,7 @@ def test_a_foreign_transaction_left_open_on_the_topic_does_not_make_a_restarted_
     relay.stop()
 
     appended += append_events(event_store, streams=3, per_stream=1, prefix="after")
-    second = _start(relays, event_store, config)
+    second = start_relay(relays, event_store, config)
     wait_until(lambda: _settled(second, event_store, len(appended)), 60, "the restarted relay")
     foreign.abort_transaction(30)
     # Waiting for the open transaction to end is a right answer too: then it publishes on.
@@ -283,7 +270,7 @@ def test_a_replayed_copy_without_identity_above_a_first_window_of_foreign_messag
     planted = {m.offset for m in read_to_end(kafka_namespace.bootstrap_servers, [topic]) if m.offset > 8}
     appended += append_events(event_store, streams=3, per_stream=1, prefix="later")
 
-    second = _start(relays, event_store, config)
+    second = start_relay(relays, event_store, config)
     wait_until(lambda: _settled(second, event_store, len(appended)), 30, "the restarted relay")
     seen = read_to_end(kafka_namespace.bootstrap_servers, [topic])
     _assert_each_event_once([m for m in seen if m.key != b"foreign"], appended, planted)

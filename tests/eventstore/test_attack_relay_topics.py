@@ -9,11 +9,9 @@ import os
 import threading
 import uuid
 from collections import Counter
-from collections.abc import Iterator
 
-import pytest
 from confluent_kafka import Producer, TopicPartition
-from confluent_kafka.admin import AdminClient, AlterConfigOpType, ConfigEntry, ConfigResource, NewTopic
+from confluent_kafka.admin import AdminClient, NewTopic
 
 from eventstore import ANY, EventData, PostgresEventStore
 from eventstore.kafka_tail import EPOCH_HEADER, PREVIOUS_HEADER
@@ -26,30 +24,14 @@ from tests.eventstore.relay_support import (
     assert_exactly_once_in_order,
     read_committed,
     read_to_end,
+    relay_verdict,
+    set_topic_limit,
+    start_relay,
     wait_until,
 )
 from tidings.pytest_plugin import KafkaNamespace
 
 RETRY = 0.2
-
-
-@pytest.fixture
-def relays() -> Iterator[list[Relay]]:
-    started: list[Relay] = []
-    yield started
-    for relay in started:
-        relay.stop()
-
-
-def _start(relays: list[Relay], store: PostgresEventStore, config: RelayConfig) -> Relay:
-    relay = Relay(store, config)
-    relays.append(relay)
-    relay.start()
-    return relay
-
-
-def _verdict(store: PostgresEventStore, name: str = "default") -> str | None:
-    return next((s.verdict for s in relay_status(store) if s.name == name), None)
 
 
 def _status_event(store: PostgresEventStore) -> int | None:
@@ -87,7 +69,7 @@ def test_an_audit_topic_emptied_by_retention_does_not_make_a_restarted_relay_pub
     main, audit, routing = _two_topics(kafka_namespace)
     config = RelayConfig(kafka_namespace.bootstrap_servers, routing=routing, problem_retry=RETRY)
     appended = _append_audit_then_main(event_store)
-    first = _start(relays, event_store, config)
+    first = start_relay(relays, event_store, config)
     wait_until(lambda: first.last_published == 9, 30, "the first relay")
     first.stop()
     admin = AdminClient({"bootstrap.servers": kafka_namespace.bootstrap_servers})
@@ -96,9 +78,9 @@ def test_an_audit_topic_emptied_by_retention_does_not_make_a_restarted_relay_pub
         future.result(30)
     appended += append_events(event_store, streams=3, per_stream=1, prefix="later")
 
-    second = _start(relays, event_store, config)
+    second = start_relay(relays, event_store, config)
     wait_until(
-        lambda: second.last_published == len(appended) or _verdict(event_store) not in ("ok", None),
+        lambda: second.last_published == len(appended) or relay_verdict(event_store) not in ("ok", None),
         30,
         "the restarted relay",
     )
@@ -113,7 +95,7 @@ def test_a_forged_previous_header_naming_another_topic_does_not_make_a_restarted
     main, audit, routing = _two_topics(kafka_namespace)
     config = RelayConfig(kafka_namespace.bootstrap_servers, routing=routing, problem_retry=RETRY)
     appended = _append_audit_then_main(event_store)
-    first = _start(relays, event_store, config)
+    first = start_relay(relays, event_store, config)
     wait_until(lambda: first.last_published == 9, 30, "the first relay")
     first.stop()
     newest = max(read_to_end(kafka_namespace.bootstrap_servers, [main]), key=lambda m: m.offset)
@@ -126,9 +108,9 @@ def test_a_forged_previous_header_naming_another_topic_does_not_make_a_restarted
     assert producer.flush(30) == 0
     appended += append_events(event_store, streams=3, per_stream=1, prefix="later")
 
-    second = _start(relays, event_store, config)
+    second = start_relay(relays, event_store, config)
     wait_until(
-        lambda: second.last_published == len(appended) or _verdict(event_store) not in ("ok", None),
+        lambda: second.last_published == len(appended) or relay_verdict(event_store) not in ("ok", None),
         30,
         "the restarted relay",
     )
@@ -146,7 +128,7 @@ def test_a_topic_deleted_and_recreated_under_a_running_relay_ends_up_holding_eve
     topic = kafka_namespace.topic("events")
     config = RelayConfig(kafka_namespace.bootstrap_servers, routing=Routing(topic), problem_retry=RETRY)
     appended = append_events(event_store, streams=3, per_stream=2)
-    relay = _start(relays, event_store, config)
+    relay = start_relay(relays, event_store, config)
     wait_until(lambda: relay.last_published == 6, 30, "the relay")
     admin = AdminClient({"bootstrap.servers": kafka_namespace.bootstrap_servers})
     for future in admin.delete_topics([topic], operation_timeout=30).values():
@@ -159,8 +141,8 @@ def test_a_topic_deleted_and_recreated_under_a_running_relay_ends_up_holding_eve
     appended += append_events(event_store, streams=3, per_stream=1, prefix="after")
     wait_until(lambda: relay.last_published == len(appended), 60, "the relay, on the recreated topic")
     relay.stop()
-    restarted = _start(relays, event_store, config)
-    wait_until(lambda: restarted.leading.is_set() and _verdict(event_store) is not None, 30, "restart")
+    restarted = start_relay(relays, event_store, config)
+    wait_until(lambda: restarted.leading.is_set() and relay_verdict(event_store) is not None, 30, "restart")
     wait_until(
         lambda: (
             len({m.event_id for m in read_to_end(kafka_namespace.bootstrap_servers, [topic])})
@@ -180,19 +162,6 @@ def _gate_key(gate: threading.Event):  # type: ignore[no-untyped-def]
     return key
 
 
-def _set_topic_limit(bootstrap: str, topic: str, limit: int) -> None:
-    admin = AdminClient({"bootstrap.servers": bootstrap})
-    resource = ConfigResource(
-        ConfigResource.Type.TOPIC,
-        topic,
-        incremental_configs=[
-            ConfigEntry("max.message.bytes", str(limit), incremental_operation=AlterConfigOpType.SET)
-        ],
-    )
-    for future in admin.incremental_alter_configs([resource]).values():
-        future.result(30)
-
-
 def test_a_large_backlog_narrowed_around_a_refused_event_in_its_middle_publishes_exactly_up_to_it(
     event_store: PostgresEventStore, kafka_namespace: KafkaNamespace, relays: list[Relay]
 ) -> None:
@@ -209,22 +178,22 @@ def test_a_large_backlog_narrowed_around_a_refused_event_in_its_middle_publishes
         compression="none",
     )
     before = append_events(event_store, streams=3, per_stream=2)
-    relay = _start(relays, event_store, config)
+    relay = start_relay(relays, event_store, config)
     wait_until(lambda: relay.last_published == 6, 30, "the relay")
     gate.set()
     gate_event = EventData("Gate", b"g", schema_id="test:1")
     event_store.append_to_stream("account-0", ANY, [gate_event])
-    wait_until(lambda: _verdict(event_store) == "blocked", 30, "blocked at the gate")
+    wait_until(lambda: relay_verdict(event_store) == "blocked", 30, "blocked at the gate")
     head = append_events(event_store, streams=7, per_stream=30, prefix="head")
     big = EventData("Big", os.urandom(100_000), schema_id="test:1")
     event_store.append_to_stream("head-3", ANY, [big])
     big_number = 6 + 1 + len(head) + 1
     tail = append_events(event_store, streams=7, per_stream=30, prefix="tail")
-    _set_topic_limit(kafka_namespace.bootstrap_servers, topic, 60_000)
+    set_topic_limit(kafka_namespace.bootstrap_servers, topic, 60_000)
     gate.clear()
 
     wait_until(
-        lambda: _verdict(event_store) == "blocked" and _status_event(event_store) == big_number,
+        lambda: relay_verdict(event_store) == "blocked" and _status_event(event_store) == big_number,
         90,
         "blocked at the big event",
     )
@@ -240,11 +209,11 @@ def test_a_large_backlog_narrowed_around_a_refused_event_in_its_middle_publishes
     )
     assert_exactly_once_in_order(seen, published)
 
-    _set_topic_limit(kafka_namespace.bootstrap_servers, topic, 4_194_304)
+    set_topic_limit(kafka_namespace.bootstrap_servers, topic, 4_194_304)
     everything = [*published, big.event_id, *tail]
     wait_until(lambda: relay.last_published == len(everything), 90, "the relay, once the limit is raised")
     assert_exactly_once_in_order(read_to_end(kafka_namespace.bootstrap_servers, [topic]), everything)
-    wait_until(lambda: _verdict(event_store) == "ok", 30, "the verdict cleared")
+    wait_until(lambda: relay_verdict(event_store) == "ok", 30, "the verdict cleared")
 
 
 def test_two_relays_with_different_names_started_together_on_one_topic_do_not_both_publish(
@@ -258,10 +227,10 @@ def test_two_relays_with_different_names_started_together_on_one_topic_do_not_bo
         RelayConfig(kafka_namespace.bootstrap_servers, routing=Routing(topic), name=name, problem_retry=RETRY)
         for name in ("default", "second")
     ]
-    a, b = (_start(relays, event_store, config) for config in configs)
+    a, b = (start_relay(relays, event_store, config) for config in configs)
     wait_until(
         lambda: all(
-            r.last_published == len(appended) or _verdict(event_store, n) not in ("ok", None)
+            r.last_published == len(appended) or relay_verdict(event_store, n) not in ("ok", None)
             for r, n in ((a, "default"), (b, "second"))
         ),
         30,
@@ -274,13 +243,13 @@ def test_two_relays_with_different_names_started_together_on_one_topic_do_not_bo
         lambda: (
             a.last_published == len(appended) + len(more)
             or b.last_published == len(appended) + len(more)
-            or "ok" not in {_verdict(event_store, "default"), _verdict(event_store, "second")}
+            or "ok" not in {relay_verdict(event_store, "default"), relay_verdict(event_store, "second")}
         ),
         30,
         "one relay goes on, or both say why they stopped",
     )
     seen = read_to_end(kafka_namespace.bootstrap_servers, [topic])
-    verdicts = {_verdict(event_store, "default"), _verdict(event_store, "second")}
+    verdicts = {relay_verdict(event_store, "default"), relay_verdict(event_store, "second")}
     assert not _twice(seen) or verdicts != {"ok"}, (
         f"event_numbers {_twice(seen)} published twice, and both relays say ok"
     )
@@ -300,14 +269,14 @@ def test_resume_after_racing_a_backlog_then_restarts_publish_each_event_after_it
         partitions=3,
     )
     appended = append_events(event_store, streams=10, per_stream=60)  # 600 events
-    relay = _start(relays, event_store, config)
+    relay = start_relay(relays, event_store, config)
     wait_until(lambda: relay.last_published >= 100, 60, "the relay, into the backlog")
     resume_after(event_store, 300)
     wait_until(lambda: relay._identity.epoch == 1, 30, "the relay takes the decision")
     for round_ in range(4):
         relay.stop()
         appended += append_events(event_store, streams=5, per_stream=2, prefix=f"round{round_}")
-        relay = _start(relays, event_store, config)
+        relay = start_relay(relays, event_store, config)
         wait_until(relay.leading.is_set, 30, "the restarted relay")
     wait_until(lambda: relay.last_published == len(appended), 120, "the relay, at the end")
     seen = read_to_end(kafka_namespace.bootstrap_servers, [topic])
@@ -340,16 +309,16 @@ def test_a_relay_blocked_on_a_refused_event_does_not_hold_back_read_committed_re
         compression="none",
     )
     published = append_events(event_store, streams=3, per_stream=2)
-    relay = _start(relays, event_store, config)
+    relay = start_relay(relays, event_store, config)
     wait_until(lambda: relay.last_published == 6, 30, "the relay")
     gate.set()
     gate_event = EventData("Gate", b"g", schema_id="test:1")
     event_store.append_to_stream("account-0", ANY, [gate_event])
-    wait_until(lambda: _verdict(event_store) == "blocked", 30, "blocked at the gate")
+    wait_until(lambda: relay_verdict(event_store) == "blocked", 30, "blocked at the gate")
     published += [gate_event.event_id, *append_events(event_store, streams=7, per_stream=30, prefix="head")]
     event_store.append_to_stream("head-3", ANY, [EventData("Big", os.urandom(100_000), schema_id="t:1")])
     append_events(event_store, streams=7, per_stream=30, prefix="tail")
-    _set_topic_limit(kafka_namespace.bootstrap_servers, topic, 60_000)
+    set_topic_limit(kafka_namespace.bootstrap_servers, topic, 60_000)
     gate.clear()
     wait_until(lambda: _status_event(event_store) == len(published) + 1, 90, "blocked at the big event")
 
@@ -374,21 +343,21 @@ def test_narrowing_leaves_no_transaction_hanging_on_the_partition_once_the_relay
         compression="none",
     )
     appended = append_events(event_store, streams=3, per_stream=2)
-    relay = _start(relays, event_store, config)
+    relay = start_relay(relays, event_store, config)
     wait_until(lambda: relay.last_published == 6, 30, "the relay")
     gate.set()
     gate_event = EventData("Gate", b"g", schema_id="test:1")
     event_store.append_to_stream("account-0", ANY, [gate_event])
-    wait_until(lambda: _verdict(event_store) == "blocked", 30, "blocked at the gate")
+    wait_until(lambda: relay_verdict(event_store) == "blocked", 30, "blocked at the gate")
     appended += [gate_event.event_id, *append_events(event_store, streams=7, per_stream=30, prefix="head")]
     big = EventData("Big", os.urandom(100_000), schema_id="test:1")
     event_store.append_to_stream("head-3", ANY, [big])
     appended += [big.event_id, *append_events(event_store, streams=7, per_stream=30, prefix="tail")]
-    _set_topic_limit(kafka_namespace.bootstrap_servers, topic, 60_000)
+    set_topic_limit(kafka_namespace.bootstrap_servers, topic, 60_000)
     gate.clear()
     wait_until(lambda: _status_event(event_store) == len(appended) - 210, 90, "blocked at the big event")
 
-    _set_topic_limit(kafka_namespace.bootstrap_servers, topic, 4_194_304)
+    set_topic_limit(kafka_namespace.bootstrap_servers, topic, 4_194_304)
     wait_until(lambda: relay.last_published == len(appended), 90, "the relay, once the limit is raised")
     assert_exactly_once_in_order(
         read_to_end(kafka_namespace.bootstrap_servers, [topic], timeout=60), appended

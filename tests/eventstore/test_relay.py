@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Iterator
 from datetime import datetime
 
 import pytest
@@ -22,15 +21,6 @@ from tests.eventstore.relay_support import (
     wait_until,
 )
 from tidings.pytest_plugin import KafkaNamespace
-
-
-@pytest.fixture
-def relays() -> Iterator[list[Relay]]:
-    """Relays started by the test, stopped at its end whatever happens."""
-    started: list[Relay] = []
-    yield started
-    for relay in started:
-        relay.stop()
 
 
 def test_events_reach_a_multi_partition_topic_once_each_in_per_key_order(

@@ -9,12 +9,11 @@ from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import Iterator
 
 import psycopg
 import pytest
 from confluent_kafka import Producer, TopicPartition
-from confluent_kafka.admin import AdminClient, AlterConfigOpType, ConfigEntry, ConfigResource
+from confluent_kafka.admin import AdminClient
 from psycopg import sql
 
 from eventstore import ANY, EventData, PostgresEventStore, StoreConfig, metrics, migrate
@@ -36,27 +35,15 @@ from tests.eventstore.relay_support import (
     append_events,
     assert_exactly_once_in_order,
     read_to_end,
+    relay_verdict,
+    set_topic_limit,
+    start_relay,
     wait_until,
 )
 from tidings.pytest_plugin import KafkaNamespace, PostgresSchema
 
 # Problems are retried this often in these tests (the default is longer).
 RETRY = 0.2
-
-
-@pytest.fixture
-def relays() -> Iterator[list[Relay]]:
-    started: list[Relay] = []
-    yield started
-    for relay in started:
-        relay.stop()
-
-
-def _start(relays: list[Relay], store: PostgresEventStore, config: RelayConfig) -> Relay:
-    relay = Relay(store, config)
-    relays.append(relay)
-    relay.start()
-    return relay
 
 
 def _config(namespace: KafkaNamespace, topic: str, **settings: object) -> RelayConfig:
@@ -81,11 +68,6 @@ def _ours(seen: list[Seen], appended: list[uuid.UUID]) -> list[Seen]:
 
 def _status(store: PostgresEventStore, name: str = "default") -> RelayStatus:
     return next(s for s in relay_status(store) if s.name == name)
-
-
-def _verdict(store: PostgresEventStore) -> str | None:
-    """The default relay's verdict, None before it has a row."""
-    return next((s.verdict for s in relay_status(store) if s.name == "default"), None)
 
 
 FOREIGN = {
@@ -114,14 +96,14 @@ def test_a_relay_restarted_after_foreign_messages_publishes_every_event_exactly_
     topic = kafka_namespace.topic("events")
     config = _config(kafka_namespace, topic, partitions=3, batch_size=4)
     appended = append_events(event_store, streams=3, per_stream=3)
-    first = _start(relays, event_store, config)
+    first = start_relay(relays, event_store, config)
     wait_until(lambda: first.last_published == len(appended), 30, "the first relay")
     first.stop()
 
     value, headers = FOREIGN[kind]
     _produce(kafka_namespace.bootstrap_servers, topic, 3, value, headers)
     appended += append_events(event_store, streams=3, per_stream=2, prefix="later")
-    second = _start(relays, event_store, config)
+    second = start_relay(relays, event_store, config)
 
     wait_until(lambda: second.last_published == len(appended), 30, "the restarted relay")
     seen = read_to_end(kafka_namespace.bootstrap_servers, [topic])
@@ -136,7 +118,7 @@ def test_another_stores_messages_on_the_tail_are_refused_then_ignored_when_the_o
 ) -> None:
     topic = kafka_namespace.topic("events")
     appended = append_events(event_store, streams=2, per_stream=3)
-    first = _start(relays, event_store, _config(kafka_namespace, topic))
+    first = start_relay(relays, event_store, _config(kafka_namespace, topic))
     wait_until(lambda: first.last_published == len(appended), 30, "the first relay")
     first.stop()
     other = str(uuid.uuid4())
@@ -154,8 +136,8 @@ def test_another_stores_messages_on_the_tail_are_refused_then_ignored_when_the_o
     )
     more = append_events(event_store, streams=2, per_stream=2, prefix="more")
 
-    refused = _start(relays, event_store, _config(kafka_namespace, topic))
-    wait_until(lambda: _verdict(event_store) == "foreign_store", 30, "the refusal")
+    refused = start_relay(relays, event_store, _config(kafka_namespace, topic))
+    wait_until(lambda: relay_verdict(event_store) == "foreign_store", 30, "the refusal")
     status = _status(event_store)
     assert other in status.problem
     assert "--ignore-store" in status.problem
@@ -166,11 +148,13 @@ def test_another_stores_messages_on_the_tail_are_refused_then_ignored_when_the_o
     )
     refused.stop()
 
-    accepting = _start(relays, event_store, _config(kafka_namespace, topic, ignore_stores=frozenset({other})))
+    accepting = start_relay(
+        relays, event_store, _config(kafka_namespace, topic, ignore_stores=frozenset({other}))
+    )
     wait_until(lambda: accepting.last_published == len(appended) + len(more), 30, "the relay")
     seen = read_to_end(kafka_namespace.bootstrap_servers, [topic])
     assert_exactly_once_in_order(_ours(seen, appended + more), appended + more)
-    wait_until(lambda: _verdict(event_store) == "ok", 30, "the verdict cleared")
+    wait_until(lambda: relay_verdict(event_store) == "ok", 30, "the verdict cleared")
 
 
 def test_two_stores_misconfigured_onto_one_topic_get_a_clear_refusal_and_lose_nothing(
@@ -189,11 +173,11 @@ def test_two_stores_misconfigured_onto_one_topic_get_a_clear_refusal_and_lose_no
     try:
         ours = append_events(event_store, streams=2, per_stream=3)
         theirs = append_events(store_b, streams=2, per_stream=3, prefix="other")
-        a = _start(relays, event_store, _config(kafka_namespace, topic))
+        a = start_relay(relays, event_store, _config(kafka_namespace, topic))
         wait_until(lambda: a.last_published == len(ours), 30, "store A's relay")
 
-        b = _start(relays, store_b, _config(kafka_namespace, topic))
-        wait_until(lambda: _verdict(store_b) == "foreign_store", 30, "store B's refusal")
+        b = start_relay(relays, store_b, _config(kafka_namespace, topic))
+        wait_until(lambda: relay_verdict(store_b) == "foreign_store", 30, "store B's refusal")
         assert b.last_published == 0
         ours += append_events(event_store, streams=2, per_stream=1, prefix="later")
         wait_until(lambda: a.last_published == len(ours), 30, "store A goes on")
@@ -202,7 +186,7 @@ def test_two_stores_misconfigured_onto_one_topic_get_a_clear_refusal_and_lose_no
 
         b.stop()
         own_topic = kafka_namespace.topic("b-events")
-        b_fixed = _start(relays, store_b, _config(kafka_namespace, own_topic))
+        b_fixed = start_relay(relays, store_b, _config(kafka_namespace, own_topic))
         wait_until(lambda: b_fixed.last_published == len(theirs), 30, "store B on its own topic")
         assert_exactly_once_in_order(read_to_end(kafka_namespace.bootstrap_servers, [own_topic]), theirs)
     finally:
@@ -218,7 +202,7 @@ def test_a_tail_postgresql_lost_after_kafka_had_it_is_detected_and_reported(
 ) -> None:
     topic = kafka_namespace.topic("events")
     appended = append_events(event_store, streams=2, per_stream=5)  # event_numbers 1..10
-    first = _start(relays, event_store, _config(kafka_namespace, topic, partitions=2))
+    first = start_relay(relays, event_store, _config(kafka_namespace, topic, partitions=2))
     wait_until(lambda: first.last_published == 10, 30, "the first relay")
     first.stop()
     # A failover to an async replica, simulated: the last three events are gone, and their numbers
@@ -237,9 +221,9 @@ def test_a_tail_postgresql_lost_after_kafka_had_it_is_detected_and_reported(
         )
     reused = append_events(event_store, streams=1, per_stream=2, prefix="after-failover")  # numbered 8, 9
 
-    second = _start(relays, event_store, _config(kafka_namespace, topic, partitions=2))
+    second = start_relay(relays, event_store, _config(kafka_namespace, topic, partitions=2))
     # The status says so before any relay looks (its recorded position is above the store's newest)...
-    assert _verdict(event_store) == "kafka_ahead"
+    assert relay_verdict(event_store) == "kafka_ahead"
     # ...and the relay, once it has read the tail, stops there and says why.
     wait_until(lambda: isinstance(second.problem, KafkaAheadOfStore), 30, "the relay's problem")
     status = _status(event_store)
@@ -256,7 +240,7 @@ def test_a_tail_postgresql_lost_after_kafka_had_it_is_detected_and_reported(
     wait_until(lambda: second.last_published == 9, 30, "the relay, after the operator's decision")
     seen = read_to_end(kafka_namespace.bootstrap_servers, [topic])
     assert set(reused) <= {m.event_id for m in seen}
-    assert _verdict(event_store) == "ok"
+    assert relay_verdict(event_store) == "ok"
 
 
 def test_topics_emptied_by_retention_are_not_guessed_over(
@@ -264,7 +248,7 @@ def test_topics_emptied_by_retention_are_not_guessed_over(
 ) -> None:
     topic = kafka_namespace.topic("events")
     appended = append_events(event_store, streams=2, per_stream=3)
-    first = _start(relays, event_store, _config(kafka_namespace, topic))
+    first = start_relay(relays, event_store, _config(kafka_namespace, topic))
     wait_until(lambda: first.last_published == len(appended), 30, "the first relay")
     first.stop()
     admin = AdminClient({"bootstrap.servers": kafka_namespace.bootstrap_servers})
@@ -274,8 +258,8 @@ def test_topics_emptied_by_retention_are_not_guessed_over(
         future.result(30)
     more = append_events(event_store, streams=1, per_stream=2, prefix="more")
 
-    second = _start(relays, event_store, _config(kafka_namespace, topic))
-    wait_until(lambda: _verdict(event_store) == "tail_unconfirmed", 30, "the verdict")
+    second = start_relay(relays, event_store, _config(kafka_namespace, topic))
+    wait_until(lambda: relay_verdict(event_store) == "tail_unconfirmed", 30, "the verdict")
     assert "resume-after" in _status(event_store).problem
     resume_after(event_store, len(appended))
     wait_until(lambda: second.last_published == len(appended) + len(more), 30, "the relay")
@@ -288,7 +272,7 @@ def test_an_unreadable_topic_in_the_tail_is_an_error_not_a_lower_resume_point(
 ) -> None:
     topic = kafka_namespace.topic("events")
     appended = append_events(event_store, streams=2, per_stream=2)
-    relay = _start(relays, event_store, _config(kafka_namespace, topic))
+    relay = start_relay(relays, event_store, _config(kafka_namespace, topic))
     wait_until(lambda: relay.last_published == len(appended), 30, "the relay")
     missing = kafka_namespace.topic("never-created")
     with pytest.raises(TailUnreadable, match=missing):
@@ -319,13 +303,13 @@ def test_a_routing_function_that_raises_blocks_at_its_event_loudly_and_the_relay
     before = append_events(event_store, streams=2, per_stream=2)
     event_store.append_to_stream("account-0", ANY, [EventData("Poison", b"p")])
     after = append_events(event_store, streams=2, per_stream=2, prefix="after")
-    relay = _start(
+    relay = start_relay(
         relays,
         event_store,
         _config(kafka_namespace, topic, routing=Routing(topic, key=_poison_key), batch_size=100),
     )
 
-    wait_until(lambda: _verdict(event_store) == "blocked", 30, "the verdict")
+    wait_until(lambda: relay_verdict(event_store) == "blocked", 30, "the verdict")
     status = _status(event_store)
     assert status.problem_event == 5
     assert "no key for poison" in status.problem
@@ -338,7 +322,7 @@ def test_a_routing_function_that_raises_blocks_at_its_event_loudly_and_the_relay
     assert_exactly_once_in_order(seen, before)  # nothing after the poison passed it
     relay.stop()
 
-    fixed = _start(
+    fixed = start_relay(
         relays, event_store, _config(kafka_namespace, topic, routing=Routing(topic, key=_fixed_key))
     )
     wait_until(lambda: fixed.last_published == 9, 30, "the fixed relay")
@@ -348,20 +332,7 @@ def test_a_routing_function_that_raises_blocks_at_its_event_loudly_and_the_relay
         m.event_number for m in seen if m.key == b"account-0"
     )
     assert set(before + after) < {m.event_id for m in seen}
-    wait_until(lambda: _verdict(event_store) == "ok", 30, "the verdict cleared")
-
-
-def _set_topic_limit(bootstrap: str, topic: str, limit: int) -> None:
-    admin = AdminClient({"bootstrap.servers": bootstrap})
-    resource = ConfigResource(
-        ConfigResource.Type.TOPIC,
-        topic,
-        incremental_configs=[
-            ConfigEntry("max.message.bytes", str(limit), incremental_operation=AlterConfigOpType.SET)
-        ],
-    )
-    for future in admin.incremental_alter_configs([resource]).values():
-        future.result(30)
+    wait_until(lambda: relay_verdict(event_store) == "ok", 30, "the verdict cleared")
 
 
 def test_a_broker_limit_lowered_under_a_running_relay_blocks_at_the_event_loudly_then_goes_on(
@@ -369,23 +340,23 @@ def test_a_broker_limit_lowered_under_a_running_relay_blocks_at_the_event_loudly
 ) -> None:
     topic = kafka_namespace.topic("events")
     before = append_events(event_store, streams=2, per_stream=2)
-    relay = _start(relays, event_store, _config(kafka_namespace, topic, compression="none"))
+    relay = start_relay(relays, event_store, _config(kafka_namespace, topic, compression="none"))
     wait_until(lambda: relay.last_published == len(before), 30, "the relay")
-    _set_topic_limit(kafka_namespace.bootstrap_servers, topic, 20_000)
+    set_topic_limit(kafka_namespace.bootstrap_servers, topic, 20_000)
 
     big = EventData("Big", os.urandom(100_000))
     event_store.append_to_stream("account-1", ANY, [big])
     after = append_events(event_store, streams=2, per_stream=2, prefix="after")
-    wait_until(lambda: _verdict(event_store) == "blocked", 60, "the verdict")
+    wait_until(lambda: relay_verdict(event_store) == "blocked", 60, "the verdict")
     assert _status(event_store).problem_event == len(before) + 1
     assert relay.last_published == len(before), "nothing after the big event passed it"
 
-    _set_topic_limit(kafka_namespace.bootstrap_servers, topic, 2_000_000)
+    set_topic_limit(kafka_namespace.bootstrap_servers, topic, 2_000_000)
     total = len(before) + 1 + len(after)
     wait_until(lambda: relay.last_published == total, 60, "the relay, once the limit is raised")
     seen = read_to_end(kafka_namespace.bootstrap_servers, [topic])
     assert_exactly_once_in_order(seen, [*before, big.event_id, *after])
-    wait_until(lambda: _verdict(event_store) == "ok", 30, "the verdict cleared")
+    wait_until(lambda: relay_verdict(event_store) == "ok", 30, "the verdict cleared")
 
 
 def test_messages_of_an_earlier_relay_without_the_identity_headers_are_confirmed_against_the_store(
@@ -405,7 +376,7 @@ def test_messages_of_an_earlier_relay_without_the_identity_headers_are_confirmed
         )
     assert producer.flush(30) == 0
     more = append_events(event_store, streams=2, per_stream=2, prefix="more")
-    relay = _start(relays, event_store, _config(kafka_namespace, topic, create_topics=False))
+    relay = start_relay(relays, event_store, _config(kafka_namespace, topic, create_topics=False))
     wait_until(lambda: relay.last_published == len(appended) + len(more), 30, "the relay")
     seen = read_to_end(kafka_namespace.bootstrap_servers, [topic])
     assert_exactly_once_in_order(seen, appended + more)
@@ -422,7 +393,7 @@ def test_a_topic_recreated_while_another_kept_its_events_gets_its_events_again(
             event = EventData(kind, b"%d" % n)
             event_store.append_to_stream(f"account-{n % 2}", ANY, [event])
             appended.append((kind, event.event_id))
-    first = _start(relays, event_store, _config(kafka_namespace, main, routing=routing))
+    first = start_relay(relays, event_store, _config(kafka_namespace, main, routing=routing))
     wait_until(lambda: first.last_published == 12, 30, "the first relay")
     first.stop()
     # The audit topic is deleted and made again (by an operator, a cluster restored from an older backup).
@@ -431,11 +402,11 @@ def test_a_topic_recreated_while_another_kept_its_events_gets_its_events_again(
     wait_until(lambda: audit not in admin.list_topics(timeout=10).topics, 30, "the topic deleted")
     republished = metrics.RELAY_REPUBLISHED.labels(event_store.config.schema, "default")._value.get()
 
-    second = _start(relays, event_store, _config(kafka_namespace, main, routing=routing))
+    second = start_relay(relays, event_store, _config(kafka_namespace, main, routing=routing))
     wait_until(lambda: second.last_published == 12, 30, "the restarted relay")
     on_audit = read_to_end(kafka_namespace.bootstrap_servers, [audit])
     assert sorted(m.event_id for m in on_audit) == sorted(i for kind, i in appended if kind == "AuditNoted")
     on_main = read_to_end(kafka_namespace.bootstrap_servers, [main])
     assert {m.event_id for m in on_main} == {i for kind, i in appended if kind == "Noted"}
     assert metrics.RELAY_REPUBLISHED.labels(event_store.config.schema, "default")._value.get() > republished
-    assert _verdict(event_store) == "ok"
+    assert relay_verdict(event_store) == "ok"
