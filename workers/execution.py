@@ -36,7 +36,7 @@ from tidings.errors import CodecError
 from tidings.mapper import EventMapper
 from workers import metrics
 from workers.delivery import Delivery, EventMetadata
-from workers.failure import ErrorAnswer, FailureContext, Park, Retry, Skip, Stop
+from workers.failure import Answered, ErrorAnswer, FailureContext, Park, Retry, Skip, Stop
 from workers.handler import BatchFailed, EventHandler
 from workers.parking import ParkedEvents
 from workers.positions import Checkpoint, Positions, Subscription
@@ -618,15 +618,21 @@ class Executor:
         context: dict[str, Any] = {}
         error = failed.error
         while True:
-            situation = FailureContext.of(error, attempt, context, failed.metadata, self.handler.state)
-            answer = self._ask(error, failed.event, situation)
+            # A failure the handler answered itself (a process manager's failed command) is carried out
+            # as answered: asking ``error`` again about the event would change what the answer means.
+            answered = isinstance(error, Answered)
+            if isinstance(error, Answered):
+                answer = error.answer
+            else:
+                situation = FailureContext.of(error, attempt, context, failed.metadata, self.handler.state)
+                answer = self._ask(error, failed.event, situation)
             log.warning(
                 "handling failed",
                 extra={
                     "handler": self.name,
                     "event_number": delivery.event_number,
                     "attempt": attempt,
-                    "error": f"{type(error).__name__}: {error}",
+                    "error": str(error) if answered else f"{type(error).__name__}: {error}",
                     "answer": type(answer).__name__,
                 },
             )
@@ -634,9 +640,11 @@ class Executor:
                 raise HandlerStopped(self.name, answer.reason or str(error), delivery)
             if isinstance(answer, Skip | Park):
                 return _Decided(answer)
+            # The unit that failed has rolled back: no transaction stays open while waiting.
             self._wait(ps, answer.delay)
-            context = answer.context
-            attempt += 1
+            if not answered:
+                context = answer.context
+                attempt += 1
             try:
                 retry()
                 return None
