@@ -111,11 +111,12 @@ class _Plan:
 
     ``commands`` are those to dispatch, from the first (the ones before ``failed_at`` were rolled back
     with the transaction and are dispatched again); the command at ``failed_at`` goes with ``attempt``
-    and ``context``. Valid only while the instance has applied ``events_applied`` events: if another
-    event changed it meanwhile, the event is handled afresh.
+    and ``context``. Valid only while the instance is as it was (``version``: how many events it had
+    applied, and the last one's number): if another event changed it meanwhile, or stopped it and
+    started it again, the event is handled afresh.
     """
 
-    events_applied: int
+    version: tuple[int, int]
     commands: list[object]
     failed_at: int
     attempt: int
@@ -274,17 +275,18 @@ class ProcessManager(Projection):
                 self._committing[process_id] = None
                 continue
             found = live.get(process_id)
-            before = found.events_applied if found is not None else 0
+            version = (found.events_applied, found.last_event_number) if found is not None else (0, 0)
             state = self._state_of(found) if found is not None else self.state_type()
             plan = self._plans.pop((number, process_id), None)
-            if plan is not None and plan.events_applied != before:
+            if plan is not None and plan.version != version:
                 plan = None  # another event changed the instance while the retry waited: start afresh
             # handle and apply are pure: with a plan, handle's commands are those already planned.
             commands = plan.commands if plan is not None else produced(self.handle(state, event))
             state = self.apply(state, event)
-            if self._dispatch(process_id, commands, state, event, metadata, raw, before, plan):
-                instances.save(raw, self.name, process_id, self._document(state), before + 1, number)
-                self._committing[process_id] = ((before + 1, number), state)
+            if self._dispatch(process_id, commands, state, event, metadata, raw, version, plan):
+                applied = version[0] + 1
+                instances.save(raw, self.name, process_id, self._document(state), applied, number)
+                self._committing[process_id] = ((applied, number), state)
             else:
                 instances.delete(raw, self.name, process_id)
                 self._committing[process_id] = None
@@ -347,7 +349,7 @@ class ProcessManager(Projection):
         event: Any,
         metadata: EventMetadata,
         raw: psycopg.Connection,
-        events_applied: int,
+        version: tuple[int, int],
         plan: _Plan | None,
     ) -> bool:
         """Dispatch ``commands`` in the event's transaction; False when ``after_command`` stopped the
@@ -401,7 +403,7 @@ class ProcessManager(Projection):
                         # Never wait with the transaction open (it would hold the cluster's numbering
                         # horizon): roll back, wait outside, and do the event again from this plan.
                         self._plans[(metadata.event_number, process_id)] = _Plan(
-                            events_applied, done + pending, len(done), attempt + 1, next_context
+                            version, done + pending, len(done), attempt + 1, next_context
                         )
                         raise CommandFailed(command, exc, answer) from exc
                     case ContinueWith(commands=replacement, context=next_context):
