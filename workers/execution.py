@@ -86,6 +86,11 @@ class Abandoned(Exception):
     """The partition was revoked, or the worker is stopping: leave the rest for the next owner."""
 
 
+class _Gone(Exception):
+    """A parked event being retried is no longer this executor's to apply: another member claimed or
+    handled it first, or an operator discarded it. Nothing of this attempt was applied."""
+
+
 @dataclass(eq=False)
 class PartitionState:
     """What a lane knows of one assigned partition."""
@@ -128,7 +133,9 @@ class _Staged:
     new_parked_keys: set[bytes] = field(default_factory=set)
     parks: list[tuple[Delivery, str]] = field(default_factory=list)
     dead_letters: list[tuple[Delivery, str]] = field(default_factory=list)
-    acks: dict[str, int] = field(default_factory=dict)
+    acks: dict[str, list[int]] = field(default_factory=dict)
+    """Per stream, each version finished with: every one is acknowledged by itself (out of stream
+    order, a higher version says nothing of a lower one)."""
     handled: list[tuple[Any, EventMetadata]] = field(default_factory=list)
     outcomes: dict[str, int] = field(default_factory=dict)
 
@@ -265,6 +272,14 @@ class Executor:
             try:
                 parked_again = self._retry_parked(ps, event.id, event.delivery)
             except Abandoned:
+                return
+            except _Gone:
+                # Not applied here. The key's rows are read again at the next look at released keys.
+                log.info(
+                    "a released parked event is retried by another member, was discarded, or is not "
+                    "released (parked after the release); leaving it",
+                    extra={"handler": self.name, "key": _text(key), "parked_id": event.id},
+                )
                 return
             if parked_again:
                 # It failed again: what is left of the key waits for the next release.
@@ -515,9 +530,7 @@ class Executor:
 
     def _acknowledge(self, staged: _Staged, delivery: Delivery) -> None:
         if self._acknowledging and not delivery.error:
-            stream_id = delivery.stream_id
-            if staged.acks.get(stream_id, 0) < delivery.stream_version:
-                staged.acks[stream_id] = delivery.stream_version
+            staged.acks.setdefault(delivery.stream_id, []).append(delivery.stream_version)
 
     # --- calling the handler -----------------------------------------------------------------------
 
@@ -674,10 +687,33 @@ class Executor:
             ps.revoked.wait(min(left, 0.1))
 
     def _retry_parked(self, ps: PartitionState, parked_id: int, delivery: Delivery) -> bool:
-        """Handle one released parked event and remove it, unless it is parked again (returns True)."""
+        """Handle one released parked event and remove it, unless it is parked again (returns True).
+
+        Raises:
+            _Gone: another member retries it, or it was discarded, or it is not released: not applied.
+            Abandoned, HandlerStopped: revoked, stopping, or Stop answered (a plain handler's claim is
+                undone: the row is released again).
+        """
         # A scratch state: the event is neither "already seen" nor "behind a parked event" this time.
         scratch = PartitionState(ps.topic, ps.partition, revoked=ps.revoked)
         decided: dict[int, _Decided] = {}
+        if self._projection is None:
+            # A plain handler's effects are its own: claim the row first, so that one member only
+            # handles it (a projection fences it in its transaction instead: _parked_unit).
+            with self.shared.store.connection() as conn:
+                if not self.shared.parked.claim(conn, parked_id):
+                    raise _Gone
+            try:
+                return self._attempt_parked(scratch, parked_id, delivery, decided)
+            except (Abandoned, HandlerStopped):
+                with self.shared.store.connection() as conn:
+                    self.shared.parked.unclaim(conn, parked_id)  # for the next owner, or the next run
+                raise
+        return self._attempt_parked(scratch, parked_id, delivery, decided)
+
+    def _attempt_parked(
+        self, scratch: PartitionState, parked_id: int, delivery: Delivery, decided: dict[int, _Decided]
+    ) -> bool:
         while True:
             staged = _Staged(0)
             try:
@@ -700,7 +736,11 @@ class Executor:
         staged: _Staged,
         decided: dict[int, _Decided],
     ) -> bool:
-        """One attempt at a parked event; its row goes in the same transaction as a projection's writes."""
+        """One attempt at a parked event; its row goes in the same transaction as a projection's writes.
+
+        Raises:
+            _Gone: (a projection) the row is gone once locked: nothing of this attempt commits.
+        """
         projection = self._projection
         self._direct = self._loop is None and not self._tracing()
         if projection is None:
@@ -713,6 +753,10 @@ class Executor:
         projection._unit_started()
         with self.shared.engine.begin() as connection:
             raw: psycopg.Connection = connection.connection.driver_connection  # type: ignore[assignment]
+            # The fence: locked before anything is projected, so that a second member (or a discard)
+            # waits for this transaction, then finds the row gone and applies nothing.
+            if not self.shared.parked.lock(raw, parked_id):
+                raise _Gone
             step = self._classify(ps, staged, delivery, decided)
             if step is not None:
                 event, metadata = step
@@ -725,8 +769,16 @@ class Executor:
 
     def _finish_parked(self, conn: psycopg.Connection, parked_id: int, staged: _Staged) -> bool:
         parked_again = bool(staged.parks)
-        if not parked_again:
-            self.shared.parked.remove(conn, parked_id)
+        if not parked_again and not self.shared.parked.remove(conn, parked_id):
+            if self._projection is not None:
+                raise _Gone  # cannot happen under the row's lock; rolled back all the same
+            # A plain handler's claimed row, discarded by an operator while the handler ran: its
+            # effects are done and cannot be taken back. Said loudly, so the discard is not believed.
+            metrics.ERRORS.labels(self.name, "parked_discarded").inc()
+            log.warning(
+                "a parked event was discarded while the handler retried it: the handler has handled it",
+                extra={"handler": self.name, "parked_id": parked_id},
+            )
         staged.parks.clear()  # parked again: its row is already there
         self._record(conn, staged)
         return parked_again

@@ -5,12 +5,23 @@ it instead of being handled, while other keys go on. ``tidings parked retry`` re
 worker owning its partition hands its parked events back to the handler, oldest first, and the key runs
 live again once none is left. ``tidings parked discard`` deletes them (the handler never sees them).
 
-Rows keep the whole message (key, value, headers), so a retry needs nothing from Kafka.
+Rows keep the whole message (key, value, headers), so a retry needs nothing from Kafka. A row is unique
+per (handler, topic, partition, offset, message digest): a redelivered message is parked once, and a
+different message at an offset already used (a topic deleted and made again starts its offsets over) is
+parked as well. A key's events are kept, and handed back, in the order they were parked.
+
+Retrying a parked event is fenced by its row, so that it is applied at most once even when two members
+retry it at once (one of them a zombie that lost the partition) or an operator discards it meanwhile: a
+projection locks the row first, in the transaction of its writes, and deletes it there (a row already
+gone rolls the writes back); a plain handler, whose effects are its own, first claims the row (sets
+``released`` back to false: one member wins), and reports it when the row was discarded while it ran.
 """
 
 from __future__ import annotations
 
 import builtins
+import hashlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -20,7 +31,22 @@ from psycopg import sql
 from eventstore.postgres.store import PostgresEventStore
 from workers.delivery import Delivery, delivery_of
 
-__all__ = ["ParkedEvent", "ParkedEvents"]
+__all__ = ["ParkedEvent", "ParkedEvents", "message_digest"]
+
+
+def message_digest(key: bytes, value: bytes, headers: Sequence[tuple[str, bytes | None]]) -> bytes:
+    """SHA-256 of a message: each part length-prefixed, so that no two messages share an encoding.
+
+    Migration 0009 computes the same in SQL for rows parked before the digest existed.
+    """
+    digest = hashlib.sha256()
+    for part in (key, value):
+        digest.update(len(part).to_bytes(4, "big", signed=True) + part)
+    for name, raw in headers:
+        encoded, data = name.encode(), raw or b""
+        digest.update(len(encoded).to_bytes(4, "big", signed=True) + encoded)
+        digest.update(len(data).to_bytes(4, "big", signed=True) + data)
+    return digest.digest()
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,9 +90,9 @@ class ParkedEvents:
         connection.execute(
             self._sql(
                 "INSERT INTO {t} (handler, topic, partition, kafka_offset, key, event_number, stream_id, "
-                "event_type, value, header_names, header_values, error) "
-                "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) "
-                "ON CONFLICT (handler, topic, partition, kafka_offset) DO NOTHING"
+                "event_type, value, header_names, header_values, error, message_digest) "
+                "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) "
+                "ON CONFLICT (handler, topic, partition, kafka_offset, message_digest) DO NOTHING"
             ),
             (
                 handler,
@@ -81,6 +107,7 @@ class ParkedEvents:
                 [name for name, _ in delivery.headers],
                 [value for _, value in delivery.headers],
                 error,
+                message_digest(delivery.key, delivery.value, delivery.headers),
             ),
         )
 
@@ -116,14 +143,36 @@ class ParkedEvents:
             rows = conn.execute(
                 self._sql(
                     "SELECT {columns} FROM {t} WHERE handler = %s AND topic = %s AND partition = %s "
-                    "AND key = %s ORDER BY kafka_offset"
+                    "AND key = %s ORDER BY id"
                 ),
                 (handler, topic, partition, key),
             ).fetchall()
         return [_parked(row) for row in rows]
 
-    def remove(self, connection: psycopg.Connection, parked_id: int) -> None:
-        connection.execute(self._sql("DELETE FROM {t} WHERE id = %s"), (parked_id,))
+    def lock(self, connection: psycopg.Connection, parked_id: int) -> bool:
+        """Lock a parked event's row until the caller's transaction ends; False: it is gone (handled by
+        another member, or discarded). Waits while another transaction holds it."""
+        found = connection.execute(
+            self._sql("SELECT id FROM {t} WHERE id = %s FOR UPDATE"), (parked_id,)
+        ).fetchone()
+        return found is not None
+
+    def claim(self, connection: psycopg.Connection, parked_id: int) -> bool:
+        """Take a released parked event for retrying (it is no longer released): True for one caller
+        only. Parked again, it waits for the next release like the rest of its key."""
+        cursor = connection.execute(
+            self._sql("UPDATE {t} SET released = false WHERE id = %s AND released"), (parked_id,)
+        )
+        return cursor.rowcount == 1
+
+    def unclaim(self, connection: psycopg.Connection, parked_id: int) -> None:
+        """Give a claimed row back (the retry was abandoned): released again for the next owner."""
+        connection.execute(self._sql("UPDATE {t} SET released = true WHERE id = %s"), (parked_id,))
+
+    def remove(self, connection: psycopg.Connection, parked_id: int) -> bool:
+        """Delete a handled parked event; False: it was already gone."""
+        cursor = connection.execute(self._sql("DELETE FROM {t} WHERE id = %s"), (parked_id,))
+        return cursor.rowcount == 1
 
     def hold(
         self, connection: psycopg.Connection, handler: str, topic: str, partition: int, key: bytes
@@ -144,7 +193,7 @@ class ParkedEvents:
             rows = conn.execute(
                 self._sql(
                     "SELECT {columns} FROM {t} WHERE %(handler)s::text IS NULL OR handler = %(handler)s "
-                    "ORDER BY handler, topic, partition, kafka_offset LIMIT %(limit)s"
+                    "ORDER BY handler, topic, partition, id LIMIT %(limit)s"
                 ),
                 {"handler": handler, "limit": limit},
             ).fetchall()

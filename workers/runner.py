@@ -42,7 +42,7 @@ from confluent_kafka import (
     TopicPartition,
 )
 
-from eventstore.acknowledgements import Acknowledgements
+from eventstore.acknowledgements import Acknowledgements, Carried
 from eventstore.kafka_tail import PREVIOUS_HEADER, event_number_of, parse_previous
 from eventstore.leadership import Leadership
 from eventstore.relay import Relay, RelayConfig
@@ -384,7 +384,10 @@ class HandlerRunner:
         )
         acks = Acknowledgements(self.store)
         if self.handler.consistency == "strong":
-            self._while_postgres_away("registering", lambda: acks.register_strong(self.name))
+            # What reaches its topics, so that a strong dispatch of other events does not wait for it.
+            feed = self._repartition.config.routing if self._repartition is not None else None
+            carried = Carried.by(feed or self.app.routing_for(), self.topics)
+            self._while_postgres_away("registering", lambda: acks.register_strong(self.name, carried))
         else:
             # A handler made eventual must no longer hold strong dispatches back.
             self._while_postgres_away("registering", lambda: acks.unregister_strong(self.name))
