@@ -29,6 +29,7 @@ from tests.eventstore.relay_support import (
     start_relay,
     wait_until,
 )
+from tests.torture import kill_rounds
 from tidings.pytest_plugin import KafkaNamespace, PostgresSchema
 
 RETRY = 0.2
@@ -155,7 +156,7 @@ def test_kill_9_with_foreign_messages_interleaved_in_every_partition_between_the
     rng = random.Random(20261207)
     foreign = 0
     with Writers(event_store) as writers:
-        for round_ in range(12):
+        for round_ in range(kill_rounds(6)):
             relay = RelayProcess(env, args, tmp_path / f"relay-{round_}.log")
             before = relay_row(event_store)[1]
             wait_until(

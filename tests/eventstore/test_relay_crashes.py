@@ -23,10 +23,11 @@ from tests.eventstore.relay_support import (
     relay_row,
     wait_until,
 )
+from tests.torture import kill_rounds
 from tidings.devservices import LocalKafka
 from tidings.pytest_plugin import KafkaNamespace, PostgresSchema
 
-KILLS = 20
+KILLS = kill_rounds(10)
 
 
 def _environment(schema: PostgresSchema, kafka: KafkaNamespace) -> dict[str, str]:
