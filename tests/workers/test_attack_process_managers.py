@@ -79,14 +79,22 @@ def _murmur2(data: bytes) -> int:
     return h
 
 
-def _two_accounts_on_two_partitions() -> tuple[uuid.UUID, uuid.UUID]:
-    def partition(account: uuid.UUID) -> int:
-        return (_murmur2(f"account-{account}".encode()) & 0x7FFFFFFF) % 2
+def _partition(account: uuid.UUID) -> int:
+    """Which of two partitions the relay puts an account's events on."""
+    return (_murmur2(f"account-{account}".encode()) & 0x7FFFFFFF) % 2
 
+
+def _two_accounts_on_two_partitions() -> tuple[uuid.UUID, uuid.UUID]:
     first = uuid.uuid4()
-    while partition(second := uuid.uuid4()) == partition(first):
+    while _partition(second := uuid.uuid4()) == _partition(first):
         pass
     return first, second
+
+
+def _another_on_the_partition_of(account: uuid.UUID) -> uuid.UUID:
+    while _partition(other := uuid.uuid4()) != _partition(account):
+        pass
+    return other
 
 
 class Rendezvous:
@@ -364,6 +372,59 @@ def test_a_command_retry_delay_does_not_hold_the_numbering_horizon_and_keeps_att
         eventually(lambda: instances.count(Patient.name) == 1, what="the retried event handled")
         assert seen == [(1, {}), (2, {"first": "refused"})], "attempt and context survived the rollback"
         assert _deposits(event_store, account) == [Decimal("1.00")], "the deposit committed once"
+
+
+def test_a_retry_wait_holds_no_lock_and_an_instance_changed_meanwhile_is_handled_afresh(
+    event_store: PostgresEventStore, kafka_namespace: KafkaNamespace
+) -> None:
+    app = Application(event_store, MAPPER, accounts)
+    handled: list[tuple[str, list[str]]] = []
+    asked: list[int] = []
+    waiting = threading.Event()
+    first, waiter = _two_accounts_on_two_partitions()
+    late = _another_on_the_partition_of(first)  # not the waiter's: it does not queue behind it
+    with _stack(event_store, kafka_namespace) as s:
+
+        class Owners(ProcessManager):
+            name = s.name("owners")
+            concurrency = 2
+
+            def interested(self, event: Any, metadata: EventMetadata) -> Any:
+                return Continue(f"owner-{event.owner}") if isinstance(event, AccountOpened) else None
+
+            def handle(self, state: dict[str, Any], event: Any) -> Any:
+                handled.append((str(event.account_id), list(state.get("opened", []))))
+                return Withdraw(event.account_id, BIG) if event.account_id == waiter else None
+
+            def apply(self, state: dict[str, Any], event: Any) -> dict[str, Any]:
+                return {"opened": [*state.get("opened", []), str(event.account_id)]}
+
+            def error(self, error: BaseException, failed: Any, context: Any) -> Any:
+                asked.append(context.attempt)
+                if len(asked) == 1:
+                    waiting.set()
+                    return Retry(delay=4.0)
+                return DiscardPending()
+
+        instances = ProcessInstances(event_store)
+
+        def opened() -> list[str]:
+            instance = instances.get(Owners.name, "owner-ada")
+            return list(instance.state["opened"]) if instance is not None else []
+
+        app.dispatch(OpenAccount(first, "ada"))
+        s.run(Owners)
+        eventually(lambda: opened() == [str(first)], what="the instance started")
+        app.dispatch(OpenAccount(waiter, "ada"))
+        eventually(waiting.is_set, what="the waiter's withdrawal refused, a retry in 4 s answered")
+        # An event of the same instance on the other partition: it goes on while the retry waits.
+        app.dispatch(OpenAccount(late, "ada"))
+        eventually(lambda: str(late) in opened(), timeout=30, what="the later opening applied")
+        assert asked == [1], "applied while the retry waited: the wait held no lock on the instance"
+        eventually(lambda: len(opened()) == 3, what="the waiter's opening applied after its retry")
+        assert opened() == [str(first), str(late), str(waiter)]
+        assert asked == [1, 1], "the instance changed meanwhile: the command's attempts count afresh"
+        assert handled[-1] == (str(waiter), [str(first), str(late)]), "handled afresh on the new state"
 
 
 def test_a_retry_wait_is_abandoned_when_the_worker_stops(
