@@ -38,6 +38,7 @@ from workers import metrics
 from workers.delivery import Delivery, EventMetadata
 from workers.failure import Answered, ErrorAnswer, FailureContext, Park, Retry, Skip, Stop
 from workers.handler import BatchFailed, EventHandler
+from workers.identity import FOREIGN, StoreIdentity, store_header
 from workers.parking import ParkedEvents
 from workers.positions import Checkpoint, Positions, Subscription
 
@@ -122,6 +123,8 @@ class Shared:
     engine: sa.Engine | None = None
     resync: Callable[[PartitionState], None] | None = None
     """Asks the consumer to read a partition's position again (a projection that was fenced)."""
+    identity: StoreIdentity | None = None
+    """What tells this store's messages from foreign ones (one per handler; made here if not given)."""
 
 
 @dataclass
@@ -189,6 +192,11 @@ class Executor:
         self._events = {o: metrics.EVENTS.labels(self.name, o) for o in _OUTCOMES}
         self._handle_seconds = metrics.HANDLE_SECONDS.lane(self.name)
         self._end_to_end = metrics.END_TO_END.lane(self.name)
+        self._identity = shared.identity or StoreIdentity(shared.store)
+        self._foreign: dict[int, str] = {}
+        """Offsets the consumer found foreign (global order decides before the merge), this call."""
+        self._known: dict[int, str] = {}
+        """The store's event_ids at the numbers of this call's redeliveries (asked in one query)."""
 
     def close(self) -> None:
         if self._loop is not None:
@@ -196,13 +204,18 @@ class Executor:
 
     # --- entry points ------------------------------------------------------------------------------
 
-    def process(self, ps: PartitionState, deliveries: list[Delivery]) -> None:
+    def process(
+        self, ps: PartitionState, deliveries: list[Delivery], foreign: dict[int, str] | None = None
+    ) -> None:
         """Handle ``deliveries`` (one partition, offset order); ``ps.next_offset`` says how far it got.
+        ``foreign``: offsets already found not to be this store's events, and why.
 
         Raises:
             HandlerStopped: the handler answered Stop; ``ps.next_offset`` stays before that message.
         """
+        self._foreign = foreign or {}
         try:
+            self._known = self._redelivered(ps, deliveries)
             self._process(ps, deliveries)
         except Fenced as fenced:
             # Another member projects this partition now: drop it here, and read its position again.
@@ -210,6 +223,18 @@ class Executor:
             ps.revoked.set()
             if self.shared.resync is not None:
                 self.shared.resync(ps)
+        finally:
+            self._foreign, self._known = {}, {}  # offsets of this call only, not of a parked retry's
+
+    def _redelivered(self, ps: PartitionState, deliveries: list[Delivery]) -> dict[int, str]:
+        """The store's event_ids at the numbers of messages at or below the partition's position, in
+        one query, and only when there are such messages: a redelivery is skipped only if it is the
+        event handled there, not another message reusing its number."""
+        self._identity.head(max((d.event_number for d in deliveries if not d.error), default=0))
+        numbers = [
+            d.event_number for d in deliveries if not d.error and d.event_number <= ps.last_event_number
+        ]
+        return self._identity.event_ids(numbers) if numbers else {}
 
     def _process(self, ps: PartitionState, deliveries: list[Delivery]) -> None:
         start = 0
@@ -445,25 +470,44 @@ class Executor:
     def _classify(
         self, ps: PartitionState, staged: _Staged, delivery: Delivery, decided: dict[int, _Decided]
     ) -> tuple[Any, EventMetadata] | None:
-        """The event and metadata to handle, or None when the message is finished with otherwise."""
+        """The event and metadata to handle, or None when the message is finished with otherwise.
+
+        The partition's position (``last_event_number``) moves only on a message whose identity holds:
+        a foreign one is parked without moving it, so that no later good event is taken as seen.
+        """
         staged.next_offset = delivery.offset + 1
         if delivery.error:
-            self._poison(staged, delivery, f"undecodable message: {delivery.error}", "undecodable")
+            self._foreign_message(staged, delivery, f"{FOREIGN}: unreadable ({delivery.error})")
             return None
         number = delivery.event_number
+        foreign = self._foreign.get(delivery.offset) or self._identity.foreign(
+            number, store_header(delivery.headers)
+        )
+        if foreign is not None:
+            self._foreign_message(staged, delivery, foreign)
+            return None
         if number <= staged.last_event_number:
+            if not self._same_as_handled(delivery):
+                self._foreign_message(
+                    staged,
+                    delivery,
+                    f"{FOREIGN}: it reuses event_number {number}, which is another event "
+                    f"({self._known.get(number)}) already handled",
+                )
+                return None
             staged.count("already_seen")
             return None
-        staged.last_event_number = number
         subscription = self.shared.subscription
         if number <= subscription.start_after or (
             self.shared.subscribe_to != "all" and delivery.stream_id != self.shared.subscribe_to
         ):
+            staged.last_event_number = number
             staged.count("filtered")
             self._acknowledge(staged, delivery)
             return None
         answer = decided.pop(delivery.offset, None) if decided else None
         if answer is not None:
+            staged.last_event_number = number
             if isinstance(answer.answer, Skip):
                 staged.count("skipped")
                 self._acknowledge(staged, delivery)
@@ -474,15 +518,41 @@ class Executor:
             delivery.key in staged.new_parked_keys
             or (delivery.key in ps.parked_keys and self._still_parked(ps, delivery.key))
         ):
+            staged.last_event_number = number
             staged.parks.append((delivery, "behind an earlier parked event of its key"))
             staged.count("parked")
             return None
         try:
             event, user_metadata = self.shared.mapper.from_recorded(delivery)
         except CodecError as exc:
+            found = self._identity.event_ids([number]).get(number)
+            if found is None or not StoreIdentity.same_event(found, str(delivery.event_id)):
+                # Not the event the store holds at that number: garbage under a plausible number.
+                held = f"event {found}" if found else "no event"
+                self._foreign_message(
+                    staged,
+                    delivery,
+                    f"{FOREIGN}: it does not decode ({exc}) and the store holds {held} there",
+                )
+                return None
+            staged.last_event_number = number  # this store's own event, which cannot be read: poison
             self._poison(staged, delivery, f"cannot decode: {exc}", "undecodable")
             return None
+        staged.last_event_number = number
         return event, EventMetadata(delivery, self.name, user_metadata, self.handler.state)
+
+    def _same_as_handled(self, delivery: Delivery) -> bool:
+        """Whether a redelivery is the event the store holds at its number (asked in one query per call
+        of ``process``; a message that was no redelivery then is asked alone)."""
+        number = delivery.event_number
+        if number not in self._known:
+            self._known.update(self._identity.event_ids([number]))
+        return StoreIdentity.same_event(self._known.get(number), str(delivery.event_id))
+
+    def _foreign_message(self, staged: _Staged, delivery: Delivery, reason: str) -> None:
+        """Park (or dead-letter) a message that is not this store's event; it moves no position and
+        holds no key back (it is no event of its key)."""
+        self._poison(staged, delivery, reason, "foreign", holds_key=False)
 
     def _still_parked(self, ps: PartitionState, key: bytes) -> bool:
         """Whether the key still has parked events: an operator may have discarded them meanwhile.
@@ -493,12 +563,22 @@ class Executor:
         if now - ps.parked_checked.get(key, 0.0) < 1.0:
             return True
         ps.parked_checked[key] = now
-        if self.shared.parked.of_key(self.name, ps.topic, ps.partition, key):
+        # A foreign message parked under the key is no event of it: it holds nothing back.
+        parked = self.shared.parked.of_key(self.name, ps.topic, ps.partition, key)
+        if any(not event.error.startswith(FOREIGN) for event in parked):
             return True
         ps.parked_keys.discard(key)
         return False
 
-    def _poison(self, staged: _Staged, delivery: Delivery, reason: str, error_kind: str | None) -> None:
+    def _poison(
+        self,
+        staged: _Staged,
+        delivery: Delivery,
+        reason: str,
+        error_kind: str | None,
+        *,
+        holds_key: bool = True,
+    ) -> None:
         if error_kind is not None:
             metrics.ERRORS.labels(self.name, error_kind).inc()
         where = {
@@ -515,8 +595,11 @@ class Executor:
             log.error("event sent to the dead-letter topic", extra=where)
         else:
             staged.parks.append((delivery, reason))
-            staged.new_parked_keys.add(delivery.key)
             staged.count("parked")
+            if not holds_key:
+                log.error("message parked: it is not an event of this store", extra=where)
+                return
+            staged.new_parked_keys.add(delivery.key)
             log.error("event parked; later events of its key wait behind it", extra=where)
 
     def _handled(self, staged: _Staged, delivery: Delivery, event: Any, metadata: EventMetadata) -> None:

@@ -8,6 +8,7 @@ order, and a handler that reads only some topics never sees the others.
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 import uuid
@@ -18,6 +19,7 @@ from dataclasses import dataclass
 import pytest
 
 from eventstore import PostgresEventStore
+from eventstore.acknowledgements import WINDOW, Acknowledgements, Carried
 from eventstore.relay import Relay, RelayConfig
 from eventstore.routing import Route, Routing
 from tests.workers.worker_support import eventually, settle
@@ -187,3 +189,36 @@ def test_a_strong_dispatch_does_not_wait_for_a_handler_whose_topics_never_carry_
         # A later carried event is still waited for.
         app.dispatch(Touch(key), consistency="strong", timeout=30)
         assert seen == ["First", "First"]
+
+
+def test_acknowledgements_hold_each_version_in_any_order_and_forget_only_far_below_the_highest(
+    event_store: PostgresEventStore,
+) -> None:
+    acks = Acknowledgements(event_store)
+    for version in (3, 1, 5):
+        acks.acknowledge("h", "s-1", version)
+    assert acks.pending(["h"], "s-1", [1, 3, 5]) == []
+    assert acks.pending(["h"], "s-1", range(1, 4)) == ["h"], "version 2 was never acknowledged"
+    acks.acknowledge("h", "s-1", [2, 4])
+    assert acks.pending(["h"], "s-1", range(1, 6)) == []
+    # Far below the highest, versions are forgotten: a dispatch waiting on one would wait, not return.
+    acks.acknowledge("h", "s-1", WINDOW + 1)
+    assert acks.pending(["h"], "s-1", WINDOW + 1) == []
+    assert acks.pending(["h"], "s-1", 1) == ["h"]
+    assert acks.pending(["h"], "s-1", range(2, 6)) == []
+
+
+def test_what_reaches_a_handlers_topics_follows_the_routing() -> None:
+    routing = Routing(
+        "bank.events",
+        by_event_type={"bank.AuditNoted": Route(topic="bank.audit"), "bank.Opened": Route(key="event_id")},
+        by_category={"transfer": Route(topic="bank.transfers")},
+    )
+    main = Carried.by(routing, ["bank.events"])
+    assert main.carries("bank.Opened", "transfer-1"), "the event type's rule wins over the category's"
+    assert not main.carries("bank.AuditNoted", "account-1")
+    assert not main.carries("bank.Moved", "transfer-1")
+    assert main.carries("bank.Moved", "account-1")
+    assert Carried.of_document(json.loads(main.document() or "null")) == main
+    assert Carried.by(routing, routing.topics()).document() is None, "every event: stored as NULL"
+    assert Carried.by(Routing("app.handler.by-key"), ["app.handler.by-key"]).everything
