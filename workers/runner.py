@@ -321,6 +321,9 @@ class HandlerRunner:
         self._consumer = consumer
         try:
             subscription, acks = self._prepare(consumer)
+            # A run begins: the stops recorded before it are over (`tidings status` shows them no more).
+            states = HandlerStates(self.store)
+            self._while_postgres_away("superseding older stops", lambda: states.supersede(self.name))
             if self.global_order:
                 self._assign_everything(consumer, subscription)
             else:
