@@ -88,7 +88,10 @@ class Presence:
     def describe(self) -> str:
         parts = []
         if self.leader is not None:
-            parts.append(f"its global-order lock is held by the session {self.leader}")
+            parts.append(
+                f"its global-order lock is held by the session {self.leader} (its active consumer, or a "
+                "reset under way)"
+            )
         if self.standbys:
             parts.append(
                 f"{len(self.standbys)} global-order standby session(s) wait for that lock "

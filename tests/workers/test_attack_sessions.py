@@ -44,6 +44,7 @@ def test_a_projection_past_the_session_bounds_is_cut_off_and_redone_without_hold
         )
     table = sa.Table("slow_rows", sa.MetaData(schema=schema), sa.Column("event_number", sa.BigInteger))
     idle_event, long_event = 3, 6  # the event_numbers that take SLEEP seconds, once each
+    allowed_event = 8  # takes longer than the statement bound, having raised it for its transaction
     sleeping = threading.Event()
     attempts: Counter[int] = Counter()
     errors: list[BaseException] = []
@@ -65,6 +66,9 @@ def test_a_projection_past_the_session_bounds_is_cut_off_and_redone_without_hold
                 time.sleep(SLEEP)
             elif number == long_event:  # one statement running long
                 connection.execute(sa.text("SELECT pg_sleep(:s)"), {"s": SLEEP})
+            elif number == allowed_event:  # as the guide says a projection needing longer does
+                connection.execute(sa.text("SET LOCAL statement_timeout = '10s'"))
+                connection.execute(sa.text("SELECT pg_sleep(:s)"), {"s": STATEMENT_BOUND + 1})
 
         def error(self, error: BaseException, event: Any, context: FailureContext) -> ErrorAnswer:
             errors.append(error)
@@ -104,6 +108,7 @@ def test_a_projection_past_the_session_bounds_is_cut_off_and_redone_without_hold
             # Both cut off and done again, as transient failures: the handler's error() never asked.
             assert attempts[idle_event] == 2
             assert attempts[long_event] == 2
+            assert attempts[allowed_event] == 1
             assert errors == []
             assert ParkedEvents(event_store).list() == []
             assert runner.status.state == "running"
