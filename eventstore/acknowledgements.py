@@ -35,7 +35,7 @@ from eventstore.routing import Routing, stream_category
 
 __all__ = ["WINDOW", "Acknowledgements", "Carried", "acknowledgement_channel"]
 
-WINDOW = 10_000
+WINDOW = 1_000
 """How many versions below a stream's highest acknowledged one are remembered: a stream whose versions
 a handler partly never sees (they go to other topics) keeps one range per gap, and this bounds them."""
 
@@ -138,7 +138,7 @@ class Acknowledgements:
             "VALUES (%(handler)s, %(stream)s, %(versions)s::int8multirange) "
             "ON CONFLICT (handler, stream_id) DO UPDATE SET acknowledged_at = now(), "
             "versions = ({acks}.versions + excluded.versions) * int8multirange(int8range("
-            "greatest(upper({acks}.versions + excluded.versions) - {window}, 1), NULL)) RETURNING 1) "
+            "greatest(upper(excluded.versions) - {window}, 1), NULL)) RETURNING 1) "
             "SELECT pg_notify(%(channel)s, %(stream)s) FROM acknowledged"
         ).format(acks=acks, window=sql.Literal(WINDOW))
         self._acknowledged = sql.SQL(
