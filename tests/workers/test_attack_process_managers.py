@@ -30,6 +30,7 @@ from tidings.pytest_plugin import KafkaNamespace, PostgresSchema
 from workers import EventMetadata
 from workers.failure import Park, Retry, Skip
 from workers.failure import Stop as StopAnswer
+from workers.parking import ParkedEvents
 from workers.process_instances import ProcessInstances
 from workers.process_manager import ProcessFailureContext, ProcessManager
 from workers.process_routing import Continue, DiscardPending, Start, StartStrict
@@ -290,15 +291,11 @@ def test_park_for_a_failed_command_parks_the_event_and_nothing_it_caused_commits
         s.run(Parks)
         instances = ProcessInstances(event_store)
         eventually(lambda: instances.count(Parks.name) == 1, what="bob's opening handled")
+        eventually(lambda: ParkedEvents(event_store).count(Parks.name) == 1, what="ada's opening parked")
         env = worker_env(postgres_schema, kafka_namespace, s.app_name)
-
-        def listed() -> list[dict[str, Any]]:
-            done = tidings("parked", "list", "--handler", Parks.name, "--json", env=env)
-            assert done.returncode == 0, done.stderr
-            return list(json.loads(done.stdout))
-
-        eventually(lambda: len(listed()) == 1, timeout=30, what="ada's opening parked")
-        (parked,) = listed()
+        done = tidings("parked", "list", "--handler", Parks.name, "--json", env=env)
+        assert done.returncode == 0, done.stderr
+        (parked,) = json.loads(done.stdout)
         assert parked["stream_id"] == f"account-{ada}"
         assert "cannot overdraw" in parked["error"]
         assert asked == [("InsufficientFunds", "Withdraw")], "error() was asked once, about the command"
