@@ -197,6 +197,9 @@ class Executor:
         """Offsets the consumer found foreign (global order decides before the merge), this call."""
         self._known: dict[int, str] = {}
         """The store's event_ids at the numbers of this call's redeliveries (asked in one query)."""
+        self._seen: set[int] = set()
+        self._head: int | None = None
+        """The store's head as read once for this call (None: read when needed)."""
 
     def close(self) -> None:
         if self._loop is not None:
@@ -205,15 +208,21 @@ class Executor:
     # --- entry points ------------------------------------------------------------------------------
 
     def process(
-        self, ps: PartitionState, deliveries: list[Delivery], foreign: dict[int, str] | None = None
+        self,
+        ps: PartitionState,
+        deliveries: list[Delivery],
+        foreign: dict[int, str] | None = None,
+        seen: set[int] | None = None,
     ) -> None:
         """Handle ``deliveries`` (one partition, offset order); ``ps.next_offset`` says how far it got.
-        ``foreign``: offsets already found not to be this store's events, and why.
+        ``foreign``: offsets already found not to be this store's events, and why; ``seen``: offsets
+        whose event the global-order merge handed on before (a redelivery, or a copy on another
+        partition).
 
         Raises:
             HandlerStopped: the handler answered Stop; ``ps.next_offset`` stays before that message.
         """
-        self._foreign = foreign or {}
+        self._foreign, self._seen = foreign or {}, seen or set()
         try:
             self._known = self._redelivered(ps, deliveries)
             self._process(ps, deliveries)
@@ -224,15 +233,18 @@ class Executor:
             if self.shared.resync is not None:
                 self.shared.resync(ps)
         finally:
-            self._foreign, self._known = {}, {}  # offsets of this call only, not of a parked retry's
+            # Offsets of this call only, not of a parked retry's.
+            self._foreign, self._seen, self._known, self._head = {}, set(), {}, None
 
     def _redelivered(self, ps: PartitionState, deliveries: list[Delivery]) -> dict[int, str]:
         """The store's event_ids at the numbers of messages at or below the partition's position, in
         one query, and only when there are such messages: a redelivery is skipped only if it is the
         event handled there, not another message reusing its number."""
-        self._identity.head(max((d.event_number for d in deliveries if not d.error), default=0))
+        self._head = self._identity.head(max((d.event_number for d in deliveries if not d.error), default=0))
         numbers = [
-            d.event_number for d in deliveries if not d.error and d.event_number <= ps.last_event_number
+            d.event_number
+            for d in deliveries
+            if not d.error and (d.event_number <= ps.last_event_number or d.offset in self._seen)
         ]
         return self._identity.event_ids(numbers) if numbers else {}
 
@@ -481,12 +493,12 @@ class Executor:
             return None
         number = delivery.event_number
         foreign = self._foreign.get(delivery.offset) or self._identity.foreign(
-            number, store_header(delivery.headers)
+            number, store_header(delivery.headers), self._head
         )
         if foreign is not None:
             self._foreign_message(staged, delivery, foreign)
             return None
-        if number <= staged.last_event_number:
+        if number <= staged.last_event_number or delivery.offset in self._seen:
             if not self._same_as_handled(delivery):
                 self._foreign_message(
                     staged,

@@ -57,6 +57,7 @@ class GlobalOrder:
         self.topics = frozenset(topics)
         self.last = last
         self._waiting: dict[Key, deque[Ordered]] = {}
+        self._repeats: list[Any] = []
 
     def add(self, key: Key, item: Ordered) -> None:
         self._waiting.setdefault(key, deque()).append(item)
@@ -96,9 +97,18 @@ class GlobalOrder:
                 return released
             key, item = found
             self._waiting[key].popleft()
-            if item.event_number is not None and item.event_number > self.last:
-                self.last = item.event_number
+            if item.event_number is not None:
+                if item.event_number > self.last:
+                    self.last = item.event_number
+                else:
+                    self._repeats.append(item.payload)
             released.append((key, item.payload))
+
+    def take_repeats(self) -> list[Any]:
+        """The payloads released since the last call whose event_number was at or below ``last``: that
+        event was handed on already (from this partition or, as a copy, from another one)."""
+        repeats, self._repeats = self._repeats, []
+        return repeats
 
     def release_oldest(self) -> list[tuple[Key, Any]]:
         """When no head qualifies because the lowest one carries no previous header (a relay older

@@ -70,15 +70,17 @@ class StoreIdentity:
                 self._head = max(self._head, self.store.last_event_number())
             return self._head
 
-    def foreign(self, number: int | None, store: bytes | None) -> str | None:
+    def foreign(self, number: int | None, store: bytes | None, head: int | None = None) -> str | None:
         """Why a message claiming ``number`` and ``store`` (its ``tidings.store`` header) cannot be one
-        of this store's events; None when it can be (decoding, or ``confirm``, says the rest)."""
+        of this store's events; None when it can be (decoding, or its event_id, says the rest).
+        ``head``: the store's head as read once for a whole poll (else read again when ``number`` is
+        beyond the cached one)."""
         if number is None:
             return f"{FOREIGN}: its event_number header is missing or damaged"
         if store is not None and store != self.store_id():
             claimed = store.decode("utf-8", "backslashreplace")
             return f"{FOREIGN}: published for store {claimed!r}, this store is {self.store_id().decode()!r}"
-        head = self.head(number)
+        head = self.head(number) if head is None else head
         if number > head:
             return f"{FOREIGN}: event_number {number} is beyond the last this store handed out ({head})"
         if number < 1:

@@ -139,10 +139,14 @@ class _Rate:
 @dataclass(slots=True)
 class _Run:
     """Messages of one partition the global-order merge hands to the lane, with those it found foreign
-    (offset -> why): they ordered nothing there, and must move no position in the lane either."""
+    (offset -> why: they ordered nothing there, and must move no position in the lane either) and
+    those it had handed on before."""
 
     messages: list[Message]
     foreign: dict[int, str]
+    seen: set[int] = field(default_factory=set)
+    """Offsets of messages whose event was handed on already (a redelivery, or a copy on another
+    partition): the lane skips them once the store confirms they are that event."""
 
     def __len__(self) -> int:
         return len(self.messages)
@@ -200,7 +204,7 @@ class _Lane:
                         for m in run.messages
                         if (offset := m.offset() or 0) >= (ps.next_offset or 0)
                     ]
-                    self.executor.process(ps, deliveries, run.foreign)
+                    self.executor.process(ps, deliveries, run.foreign, run.seen)
                 return
             except Exception as exc:
                 if not isinstance(exc, KafkaException) and not transient(exc):
@@ -601,12 +605,14 @@ class HandlerRunner:
         elif released and self._unproven_said:
             self._unproven_said = 0.0
             self.status.reason = ""
+        repeats = {id(message) for message in merge.take_repeats()}
         for key, run in itertools.groupby(released, key=operator.itemgetter(0)):
             messages = [message for _, message in run]
             reasons = {o: foreign[(key, o)] for m in messages if (key, o := m.offset() or 0) in foreign}
+            seen = {m.offset() or 0 for m in messages if id(m) in repeats}
             with self._lock:
                 self._queued[key] = self._queued.get(key, 0) + len(messages)
-            self._lane_of[key].work.put((self._partitions[key], _Run(messages, reasons)))
+            self._lane_of[key].work.put((self._partitions[key], _Run(messages, reasons, seen)))
 
     def _check_identities(
         self, by_partition: dict[tuple[str, int], list[Message]]
@@ -617,15 +623,17 @@ class HandlerRunner:
         move its ``last`` past events still to come, and one below ``last`` would be taken as seen."""
         foreign: dict[tuple[tuple[str, int], int], str] = {}
         claims: dict[tuple[tuple[str, int], int], tuple[int, str]] = {}
+        numbers = [n for batch in by_partition.values() for m in batch if (n := event_number_of(m.headers()))]
+        # The store's head, read at most once a poll (a flood of made-up numbers costs one query).
+        head = self._while_postgres_away(
+            "checking messages", lambda: self._identity.head(max(numbers, default=0))
+        )
         for key, batch in by_partition.items():
             for message in batch:
                 headers = message.headers()
                 number = event_number_of(headers)
                 where = (key, message.offset() or 0)
-                reason = self._while_postgres_away(
-                    "checking messages",
-                    functools.partial(self._identity.foreign, number, store_header(headers)),
-                )
+                reason = self._identity.foreign(number, store_header(headers), head)
                 if reason is not None:
                     foreign[where] = reason
                 elif number is not None:

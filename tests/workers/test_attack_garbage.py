@@ -10,6 +10,7 @@ once, in global order for a global-order handler and in key order for a per-key 
 from __future__ import annotations
 
 import os
+import time
 import uuid
 
 from confluent_kafka import Consumer, Producer, TopicPartition
@@ -19,7 +20,15 @@ from eventstore.postgres.store import PostgresEventStore
 from eventstore.relay import Relay, RelayConfig
 from eventstore.relay_position import RelayRecord
 from eventstore.routing import Routing
-from tests.workers.worker_support import Noted, Recorder, append_noted, eventually, kafka_headers, stack
+from tests.workers.worker_support import (
+    Noted,
+    Recorder,
+    append_noted,
+    eventually,
+    kafka_headers,
+    settle,
+    stack,
+)
 from tidings.pytest_plugin import KafkaNamespace
 from workers import EventHandler, EventMetadata
 from workers.parking import ParkedEvents
@@ -173,3 +182,60 @@ def test_garbage_with_high_event_numbers_moves_no_position_and_is_parked(
         assert len(rows) == len(garbage), [(p.offset, p.error) for p in rows]
         # Each is marked as not this store's, so no key waits behind it.
         assert all("not an event of this store" in p.error for p in rows), [p.error for p in rows]
+
+
+def test_a_replayed_copy_on_another_partition_is_not_handled_twice_in_global_order(
+    event_store: PostgresEventStore, kafka_namespace: KafkaNamespace
+) -> None:
+    """A backup replayed into the topic puts exact copies of handled events (same ids, numbers and
+    headers) on other partitions than theirs: the partition's own position says nothing of them, the
+    merge does."""
+    in_order: list[int] = []
+    with stack(event_store, kafka_namespace, partitions=2) as s:
+
+        class Global(EventHandler):
+            name = s.name("global")
+
+            def handle(self, event: Noted, metadata: EventMetadata) -> None:
+                in_order.append(metadata.event_number)
+
+        first = append_noted(event_store, streams=4, per_stream=3)
+        s.run(Global)
+        eventually(lambda: len(in_order) >= len(first), what="first handled")
+        copies = _read_all(kafka_namespace.bootstrap_servers, s.topic, 2, len(first))
+        assert len(copies) == len(first)
+        producer = Producer({"bootstrap.servers": kafka_namespace.bootstrap_servers})
+        for partition, key, value, headers in copies:
+            producer.produce(s.topic, value, key, partition=1 - partition, headers=headers)
+        assert producer.flush(30) == 0
+        second = append_noted(event_store, streams=4, per_stream=3, prefix="later")
+        total = len(first) + len(second)
+        eventually(lambda: len(in_order) >= total, what="every event handled")
+        settle(1.0)
+    assert in_order == list(range(1, total + 1)), "each once, in order"
+
+
+def _read_all(
+    servers: str, topic: str, partitions: int, count: int
+) -> list[tuple[int, bytes, bytes, Headers]]:
+    """The first ``count`` messages of ``topic``: (partition, key, value, headers)."""
+    consumer = Consumer({"bootstrap.servers": servers, "group.id": "copier", "enable.auto.commit": False})
+    try:
+        consumer.assign([TopicPartition(topic, p, 0) for p in range(partitions)])
+        found: list[tuple[int, bytes, bytes, Headers]] = []
+        deadline = time.monotonic() + 30
+        while len(found) < count and time.monotonic() < deadline:
+            message = consumer.poll(0.5)
+            if message is None or message.error() is not None:
+                continue
+            found.append(
+                (
+                    message.partition() or 0,
+                    message.key() or b"",
+                    message.value() or b"",
+                    message.headers() or [],
+                )
+            )
+        return found
+    finally:
+        consumer.close()
