@@ -39,7 +39,7 @@ from workers.delivery import Delivery, EventMetadata
 from workers.failure import Answered, ErrorAnswer, FailureContext, Park, Retry, Skip, Stop
 from workers.handler import BatchFailed, EventHandler
 from workers.identity import FOREIGN, StoreIdentity, store_header
-from workers.parking import ParkedEvents
+from workers.parking import ParkedEvent, ParkedEvents
 from workers.positions import Checkpoint, Positions, Subscription
 
 if TYPE_CHECKING:
@@ -295,7 +295,12 @@ class Executor:
         return len(deliveries)
 
     def drain(self, ps: PartitionState, key: bytes) -> None:
-        """Hand a released key's parked events back to the handler, oldest first, then run it live."""
+        """Hand a released key's parked events back to the handler, oldest first, then run it live.
+
+        One process at a time drains a key (``ParkedEvents.draining``): a member that lost the partition
+        without noticing yet leaves it to the owner. Each event's row is its fence besides
+        (``_parked_unit``, ``_finish_parked``), for a discard that comes meanwhile.
+        """
         parked = self.shared.parked.of_key(self.name, ps.topic, ps.partition, key)
         if not parked:
             ps.parked_keys.discard(key)
@@ -303,6 +308,23 @@ class Executor:
         if not any(event.released for event in parked):
             ps.parked_keys.add(key)
             return
+        with self.shared.parked.draining(self.name, ps.topic, ps.partition, key) as mine:
+            if not mine:
+                log.info(
+                    "another process retries this key's parked events; leaving them to it",
+                    extra={"handler": self.name, "key": _text(key)},
+                )
+                return
+            # Read again under the lock: the other process may have handled some meanwhile.
+            parked = self.shared.parked.of_key(self.name, ps.topic, ps.partition, key)
+            if any(event.released for event in parked):
+                self._drain(ps, key, parked)
+            elif parked:
+                ps.parked_keys.add(key)
+            else:
+                ps.parked_keys.discard(key)
+
+    def _drain(self, ps: PartitionState, key: bytes, parked: list[ParkedEvent]) -> None:
         for event in parked:
             if ps.revoked.is_set() or self.shared.stopping.is_set():
                 return
@@ -311,10 +333,10 @@ class Executor:
             except Abandoned:
                 return
             except _Gone:
-                # Not applied here. The key's rows are read again at the next look at released keys.
+                # Discarded by an operator meanwhile: nothing of it was applied. The rest of the key
+                # is read again at the next look at released keys.
                 log.info(
-                    "a released parked event is retried by another member, was discarded, or is not "
-                    "released (parked after the release); leaving it",
+                    "a parked event was discarded while it was being retried; not applied",
                     extra={"handler": self.name, "key": _text(key), "parked_id": event.id},
                 )
                 return
@@ -785,30 +807,11 @@ class Executor:
         """Handle one released parked event and remove it, unless it is parked again (returns True).
 
         Raises:
-            _Gone: another member retries it, or it was discarded, or it is not released: not applied.
-            Abandoned, HandlerStopped: revoked, stopping, or Stop answered (a plain handler's claim is
-                undone: the row is released again).
+            _Gone: (a projection) an operator discarded it meanwhile: nothing of it was applied.
         """
         # A scratch state: the event is neither "already seen" nor "behind a parked event" this time.
         scratch = PartitionState(ps.topic, ps.partition, revoked=ps.revoked)
         decided: dict[int, _Decided] = {}
-        if self._projection is None:
-            # A plain handler's effects are its own: claim the row first, so that one member only
-            # handles it (a projection fences it in its transaction instead: _parked_unit).
-            with self.shared.store.connection() as conn:
-                if not self.shared.parked.claim(conn, parked_id):
-                    raise _Gone
-            try:
-                return self._attempt_parked(scratch, parked_id, delivery, decided)
-            except (Abandoned, HandlerStopped):
-                with self.shared.store.connection() as conn:
-                    self.shared.parked.unclaim(conn, parked_id)  # for the next owner, or the next run
-                raise
-        return self._attempt_parked(scratch, parked_id, delivery, decided)
-
-    def _attempt_parked(
-        self, scratch: PartitionState, parked_id: int, delivery: Delivery, decided: dict[int, _Decided]
-    ) -> bool:
         while True:
             staged = _Staged(0)
             try:

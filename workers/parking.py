@@ -10,18 +10,19 @@ per (handler, topic, partition, offset, message digest): a redelivered message i
 different message at an offset already used (a topic deleted and made again starts its offsets over) is
 parked as well. A key's events are kept, and handed back, in the order they were parked.
 
-Retrying a parked event is fenced by its row, so that it is applied at most once even when two members
-retry it at once (one of them a zombie that lost the partition) or an operator discards it meanwhile: a
-projection locks the row first, in the transaction of its writes, and deletes it there (a row already
-gone rolls the writes back); a plain handler, whose effects are its own, first claims the row (sets
-``released`` back to false: one member wins), and reports it when the row was discarded while it ran.
+A released key is retried by one process at a time (``draining``), so that a member that lost the
+partition without noticing yet does not apply its events a second time. Each event's row is its fence
+against a discard meanwhile: a projection locks the row first, in the transaction of its writes, and
+deletes it there (a discard waits, then finds nothing; a row already gone applies nothing); a plain
+handler, whose effects are its own, reports a row discarded while it ran.
 """
 
 from __future__ import annotations
 
 import builtins
+import contextlib
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -157,17 +158,22 @@ class ParkedEvents:
         ).fetchone()
         return found is not None
 
-    def claim(self, connection: psycopg.Connection, parked_id: int) -> bool:
-        """Take a released parked event for retrying (it is no longer released): True for one caller
-        only. Parked again, it waits for the next release like the rest of its key."""
-        cursor = connection.execute(
-            self._sql("UPDATE {t} SET released = false WHERE id = %s AND released"), (parked_id,)
-        )
-        return cursor.rowcount == 1
+    @contextlib.contextmanager
+    def draining(self, handler: str, topic: str, partition: int, key: bytes) -> Iterator[bool]:
+        """Whether this process may retry a key's parked events now: True for one process at a time.
 
-    def unclaim(self, connection: psycopg.Connection, parked_id: int) -> None:
-        """Give a claimed row back (the retry was abandoned): released again for the next owner."""
-        connection.execute(self._sql("UPDATE {t} SET released = true WHERE id = %s"), (parked_id,))
+        A session advisory lock, on a connection of its own outside any transaction (it holds back no
+        horizon), through the store's session-mode URL: a process that dies lets go with its session,
+        so a crashed retry never keeps a key from its next owner.
+        """
+        name = f"tidings.parked/{self.store.config.schema}/{handler}/{topic}/{partition}/{key.hex()}"
+        with psycopg.connect(self.store.config.leadership_url, autocommit=True) as conn:
+            row = conn.execute("SELECT pg_try_advisory_lock(hashtextextended(%s, 0))", (name,)).fetchone()
+            held = bool(row and row[0])
+            yield held
+            # Closing the session would let go too; said explicitly for a pooled or proxied session.
+            if held:
+                conn.execute("SELECT pg_advisory_unlock(hashtextextended(%s, 0))", (name,))
 
     def remove(self, connection: psycopg.Connection, parked_id: int) -> bool:
         """Delete a handled parked event; False: it was already gone."""

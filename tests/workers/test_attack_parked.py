@@ -141,8 +141,11 @@ def test_two_members_retrying_one_released_event_project_it_once(event_store: Po
         first = run(lambda: owner.drain(PartitionState(TOPIC, 0, parked_keys={KEY}), KEY))
         eventually(lambda: gate.entered == 1, what="the first retry inside project")
         second = run(lambda: zombie.drain(PartitionState(TOPIC, 0, parked_keys={KEY}), KEY))
-        # The second either projects too (no fence), or waits for the first one's lock.
-        eventually(lambda: gate.entered == 2 or waiting_on_a_lock(event_store), what="the second retry")
+        # The second projects too (no fence), waits for the first one's lock, or leaves the key to it.
+        eventually(
+            lambda: gate.entered == 2 or waiting_on_a_lock(event_store) or not second.is_alive(),
+            what="the second retry",
+        )
         gate.open.set()
         first.join(30)
         second.join(30)
@@ -319,3 +322,25 @@ def _deleted(admin: AdminClient, topic: str) -> bool:
     except Exception:  # noqa: BLE001 - retried until it is gone
         return False
     return topic not in admin.list_topics(timeout=10).topics
+
+
+def test_a_key_another_process_retries_is_left_to_it_until_that_process_lets_go(
+    event_store: PostgresEventStore,
+) -> None:
+    name = f"plain-{uuid.uuid4().hex[:8]}"
+    gate = Gate()
+    gate.open.set()
+    handler = recording(name, gate)
+    parked = ParkedEvents(event_store)
+    with event_store.connection() as conn:
+        parked.park(conn, name, parked_delivery(event_store), "failed before the fix")
+    parked.release(name, KEY)
+    with executors(event_store, name, handler, projection=False) as (owner, _):
+        with parked.draining(name, TOPIC, 0, KEY) as mine:  # another process, in the middle of it
+            assert mine
+            owner.drain(PartitionState(TOPIC, 0, parked_keys={KEY}), KEY)
+            assert handler.seen == []
+        # That process is gone (its session with it): the key is this one's to retry.
+        owner.drain(PartitionState(TOPIC, 0, parked_keys={KEY}), KEY)
+    assert len(handler.seen) == 1
+    assert parked.count(name) == 0
