@@ -100,8 +100,8 @@ class StoreIdentity:
     def same_event(found: str | None, claimed: str) -> bool:
         """Whether the store's event_id ``found`` is the message's ``claimed`` one (a deleted event,
         ``found`` None, cannot say otherwise)."""
-        if found is None:
-            return True
+        if found is None or found == claimed:
+            return True  # the store's text and the relay's are both the canonical spelling
         try:
             return uuid.UUID(found) == uuid.UUID(claimed)
         except ValueError:

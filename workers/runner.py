@@ -43,7 +43,13 @@ from confluent_kafka import (
 )
 
 from eventstore.acknowledgements import Acknowledgements, Carried
-from eventstore.kafka_tail import EVENT_ID_HEADER, PREVIOUS_HEADER, event_number_of, parse_previous
+from eventstore.kafka_tail import (
+    EVENT_ID_HEADER,
+    EVENT_NUMBER_HEADER,
+    PREVIOUS_HEADER,
+    STORE_HEADER,
+    parse_previous,
+)
 from eventstore.leadership import Leadership
 from eventstore.relay import Relay, RelayConfig
 from eventstore.routing import Routing
@@ -55,7 +61,7 @@ from workers.execution import Executor, HandlerStopped, PartitionState, Shared, 
 from workers.global_order import GlobalOrder, Ordered
 from workers.handler import EventHandler, ordering_of, validate_handler
 from workers.handler_states import HandlerStates
-from workers.identity import FOREIGN, StoreIdentity, store_header
+from workers.identity import FOREIGN, StoreIdentity
 from workers.parking import ParkedEvents
 from workers.positions import Positions, Subscription
 from workers.process_instances import ProcessInstances
@@ -589,16 +595,7 @@ class HandlerRunner:
         """Global order: messages wait in the merge until they are the next event, then go to the lane
         in runs of one partition's messages. Only this store's events order anything: the others pass
         through to be parked, and move neither the merge nor a partition's position."""
-        foreign = self._check_identities(by_partition)
-        for key, batch in by_partition.items():
-            if key not in self._partitions:
-                continue
-            for message in batch:
-                if (key, message.offset()) in foreign:
-                    merge.add(key, Ordered(None, None, message))
-                else:
-                    number, previous = _order_of(message.headers())
-                    merge.add(key, Ordered(number, previous, message))
+        foreign = self._admit(merge, by_partition)
         released = merge.release() or merge.release_oldest()
         if not released and merge.unproven():
             self._say_unproven(merge)
@@ -614,41 +611,57 @@ class HandlerRunner:
                 self._queued[key] = self._queued.get(key, 0) + len(messages)
             self._lane_of[key].work.put((self._partitions[key], _Run(messages, reasons, seen)))
 
-    def _check_identities(
-        self, by_partition: dict[tuple[str, int], list[Message]]
+    def _admit(
+        self, merge: GlobalOrder, by_partition: dict[tuple[str, int], list[Message]]
     ) -> dict[tuple[tuple[str, int], int], str]:
-        """The messages that are not this store's events, and why: another store's header, a number
-        beyond the store's head, or another event_id than the store holds at the number (one query for
-        the whole poll). Every message is asked: one that passed the merge as "the next event" would
-        move its ``last`` past events still to come, and one below ``last`` would be taken as seen."""
-        foreign: dict[tuple[tuple[str, int], int], str] = {}
-        claims: dict[tuple[tuple[str, int], int], tuple[int, str]] = {}
-        numbers = [n for batch in by_partition.values() for m in batch if (n := event_number_of(m.headers()))]
-        # The store's head, read at most once a poll (a flood of made-up numbers costs one query).
-        head = self._while_postgres_away(
-            "checking messages", lambda: self._identity.head(max(numbers, default=0))
-        )
+        """Add the poll's messages to the merge; return those that are not this store's events, and
+        why: another store's header, a number beyond the store's head, or another event_id than the
+        store holds at the number (one query for the whole poll). Every message is asked: one that
+        passed the merge as "the next event" would move its ``last`` past events still to come, and one
+        below ``last`` would be taken as seen. A foreign message enters the merge without a number."""
+        claimed: list[tuple[tuple[str, int], Message, int | None, dict[str, int] | None, Any, Any]] = []
         for key, batch in by_partition.items():
+            if key not in self._partitions:
+                continue
             for message in batch:
-                headers = message.headers()
-                number = event_number_of(headers)
-                where = (key, message.offset() or 0)
-                reason = self._identity.foreign(number, store_header(headers), head)
-                if reason is not None:
-                    foreign[where] = reason
-                elif number is not None:
-                    claims[where] = (number, _event_id_of(headers))
-        if claims:
-            numbers = [number for number, _ in claims.values()]
-            held = self._while_postgres_away(
+                # One look at the headers (the client builds a new list at each headers() call).
+                found = dict(message.headers() or ())
+                number = _number(found.get(EVENT_NUMBER_HEADER))
+                previous = parse_previous(found.get(PREVIOUS_HEADER))
+                claimed.append(
+                    (key, message, number, previous, found.get(STORE_HEADER), found.get(EVENT_ID_HEADER))
+                )
+        # The store's head, read at most once a poll (a flood of made-up numbers costs one query).
+        top = max((number for _, _, number, _, _, _ in claimed if number is not None), default=0)
+        head = self._while_postgres_away("checking messages", lambda: self._identity.head(top))
+        foreign: dict[tuple[tuple[str, int], int], str] = {}
+        for key, message, number, _, store, _ in claimed:
+            reason = self._identity.foreign(number, None if store is None else bytes(store), head)
+            if reason is not None:
+                foreign[(key, message.offset() or 0)] = reason
+        numbers = [
+            n for key, m, n, _, _, _ in claimed if n is not None and (key, m.offset() or 0) not in foreign
+        ]
+        held = (
+            self._while_postgres_away(
                 "checking messages", functools.partial(self._identity.event_ids, numbers)
             )
-            for where, (number, event_id) in claims.items():
-                if not StoreIdentity.same_event(held.get(number), event_id):
+            if numbers
+            else {}
+        )
+        for key, message, number, previous, _, event_id in claimed:
+            where = (key, message.offset() or 0)
+            if where not in foreign and number is not None:
+                claimed_id = _text(event_id)
+                if not StoreIdentity.same_event(held.get(number), claimed_id):
                     foreign[where] = (
                         f"{FOREIGN}: the store holds event {held.get(number)} at event_number {number}, "
-                        f"not {event_id or 'this message'}"
+                        f"not {claimed_id or 'this message'}"
                     )
+            if where in foreign:
+                merge.add(key, Ordered(None, None, message))
+            else:
+                merge.add(key, Ordered(number, previous, message))
         return foreign
 
     def _say_unproven(self, merge: GlobalOrder) -> None:
@@ -1020,21 +1033,20 @@ class HandlerRunner:
         return [topic]
 
 
-def _order_of(headers: Any) -> tuple[int | None, dict[str, int] | None]:
-    """A message's event_number and tidings.previous header (None where missing or damaged)."""
-    previous = next((parse_previous(value) for name, value in headers or () if name == PREVIOUS_HEADER), None)
-    return event_number_of(headers), previous
+def _number(value: Any) -> int | None:
+    """An event_number header's value, or None where it is missing or damaged."""
+    try:
+        return int(value) if value is not None else None
+    except (TypeError, ValueError):
+        return None
 
 
-def _event_id_of(headers: Any) -> str:
-    """A message's event_id header as text ("" where missing or not text)."""
-    for name, value in headers or ():
-        if name == EVENT_ID_HEADER:
-            try:
-                return bytes(value).decode()
-            except (TypeError, UnicodeDecodeError):
-                return ""
-    return ""
+def _text(value: Any) -> str:
+    """A header's value as text ("" where missing or not text)."""
+    try:
+        return bytes(value).decode() if value is not None else ""
+    except (TypeError, UnicodeDecodeError):
+        return ""
 
 
 def handler_topics(handler: type[EventHandler], app: WorkerApp) -> list[str]:
