@@ -36,6 +36,7 @@ from workers.reset import (
     handler_presence,
     reset_handler,
 )
+from workers.status import collect_status, specs_of
 
 APP = "tests.workers.test_attack_operator:build"
 
@@ -154,6 +155,12 @@ def test_a_standby_counts_as_running_and_a_worker_started_during_a_reset_waits_f
         assert holder.try_acquire()
         standby = s.run(ledger)
         eventually(lambda: standby.status.state == "standby", what="the worker stands by")
+        shown = collect_status(
+            event_store, kafka_namespace.bootstrap_servers, {}, topics=[s.topic], handlers=specs_of(app)
+        ).handler(ledger.name)
+        assert (shown.ordering, shown.standbys) == ("global", 1)
+        assert shown.active is not None
+        assert shown.active.endswith(f"pid {holder.pid}")
         with pytest.raises(HandlerRunning) as refused:
             reset_handler(app, s.config, ledger.name)
         assert refused.value.presence.leader is not None
