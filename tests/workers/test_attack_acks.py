@@ -222,3 +222,43 @@ def test_what_reaches_a_handlers_topics_follows_the_routing() -> None:
     assert Carried.of_document(json.loads(main.document() or "null")) == main
     assert Carried.by(routing, routing.topics()).document() is None, "every event: stored as NULL"
     assert Carried.by(Routing("app.handler.by-key"), ["app.handler.by-key"]).everything
+
+
+def test_a_handler_reading_its_own_repartitioned_topic_is_awaited_for_every_event(
+    event_store: PostgresEventStore, kafka_namespace: KafkaNamespace
+) -> None:
+    # partition_by="category" while the relay keys by stream: the worker republishes every event to a
+    # topic of the handler's own, which is not one of the routing's topics. It still carries them all.
+    routing = Routing(f"{kafka_namespace.topic('app')}.events")
+    gate, handled = threading.Event(), threading.Event()
+
+    class ByCategory(EventHandler):
+        name = kafka_namespace.group("by-category")
+        consistency = "strong"
+        partition_by = "category"
+
+        def handle(self, event: object, metadata: EventMetadata) -> None:
+            gate.wait(60)
+            handled.set()
+
+    app = Application(event_store, mapper, router)
+    outcome: dict[str, object] = {}
+
+    def dispatch() -> None:
+        try:
+            app.dispatch(Touch(str(uuid.uuid4())), consistency="strong", timeout=60)
+            outcome["handled at return"] = handled.is_set()
+        except Exception as exc:  # noqa: BLE001 - reported by the assertion below
+            outcome["error"] = exc
+
+    with running(event_store, kafka_namespace, routing, ByCategory) as runner:
+        assert runner.topics != routing.topics()
+        dispatcher = threading.Thread(target=dispatch, daemon=True)
+        dispatcher.start()
+        try:
+            settle(1.0)  # the dispatch must NOT return now: the handler holds its event
+            assert outcome == {}, "the strong dispatch did not wait for the repartitioning handler"
+        finally:
+            gate.set()
+        dispatcher.join(60)
+    assert outcome == {"handled at return": True}
