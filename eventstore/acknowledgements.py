@@ -15,9 +15,10 @@ latency and never a wrong answer.
 
 Rows are one per (handler, stream), holding the acknowledged versions as an ``int8multirange`` (one range
 while a handler sees every version in order). They are bounded twice, and both bounds only ever make a
-dispatch wait longer, never return early: versions more than ``WINDOW`` below a stream's highest
-acknowledged one are forgotten, and ``expire(older_than)`` deletes rows nobody has refreshed for that
-long (a dispatch appends new versions, which are acknowledged anew).
+dispatch wait longer, never return early: runs of versions that end more than ``WINDOW`` below a
+stream's newest acknowledgement are forgotten (whole: a run reaching into the window is kept, so a
+dispatch of more than ``WINDOW`` events is acknowledged in full), and ``expire(older_than)`` deletes
+rows nobody has refreshed for that long (a dispatch appends new versions, which are acknowledged anew).
 """
 
 from __future__ import annotations
@@ -36,8 +37,9 @@ from eventstore.routing import Routing, stream_category
 __all__ = ["WINDOW", "Acknowledgements", "Carried", "acknowledgement_channel"]
 
 WINDOW = 1_000
-"""How many versions below a stream's highest acknowledged one are remembered: a stream whose versions
-a handler partly never sees (they go to other topics) keeps one range per gap, and this bounds them."""
+"""How far below a stream's newest acknowledgement runs of versions are remembered: a stream whose
+versions a handler partly never sees (they go to other topics) keeps one range per gap, and this bounds
+them. A run that reaches into the window is kept whole."""
 
 
 def acknowledgement_channel(schema: str) -> str:
@@ -137,8 +139,11 @@ class Acknowledgements:
             "INSERT INTO {acks} (handler, stream_id, versions) "
             "VALUES (%(handler)s, %(stream)s, %(versions)s::int8multirange) "
             "ON CONFLICT (handler, stream_id) DO UPDATE SET acknowledged_at = now(), "
-            "versions = ({acks}.versions + excluded.versions) * int8multirange(int8range("
-            "greatest(upper(excluded.versions) - {window}, 1), NULL)) RETURNING 1) "
+            # Whole runs are forgotten, never part of one: a run that reaches into the window is
+            # the versions of one dispatch (or of a stream seen in order) and costs one range however
+            # long it is; cutting it made a dispatch of more than WINDOW events wait for ever.
+            "versions = (SELECT range_agg(run) FROM unnest({acks}.versions + excluded.versions) AS run "
+            "WHERE upper(run) > upper(excluded.versions) - {window}) RETURNING 1) "
             "SELECT pg_notify(%(channel)s, %(stream)s) FROM acknowledged"
         ).format(acks=acks, window=sql.Literal(WINDOW))
         self._acknowledged = sql.SQL(

@@ -1,0 +1,126 @@
+"""Attacks on strong consistency (issue 20, case 8) after its fix, on the real PostgreSQL and Kafka.
+
+The acknowledgement window (``WINDOW`` versions) must only ever make a dispatch wait longer for events
+that are not handled: a dispatch whose events are all handled must return, however many it appended.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+from eventstore import PostgresEventStore
+from eventstore.acknowledgements import WINDOW, Acknowledgements
+from eventstore.relay import Relay, RelayConfig
+from eventstore.routing import Routing
+from tests.workers.worker_support import eventually
+from tidings import Application, EventMapper, JsonCodec, Router, TypeRegistry
+from tidings.pytest_plugin import KafkaNamespace
+from workers.app import WorkerApp, WorkerConfig
+from workers.delivery import EventMetadata
+from workers.handler import EventHandler
+from workers.runner import HandlerRunner
+
+registry = TypeRegistry(namespace="acks-window")
+
+BULK = WINDOW + 200
+"""More versions than the window, appended by one command."""
+
+
+@registry.register
+@dataclass(frozen=True)
+class Line:
+    key: str
+    n: int
+
+
+@dataclass(frozen=True)
+class Import:
+    """Appends ``BULK`` events to one new stream in one dispatch (a batch import)."""
+
+    key: str
+
+
+@dataclass(frozen=True)
+class Ledger:
+    def execute(self, command: object) -> list[object]:
+        assert isinstance(command, Import)
+        return [Line(command.key, n) for n in range(BULK)]
+
+    def apply(self, event: object) -> Ledger:
+        return self
+
+
+router = Router()
+router.dispatch([Import], to=Ledger, identity="key", identity_prefix="ledger-")
+mapper = EventMapper(JsonCodec(registry))
+
+
+@contextmanager
+def running(
+    store: PostgresEventStore, namespace: KafkaNamespace, routing: Routing, handler: type[EventHandler]
+) -> Iterator[HandlerRunner]:
+    """A relay publishing with ``routing`` and a worker running ``handler``, until the block ends."""
+    relay = Relay(
+        store,
+        RelayConfig(namespace.bootstrap_servers, app=namespace.topic("app"), routing=routing, partitions=1),
+    )
+    config = WorkerConfig(store, namespace.bootstrap_servers, partitions=1)
+    app = WorkerApp(namespace.topic("app"), mapper=mapper, handlers=[handler], routing=routing)
+    runner = HandlerRunner(handler, app, config)
+    relay.start()
+    runner.start()
+    try:
+        eventually(lambda: runner.status.state == "running", what="the handler running")
+        yield runner
+    finally:
+        runner.stop()
+        relay.stop()
+        config.dispose()
+
+
+def test_every_version_of_a_dispatch_larger_than_the_window_stays_acknowledged(
+    event_store: PostgresEventStore,
+) -> None:
+    # Breaks: "a strong dispatch returns once each awaited handler handled every event". One
+    # acknowledgement of versions 1..BULK is trimmed to its top WINDOW versions at once, so the
+    # dispatch's first versions read as never acknowledged and it can only time out.
+    acks = Acknowledgements(event_store)
+    acks.acknowledge("h", "ledger-1", range(1, BULK + 1))
+    assert acks.pending(["h"], "ledger-1", range(1, BULK + 1)) == [], (
+        "versions acknowledged a moment ago were forgotten by the same acknowledgement"
+    )
+    # In two polls' worth, as a worker acknowledges them.
+    acks.acknowledge("h", "ledger-2", range(1, 501))
+    acks.acknowledge("h", "ledger-2", range(501, BULK + 1))
+    assert acks.pending(["h"], "ledger-2", range(1, BULK + 1)) == []
+
+
+def test_a_strong_dispatch_of_more_events_than_the_window_returns_once_all_are_handled(
+    event_store: PostgresEventStore, kafka_namespace: KafkaNamespace
+) -> None:
+    # Breaks the same guarantee end to end: the handler handles all BULK events, and the dispatch
+    # raises ConsistencyTimeout all the same (a caller retrying it imports everything twice).
+    handled: list[int] = []
+
+    class Importer(EventHandler):
+        name = kafka_namespace.group("importer")
+        consistency = "strong"
+
+        def handle(self, event: Line, metadata: EventMetadata) -> None:
+            handled.append(metadata.stream_version)
+
+    app = Application(event_store, mapper, router)
+    routing = Routing(f"{kafka_namespace.topic('app')}.events")
+    with running(event_store, kafka_namespace, routing, Importer):
+        key = str(uuid.uuid4())
+        try:
+            app.dispatch(Import(key), consistency="strong", timeout=20)
+            outcome = "returned"
+        except Exception as exc:  # noqa: BLE001 - the assertion reports it
+            outcome = f"{type(exc).__name__}: {exc}"
+        eventually(lambda: len(handled) == BULK, timeout=30, what="every event handled")
+    assert sorted(handled) == list(range(1, BULK + 1))
+    assert outcome == "returned", f"every event was handled, but the strong dispatch said {outcome}"
