@@ -241,7 +241,11 @@ class Acknowledgements:
         versions: Iterable[tuple[str, Iterable[int]]],
         connection: psycopg.Connection,
     ) -> None:
-        """``acknowledge`` for several streams at once, in the caller's transaction (one round trip)."""
+        """``acknowledge`` for several streams at once, in the caller's transaction (one round trip).
+
+        Rows are locked in stream order, whatever order the streams were handled in: two lanes of one
+        handler acknowledging the same streams in opposite orders deadlocked.
+        """
         params = [
             {
                 "handler": handler,
@@ -249,7 +253,7 @@ class Acknowledgements:
                 "versions": _multirange(numbers),
                 "channel": self._channel,
             }
-            for stream, numbers in versions
+            for stream, numbers in sorted(versions, key=lambda item: item[0])
         ]
         if params:
             with connection.cursor() as cursor:

@@ -6,10 +6,13 @@ that are not handled: a dispatch whose events are all handled must return, howev
 
 from __future__ import annotations
 
+import threading
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+
+import psycopg
 
 from eventstore import PostgresEventStore
 from eventstore.acknowledgements import WINDOW, Acknowledgements
@@ -124,3 +127,50 @@ def test_a_strong_dispatch_of_more_events_than_the_window_returns_once_all_are_h
         eventually(lambda: len(handled) == BULK, timeout=30, what="every event handled")
     assert sorted(handled) == list(range(1, BULK + 1))
     assert outcome == "returned", f"every event was handled, but the strong dispatch said {outcome}"
+
+
+def test_two_lanes_acknowledging_the_same_streams_in_opposite_orders_do_not_deadlock(
+    event_store: PostgresEventStore,
+) -> None:
+    # Breaks: "no deadlock that stalls" under concurrency > 1. Two lanes of one strong handler take a
+    # stream's events on two partitions (a routing keyed by something else than the stream) and each
+    # acknowledges its poll's streams in the order it handled them: opposite orders lock the same
+    # (handler, stream) rows in opposite orders. PostgreSQL ends one transaction as a deadlock, which
+    # a plain handler meets after its effects are done (the poll is handled again: effects twice).
+    acks = Acknowledgements(event_store)
+    outcome: dict[str, object] = {}
+    with event_store.connection() as first:
+        acks.acknowledge_many("h", [("s-1", [1])], first)  # lane 1 holds s-1's row...
+
+        def second_lane() -> None:
+            try:
+                with event_store.connection() as second:
+                    acks.acknowledge_many("h", [("s-2", [1]), ("s-1", [2])], second)
+                outcome["second"] = "committed"
+            except Exception as exc:  # noqa: BLE001 - the assertion reports it
+                outcome["second"] = f"{type(exc).__name__}: {exc}"
+
+        lane = threading.Thread(target=second_lane, daemon=True)
+        lane.start()
+        with psycopg.connect(event_store.config.url, autocommit=True) as watcher:
+            pid = first.info.backend_pid
+            eventually(
+                lambda: bool(
+                    watcher.execute(
+                        "SELECT count(*) FROM pg_stat_activity WHERE %s = ANY(pg_blocking_pids(pid))",
+                        (pid,),
+                    ).fetchone()[0]  # type: ignore[index]
+                ),
+                timeout=10,
+                what="lane 2 waiting on lane 1",
+            )
+        try:
+            acks.acknowledge_many("h", [("s-2", [2])], first)  # ...and then needs s-2's
+            outcome["first"] = "committed"
+        except Exception as exc:
+            outcome["first"] = f"{type(exc).__name__}: {exc}"
+            raise AssertionError(f"lane 1 failed: {outcome}") from exc
+    lane.join(30)
+    assert outcome == {"first": "committed", "second": "committed"}
+    assert acks.pending(["h"], "s-1", [1, 2]) == []
+    assert acks.pending(["h"], "s-2", [1, 2]) == []
