@@ -86,6 +86,11 @@ class Delivery:
         return uuid_from_text(self._event_id)
 
     @property
+    def event_id_text(self) -> str:
+        """The event_id as the message spells it (the relay writes the store's canonical text)."""
+        return self._event_id
+
+    @property
     def causation_id(self) -> uuid.UUID | None:
         return uuid_from_text(self._causation_id) if self._causation_id else None
 

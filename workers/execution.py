@@ -198,6 +198,8 @@ class Executor:
         self._known: dict[int, str] = {}
         """The store's event_ids at the numbers of this call's redeliveries (asked in one query)."""
         self._seen: set[int] = set()
+        self._checked = False
+        """Whether the consumer confirmed this call's messages already (global order)."""
         self._head: int | None = None
         """The store's head as read once for this call (None: read when needed)."""
 
@@ -223,6 +225,7 @@ class Executor:
             HandlerStopped: the handler answered Stop; ``ps.next_offset`` stays before that message.
         """
         self._foreign, self._seen = foreign or {}, seen or set()
+        self._checked = foreign is not None
         try:
             self._known = self._redelivered(ps, deliveries)
             self._process(ps, deliveries)
@@ -234,17 +237,18 @@ class Executor:
                 self.shared.resync(ps)
         finally:
             # Offsets of this call only, not of a parked retry's.
-            self._foreign, self._seen, self._known, self._head = {}, set(), {}, None
+            self._foreign, self._seen, self._known, self._head, self._checked = {}, set(), {}, None, False
 
     def _redelivered(self, ps: PartitionState, deliveries: list[Delivery]) -> dict[int, str]:
         """The store's event_ids at the numbers of messages at or below the partition's position, in
         one query, and only when there are such messages: a redelivery is skipped only if it is the
-        event handled there, not another message reusing its number."""
+        event handled there, not another message reusing its number. Nothing to ask when the
+        consumer confirmed every message already (global order: ``foreign`` given)."""
+        if self._checked:
+            return {}
         self._head = self._identity.head(max((d.event_number for d in deliveries if not d.error), default=0))
         numbers = [
-            d.event_number
-            for d in deliveries
-            if not d.error and (d.event_number <= ps.last_event_number or d.offset in self._seen)
+            d.event_number for d in deliveries if not d.error and d.event_number <= ps.last_event_number
         ]
         return self._identity.event_ids(numbers) if numbers else {}
 
@@ -514,9 +518,10 @@ class Executor:
             self._foreign_message(staged, delivery, f"{FOREIGN}: unreadable ({delivery.error})")
             return None
         number = delivery.event_number
-        foreign = self._foreign.get(delivery.offset) or self._identity.foreign(
-            number, store_header(delivery.headers), self._head
-        )
+        if self._checked:
+            foreign = self._foreign.get(delivery.offset)
+        else:
+            foreign = self._identity.foreign(number, store_header(delivery.headers), self._head)
         if foreign is not None:
             self._foreign_message(staged, delivery, foreign)
             return None
@@ -560,7 +565,7 @@ class Executor:
             event, user_metadata = self.shared.mapper.from_recorded(delivery)
         except CodecError as exc:
             found = self._identity.event_ids([number]).get(number)
-            if found is None or not StoreIdentity.same_event(found, str(delivery.event_id)):
+            if found is None or not StoreIdentity.same_event(found, delivery.event_id_text):
                 # Not the event the store holds at that number: garbage under a plausible number.
                 held = f"event {found}" if found else "no event"
                 self._foreign_message(
@@ -576,12 +581,14 @@ class Executor:
         return event, EventMetadata(delivery, self.name, user_metadata, self.handler.state)
 
     def _same_as_handled(self, delivery: Delivery) -> bool:
-        """Whether a redelivery is the event the store holds at its number (asked in one query per call
-        of ``process``; a message that was no redelivery then is asked alone)."""
+        """Whether the message is the event the store holds at its number (asked in one query per call
+        of ``process``; one that was not asked then, as a parked event's retry, is asked alone)."""
+        if self._checked:
+            return True  # the consumer confirmed its event_id, for this poll's every message
         number = delivery.event_number
         if number not in self._known:
             self._known.update(self._identity.event_ids([number]))
-        return StoreIdentity.same_event(self._known.get(number), str(delivery.event_id))
+        return StoreIdentity.same_event(self._known.get(number), delivery.event_id_text)
 
     def _foreign_message(self, staged: _Staged, delivery: Delivery, reason: str) -> None:
         """Park (or dead-letter) a message that is not this store's event; it moves no position and

@@ -142,11 +142,15 @@ class _Rate:
         return self._last
 
 
+_Where = tuple[tuple[str, int], int]
+"""A message's place: (topic, partition) and offset."""
+
+
 @dataclass(slots=True)
 class _Run:
-    """Messages of one partition the global-order merge hands to the lane, with those it found foreign
-    (offset -> why: they ordered nothing there, and must move no position in the lane either) and
-    those it had handed on before."""
+    """Messages of one partition the global-order merge hands to the lane, their identities checked:
+    those found foreign (offset -> why: they ordered nothing, and must move no position in the lane
+    either), and those whose event the merge had handed on before."""
 
     messages: list[Message]
     foreign: dict[int, str]
@@ -204,13 +208,18 @@ class _Lane:
                 if isinstance(payload, bytes):
                     self.executor.drain(ps, payload)
                 else:
-                    run = payload if isinstance(payload, _Run) else _Run(payload, {})
+                    # A run's identities were checked by the consumer; a bare list's the executor checks.
+                    run = payload if isinstance(payload, _Run) else None
+                    messages = payload.messages if isinstance(payload, _Run) else payload
                     deliveries = [
                         delivery_of(ps.topic, ps.partition, offset, m.key(), m.value(), m.headers())
-                        for m in run.messages
+                        for m in messages
                         if (offset := m.offset() or 0) >= (ps.next_offset or 0)
                     ]
-                    self.executor.process(ps, deliveries, run.foreign, run.seen)
+                    if run is None:
+                        self.executor.process(ps, deliveries)
+                    else:
+                        self.executor.process(ps, deliveries, run.foreign, run.seen)
                 return
             except Exception as exc:
                 if not isinstance(exc, KafkaException) and not transient(exc):
@@ -583,6 +592,8 @@ class HandlerRunner:
         if self._merge is not None:
             self._route_in_order(self._merge, by_partition)
             return
+        # Per key, the lanes check identities: an event_id query per poll on this thread would hold
+        # back every lane (a no-op handler caught up at half the pace).
         for key, batch in by_partition.items():
             ps = self._partitions.get(key)
             if ps is None:
@@ -615,11 +626,25 @@ class HandlerRunner:
         self, merge: GlobalOrder, by_partition: dict[tuple[str, int], list[Message]]
     ) -> dict[tuple[tuple[str, int], int], str]:
         """Add the poll's messages to the merge; return those that are not this store's events, and
-        why: another store's header, a number beyond the store's head, or another event_id than the
-        store holds at the number (one query for the whole poll). Every message is asked: one that
-        passed the merge as "the next event" would move its ``last`` past events still to come, and one
-        below ``last`` would be taken as seen. A foreign message enters the merge without a number."""
-        claimed: list[tuple[tuple[str, int], Message, int | None, dict[str, int] | None, Any, Any]] = []
+        why. A foreign message enters the merge without a number: it orders nothing."""
+        claims, foreign = self._identify(by_partition)
+        for key, message, number, previous in claims:
+            if (key, message.offset() or 0) in foreign:
+                merge.add(key, Ordered(None, None, message))
+            else:
+                merge.add(key, Ordered(number, previous, message))
+        return foreign
+
+    def _identify(
+        self, by_partition: dict[tuple[str, int], list[Message]]
+    ) -> tuple[list[tuple[tuple[str, int], Message, int | None, dict[str, int] | None]], dict[_Where, str]]:
+        """What each message of the poll claims (its event_number and previous header), and those that
+        are not this store's events, and why: another store's header, a number beyond the store's head,
+        or another event_id than the store holds at the number (one query for the whole poll). In global
+        order every message is asked: one that passed the merge as "the next event" would move its
+        ``last`` past events still to come, and one below ``last`` would be taken as seen."""
+        claims = []
+        asked: list[tuple[_Where, int | None, Any, Any]] = []
         for key, batch in by_partition.items():
             if key not in self._partitions:
                 continue
@@ -627,21 +652,24 @@ class HandlerRunner:
                 # One look at the headers (the client builds a new list at each headers() call).
                 found = dict(message.headers() or ())
                 number = _number(found.get(EVENT_NUMBER_HEADER))
-                previous = parse_previous(found.get(PREVIOUS_HEADER))
-                claimed.append(
-                    (key, message, number, previous, found.get(STORE_HEADER), found.get(EVENT_ID_HEADER))
+                claims.append((key, message, number, parse_previous(found.get(PREVIOUS_HEADER))))
+                asked.append(
+                    (
+                        (key, message.offset() or 0),
+                        number,
+                        found.get(STORE_HEADER),
+                        found.get(EVENT_ID_HEADER),
+                    )
                 )
         # The store's head, read at most once a poll (a flood of made-up numbers costs one query).
-        top = max((number for _, _, number, _, _, _ in claimed if number is not None), default=0)
+        top = max((number for _, number, _, _ in asked if number is not None), default=0)
         head = self._while_postgres_away("checking messages", lambda: self._identity.head(top))
-        foreign: dict[tuple[tuple[str, int], int], str] = {}
-        for key, message, number, _, store, _ in claimed:
+        foreign: dict[_Where, str] = {}
+        for where, number, store, _ in asked:
             reason = self._identity.foreign(number, None if store is None else bytes(store), head)
             if reason is not None:
-                foreign[(key, message.offset() or 0)] = reason
-        numbers = [
-            n for key, m, n, _, _, _ in claimed if n is not None and (key, m.offset() or 0) not in foreign
-        ]
+                foreign[where] = reason
+        numbers = [number for where, number, _, _ in asked if number is not None and where not in foreign]
         held = (
             self._while_postgres_away(
                 "checking messages", functools.partial(self._identity.event_ids, numbers)
@@ -649,20 +677,16 @@ class HandlerRunner:
             if numbers
             else {}
         )
-        for key, message, number, previous, _, event_id in claimed:
-            where = (key, message.offset() or 0)
-            if where not in foreign and number is not None:
-                claimed_id = _text(event_id)
-                if not StoreIdentity.same_event(held.get(number), claimed_id):
-                    foreign[where] = (
-                        f"{FOREIGN}: the store holds event {held.get(number)} at event_number {number}, "
-                        f"not {claimed_id or 'this message'}"
-                    )
-            if where in foreign:
-                merge.add(key, Ordered(None, None, message))
-            else:
-                merge.add(key, Ordered(number, previous, message))
-        return foreign
+        for where, number, _, event_id in asked:
+            if where in foreign or number is None:
+                continue
+            claimed = _text(event_id)
+            if not StoreIdentity.same_event(held.get(number), claimed):
+                foreign[where] = (
+                    f"{FOREIGN}: the store holds event {held.get(number)} at event_number {number}, "
+                    f"not {claimed or 'this message'}"
+                )
+        return claims, foreign
 
     def _say_unproven(self, merge: GlobalOrder) -> None:
         """Messages without proof of their order wait until every partition has one (the lowest head is

@@ -65,6 +65,8 @@ def _garbage(store: PostgresEventStore, topic: str) -> list[tuple[str, bytes, by
         ("made-up number", b"s1", real.data, like_real(high + 6, store_id=None)),
         # A message reusing a handled event_number (3) with other content.
         ("reused number", b"s2", os.urandom(48), like_real(3, schema_id=b"e" * 16)),
+        # A well-formed event claiming this store and a handled number (3), with another event id.
+        ("reused number, decodable", b"s3", real.data, like_real(3)),
     ]
 
 
@@ -189,7 +191,7 @@ def test_a_replayed_copy_on_another_partition_is_not_handled_twice_in_global_ord
 ) -> None:
     """A backup replayed into the topic puts exact copies of handled events (same ids, numbers and
     headers) on other partitions than theirs: the partition's own position says nothing of them, the
-    merge does."""
+    merge does. A forged copy under another event id is parked."""
     in_order: list[int] = []
     with stack(event_store, kafka_namespace, partitions=2) as s:
 
@@ -207,12 +209,20 @@ def test_a_replayed_copy_on_another_partition_is_not_handled_twice_in_global_ord
         producer = Producer({"bootstrap.servers": kafka_namespace.bootstrap_servers})
         for partition, key, value, headers in copies:
             producer.produce(s.topic, value, key, partition=1 - partition, headers=headers)
+        # And a forgery: a well-formed event claiming this store and a number it holds (not handled
+        # on that partition), under another event id.
+        partition, key, value, headers = copies[-1]
+        forged = [(n, str(uuid.uuid4()).encode() if n == "event_id" else v) for n, v in headers]
+        producer.produce(s.topic, value, key, partition=1 - partition, headers=forged)
         assert producer.flush(30) == 0
         second = append_noted(event_store, streams=4, per_stream=3, prefix="later")
         total = len(first) + len(second)
         eventually(lambda: len(in_order) >= total, what="every event handled")
+        eventually(lambda: ParkedEvents(event_store).count(Global.name) >= 1, what="the forgery parked")
         settle(1.0)
     assert in_order == list(range(1, total + 1)), "each once, in order"
+    (row,) = ParkedEvents(event_store).list(Global.name)
+    assert "not an event of this store: the store holds event" in row.error
 
 
 def _read_all(
