@@ -370,9 +370,11 @@ class ProcessManager(Projection):
                 assert plan is not None
                 attempt, context, resume_at = plan.attempt, plan.context, -1
             try:
-                # No savepoint of its own: a refused command has written nothing (the dispatch keeps its
-                # appends in savepoints), and a database error ends the event's transaction anyway.
-                self._send(command, metadata, raw)
+                # A savepoint of its own: a command can fail after it wrote (its aggregate's apply
+                # raising on the events just appended, a database error in the outbox), and an answer
+                # that drops it (ContinuePending, DiscardPending, ContinueWith) must drop what it wrote.
+                with raw.transaction():
+                    self._send(command, metadata, raw)
             except Exception as exc:
                 if transient(exc):
                     raise  # a deadlock lost, PostgreSQL away: the whole event is rolled back and done again
