@@ -424,18 +424,21 @@ class HandlerRunner:
         """Global order: read the topics' partitions again and take those added since (a topic grown
         with more partitions), from their beginning, without a restart. The merge needs no more: each
         message says which event came before it on its topic, whatever partition that went to."""
-        try:
-            metadata = consumer.list_topics(timeout=10)
-        except KafkaException as exc:
-            log.info("partitions not read again", extra={"handler": self.name, "error": str(exc)})
-            return
-        added = [
-            TopicPartition(topic, number)
-            for topic in self.topics
-            if topic in metadata.topics
-            for number in sorted(metadata.topics[topic].partitions)
-            if (topic, number) not in self._partitions
-        ]
+        added = []
+        for topic in self.topics:
+            try:
+                # Per topic: the whole cluster's metadata every few seconds would weigh on big clusters.
+                found = consumer.list_topics(topic, timeout=10).topics.get(topic)
+            except KafkaException as exc:
+                log.info("partitions not read again", extra={"handler": self.name, "error": str(exc)})
+                return
+            if found is None or found.error is not None:
+                continue
+            added += [
+                TopicPartition(topic, n)
+                for n in sorted(found.partitions)
+                if (topic, n) not in self._partitions
+            ]
         if not added:
             return
         log.info(
