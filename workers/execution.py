@@ -329,6 +329,7 @@ class Executor:
                 ps.parked_keys.discard(key)
 
     def _drain(self, ps: PartitionState, key: bytes, parked: list[ParkedEvent]) -> None:
+        foreign_left = False
         for event in parked:
             if ps.revoked.is_set() or self.shared.stopping.is_set():
                 return
@@ -345,10 +346,19 @@ class Executor:
                 )
                 return
             if parked_again:
+                if event.error.startswith(FOREIGN):
+                    # Not an event of the key: it holds nothing back (it stays parked for the
+                    # operator), and the key's events after it are handed back all the same.
+                    foreign_left = True
+                    continue
                 # It failed again: what is left of the key waits for the next release.
                 with self.shared.store.connection() as conn:
                     self.shared.parked.hold(conn, self.name, ps.topic, ps.partition, key)
                 return
+        if foreign_left:
+            # Only foreign messages are left: not retried again at every look at released keys.
+            with self.shared.store.connection() as conn:
+                self.shared.parked.hold(conn, self.name, ps.topic, ps.partition, key)
         ps.parked_keys.discard(key)
         log.info("released parked events handled", extra={"handler": self.name, "key": _text(key)})
 
