@@ -300,13 +300,15 @@ class ProcessManager(Projection):
     # --- one instance ------------------------------------------------------------------------------
 
     def _state_of(self, found: Instance) -> Any:
+        if self.state_type is dict or not is_dataclass(self.state_type):
+            # The JSON PostgreSQL holds, read afresh: the object apply returned may differ from it (a
+            # tuple stored as a list), and a decision must not depend on whether the cache was hit.
+            return found.state
         cached = self._cache.get(found.process_id)
         if cached is not None and cached[0] == (found.events_applied, found.last_event_number):
             # A copy: an apply that changes the state in place must not change the committed one (it
             # would be applied twice after a rollback).
             return copy.deepcopy(cached[1])
-        if self.state_type is dict or not is_dataclass(self.state_type):
-            return found.state
         try:
             return build_dataclass(self.state_type, found.state, f"{self.name}[{found.process_id}]")
         except ValueProblem as problem:

@@ -18,7 +18,7 @@ from tidings.pytest_plugin import KafkaNamespace
 from workers import EventMetadata
 from workers.process_instances import ProcessInstances
 from workers.process_manager import ProcessManager
-from workers.process_routing import DiscardPending, Start
+from workers.process_routing import DiscardPending, Start, StartOrContinue
 
 registry = TypeRegistry(namespace="pm-attack")
 
@@ -107,3 +107,38 @@ def _types(store: PostgresEventStore, stream: str) -> list[str]:
         return [e.event_type for e in store.read_stream_forward(stream)]
     except StreamNotFound:
         return []
+
+
+def test_a_cached_state_is_the_state_postgresql_holds(
+    event_store: PostgresEventStore, kafka_namespace: KafkaNamespace
+) -> None:
+    # Breaks: "a cache is a hint" (the state a decision is taken on does not depend on the cache). A
+    # dict state is stored as JSON (a tuple becomes a list), but the cache kept the object apply
+    # returned: the same event met a tuple on a cache hit and a list after a restart, another lane or
+    # idle_timeout, and could decide other commands.
+    states: list[object] = []
+    with stack(event_store, kafka_namespace, partitions=1, mapper=mapper, router=router) as s:
+
+        class Pairs(ProcessManager):
+            name = s.name("pairs")
+
+            def interested(self, event: Any, metadata: EventMetadata) -> Any:
+                return StartOrContinue("one") if isinstance(event, Begun) else None
+
+            def handle(self, state: Any, event: Any) -> Any:
+                states.append(state.get("pairs"))
+                return None
+
+            def apply(self, state: Any, event: Any) -> Any:
+                return {"pairs": [*state.get("pairs", []), (len(state.get("pairs", [])), event.key)]}
+
+        app = Application(event_store, mapper, router)
+        app.dispatch(Begin("a"))
+        s.run(Pairs)
+        eventually(lambda: len(states) == 1, what="the first event handled")
+        app.dispatch(Begin("b"))
+        eventually(lambda: len(states) == 2, what="the second event handled")
+        stored = ProcessInstances(event_store).get(Pairs.name, "one")
+    assert stored is not None
+    assert stored.state == {"pairs": [[0, "a"], [1, "b"]]}
+    assert states[1] == [[0, "a"]], f"handle met {states[1]!r}, PostgreSQL holds [[0, 'a']]"
