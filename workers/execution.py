@@ -39,7 +39,7 @@ from workers.delivery import Delivery, EventMetadata
 from workers.failure import Answered, ErrorAnswer, FailureContext, Park, Retry, Skip, Stop
 from workers.handler import BatchFailed, EventHandler
 from workers.identity import FOREIGN, StoreIdentity, store_header
-from workers.parking import ParkedEvent, ParkedEvents
+from workers.parking import BEHIND, ParkedEvent, ParkedEvents, orphaned
 from workers.positions import Checkpoint, Positions, Subscription
 
 if TYPE_CHECKING:
@@ -309,7 +309,7 @@ class Executor:
         if not parked:
             ps.parked_keys.discard(key)
             return
-        if not any(event.released for event in parked):
+        if not any(event.released for event in parked) and not orphaned(parked):
             ps.parked_keys.add(key)
             return
         with self.shared.parked.draining(self.name, ps.topic, ps.partition, key) as mine:
@@ -321,7 +321,7 @@ class Executor:
                 return
             # Read again under the lock: the other process may have handled some meanwhile.
             parked = self.shared.parked.of_key(self.name, ps.topic, ps.partition, key)
-            if any(event.released for event in parked):
+            if any(event.released for event in parked) or orphaned(parked):
                 self._drain(ps, key, parked)
             elif parked:
                 ps.parked_keys.add(key)
@@ -568,7 +568,7 @@ class Executor:
             or (delivery.key in ps.parked_keys and self._still_parked(ps, delivery.key))
         ):
             staged.last_event_number = number
-            staged.parks.append((delivery, "behind an earlier parked event of its key"))
+            staged.parks.append((delivery, BEHIND))
             staged.count("parked")
             return None
         try:
@@ -894,7 +894,9 @@ class Executor:
                 "a parked event was discarded while the handler retried it: the handler has handled it",
                 extra={"handler": self.name, "parked_id": parked_id},
             )
-        staged.parks.clear()  # parked again: its row is already there
+        for _, reason in staged.parks:  # parked again: its row is already there, and says why now
+            self.shared.parked.parked_again(conn, parked_id, reason)
+        staged.parks.clear()
         self._record(conn, staged)
         return parked_again
 

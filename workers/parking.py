@@ -31,8 +31,12 @@ from psycopg import sql
 
 from eventstore.postgres.store import PostgresEventStore
 from workers.delivery import Delivery, delivery_of
+from workers.identity import FOREIGN
 
-__all__ = ["ParkedEvent", "ParkedEvents", "message_digest"]
+__all__ = ["BEHIND", "ParkedEvent", "ParkedEvents", "message_digest", "orphaned"]
+
+BEHIND = "behind an earlier parked event of its key"
+"""The reason of an event parked only to keep its key's order (it failed nothing itself)."""
 
 
 def message_digest(key: bytes, value: bytes, headers: Sequence[tuple[str, bytes | None]]) -> bytes:
@@ -124,14 +128,18 @@ class ParkedEvents:
         return {bytes(row[0]) for row in rows}
 
     def overview(self, handler: str) -> dict[tuple[str, int], dict[bytes, bool]]:
-        """Per partition, each parked key and whether an operator released it."""
+        """Per partition, each parked key and whether it is to be handed back: an operator released it,
+        or nothing holds it any more (its first event of the store is one parked only ``BEHIND``
+        another, which a discard took away)."""
         with self.store.connection() as conn:
             rows = conn.execute(
                 self._sql(
-                    "SELECT topic, partition, key, bool_or(released) FROM {t} WHERE handler = %s "
-                    "GROUP BY topic, partition, key"
+                    "SELECT topic, partition, key, bool_or(released) OR coalesce("
+                    "(array_agg(error ORDER BY id) FILTER (WHERE left(error, %(foreign_length)s) <> "
+                    "%(foreign)s))[1] = %(behind)s, false) "
+                    "FROM {t} WHERE handler = %(handler)s GROUP BY topic, partition, key"
                 ),
-                (handler,),
+                {"handler": handler, "foreign": FOREIGN, "foreign_length": len(FOREIGN), "behind": BEHIND},
             ).fetchall()
         found: dict[tuple[str, int], dict[bytes, bool]] = {}
         for topic, partition, key, released in rows:
@@ -179,6 +187,10 @@ class ParkedEvents:
         """Delete a handled parked event; False: it was already gone."""
         cursor = connection.execute(self._sql("DELETE FROM {t} WHERE id = %s"), (parked_id,))
         return cursor.rowcount == 1
+
+    def parked_again(self, connection: psycopg.Connection, parked_id: int, error: str) -> None:
+        """A released event failed again: its row says why now (and holds its key, if it was ``BEHIND``)."""
+        connection.execute(self._sql("UPDATE {t} SET error = %s WHERE id = %s"), (error, parked_id))
 
     def hold(
         self, connection: psycopg.Connection, handler: str, topic: str, partition: int, key: bytes
@@ -247,6 +259,15 @@ class ParkedEvents:
                 self._sql("SELECT count(*) FROM {t} WHERE handler = %s"), (handler,)
             ).fetchone()
         return int(row[0]) if row else 0
+
+
+def orphaned(events: Sequence[ParkedEvent]) -> bool:
+    """Whether a key's parked events (oldest first) are held by nothing: the first of them that is an
+    event of the store was parked only ``BEHIND`` another, and that one is gone (discarded while the
+    lane parked more behind it). Such a key is handed back as if released: discarding what held a key
+    lets the events behind it go on, in order."""
+    first = next((event for event in events if not event.error.startswith(FOREIGN)), None)
+    return first is not None and first.error == BEHIND
 
 
 def _parked(row: tuple) -> ParkedEvent:  # type: ignore[type-arg]
