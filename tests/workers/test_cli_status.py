@@ -82,7 +82,7 @@ def test_the_bank_s_relay_and_handlers_lag_parked_events_and_process_instances(
             parked = ParkedEvents(event_store)
             eventually(
                 lambda: parked.count(balances) == parked.count(transfers) == 2,
-                what="the junk and the deposit behind it parked by both handlers",
+                what="the poison event and the deposit behind it parked by both handlers",
             )
             eventually(caught_up, what="both handlers caught up again")
             found = _json(env=env)  # handlers found without the app: TIDINGS_APP names the topic
