@@ -535,7 +535,9 @@ class Executor:
         if foreign is not None:
             self._foreign_message(staged, delivery, foreign)
             return None
-        if number <= staged.last_event_number or delivery.offset in self._seen:
+        # Seen by the merge: handed on before, unless it lies before start_from (the merge starts there).
+        seen = delivery.offset in self._seen and number > self.shared.subscription.start_after
+        if number <= staged.last_event_number or seen:
             if not self._same_as_handled(delivery):
                 self._foreign_message(
                     staged,
