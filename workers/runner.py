@@ -610,7 +610,13 @@ class HandlerRunner:
         in runs of one partition's messages. Only this store's events order anything: the others pass
         through to be parked, and move neither the merge nor a partition's position."""
         foreign = self._admit(merge, by_partition)
-        released = merge.release() or merge.release_oldest()
+        released = merge.release()
+        if not released and merge.unproven() and not merge.empty() and self._consumer is not None:
+            # Handing on the lowest head is sound only on the complete set of partitions: look at the
+            # topics again first (a partition added since the last look may hold an earlier event). A
+            # metadata request per message without the header: the price of old relays' messages.
+            self._join_new_partitions(self._consumer)
+            released = merge.release_oldest()
         if not released and merge.unproven():
             self._say_unproven(merge)
         elif released and self._unproven_said:
