@@ -45,11 +45,15 @@ def test_tombstones_and_null_headers_are_parked_and_move_nothing(
 
 
 def _tombstones_among_good_traffic(
-    event_store: PostgresEventStore, kafka_namespace: KafkaNamespace, *, with_a_handled_events_headers: bool
+    event_store: PostgresEventStore,
+    kafka_namespace: KafkaNamespace,
+    *,
+    with_a_handled_events_headers: bool,
+    value: bytes | None = None,
 ) -> None:
-    """With ``with_a_handled_events_headers``, one tombstone per partition carries the headers of a
-    handled event (its event_number and event_id) and no value: a reused event_number with other
-    content."""
+    """With ``with_a_handled_events_headers``, one message per partition carries the headers of a
+    handled event (its event_number and event_id) and ``value`` (none: a tombstone) instead of its
+    bytes: a reused event_number with other content."""
     in_order: list[int] = []
     per_key = Recorder()
     with stack(event_store, kafka_namespace, partitions=2) as s:
@@ -92,7 +96,7 @@ def _tombstones_among_good_traffic(
             producer.produce(s.topic, real.data, b"s2", partition=partition, headers=nulls)
             bad += 2
             if with_a_handled_events_headers:
-                producer.produce(s.topic, None, b"s1", partition=partition, headers=handled)
+                producer.produce(s.topic, value, b"s1", partition=partition, headers=handled)
                 bad += 1
         assert producer.flush(30) == 0
         second = append_noted(event_store, streams=4, per_stream=3, prefix="s", group="after")
