@@ -211,6 +211,9 @@ def delivery_of(
     d.key = key or b""
     d.value = value or b""
     d.headers = pairs = headers or []
+    if value is None:
+        # The relay always sends the stored bytes (empty ones too): a null value is a tombstone.
+        return _unreadable(d, "no value (a tombstone): not published by a tidings relay")
     found = dict(pairs)
     if not found.keys() >= _REQUIRED_SET:
         missing = [name for name in _REQUIRED if name not in found]

@@ -240,16 +240,15 @@ class Executor:
             self._foreign, self._seen, self._known, self._head, self._checked = {}, set(), {}, None, False
 
     def _redelivered(self, ps: PartitionState, deliveries: list[Delivery]) -> dict[int, str]:
-        """The store's event_ids at the numbers of messages at or below the partition's position, in
-        one query, and only when there are such messages: a redelivery is skipped only if it is the
-        event handled there, not another message reusing its number. Nothing to ask when the
-        consumer confirmed every message already (global order: ``foreign`` given)."""
+        """The store's event_ids at the messages' numbers, in one query per call: a message moves the
+        partition's position only if it is the event the store numbered so (decoding is not enough: a
+        forged well-formed message would move the position past good events, which would then be
+        skipped as seen), and a redelivery is skipped only if it is the event handled there. Nothing
+        to ask when the consumer confirmed every message already (global order: ``foreign`` given)."""
         if self._checked:
             return {}
         self._head = self._identity.head(max((d.event_number for d in deliveries if not d.error), default=0))
-        numbers = [
-            d.event_number for d in deliveries if not d.error and d.event_number <= ps.last_event_number
-        ]
+        numbers = [d.event_number for d in deliveries if not d.error]
         return self._identity.event_ids(numbers) if numbers else {}
 
     def _process(self, ps: PartitionState, deliveries: list[Delivery]) -> None:
@@ -547,6 +546,15 @@ class Executor:
                 )
                 return None
             staged.count("already_seen")
+            return None
+        if not self._same_as_handled(delivery):
+            # Not the event the store numbered so: it must not move the partition's position.
+            self._foreign_message(
+                staged,
+                delivery,
+                f"{FOREIGN}: the store holds event {self._known.get(number)} at event_number {number}, "
+                f"not {delivery.event_id_text}",
+            )
             return None
         subscription = self.shared.subscription
         if number <= subscription.start_after or (
