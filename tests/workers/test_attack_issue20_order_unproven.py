@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import pytest
 from confluent_kafka import Producer
-from confluent_kafka.admin import AdminClient, NewPartitions
+from confluent_kafka.admin import AdminClient
+from confluent_kafka.cimpl import NewPartitions
 
 from eventstore.postgres.store import PostgresEventStore
 from tests.workers.worker_support import Noted, append_noted, eventually, kafka_headers, settle, stack
