@@ -7,7 +7,7 @@ from __future__ import annotations
 import functools
 
 import pytest
-from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka import Consumer, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient
 from confluent_kafka.cimpl import NewPartitions
 
@@ -84,10 +84,13 @@ def _relayed(relay: Relay, count: int) -> bool:
 
 
 def _used(servers: str, topic: str, partitions: tuple[int, ...]) -> bool:
+    """Whether each of ``partitions`` holds a message (False while a new partition has no leader yet)."""
     consumer = Consumer({"bootstrap.servers": servers, "group.id": "probe"})
     try:
         return all(
             consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1] > 0 for p in partitions
         )
+    except KafkaException:
+        return False
     finally:
         consumer.close()
