@@ -141,6 +141,8 @@ class _Staged:
     order, a higher version says nothing of a lower one)."""
     handled: list[tuple[Any, EventMetadata]] = field(default_factory=list)
     outcomes: dict[str, int] = field(default_factory=dict)
+    taken: int | None = None
+    """How many of the window's messages the unit took, when it ended before the window's end."""
 
     def count(self, outcome: str) -> None:
         self.outcomes[outcome] = self.outcomes.get(outcome, 0) + 1
@@ -286,7 +288,7 @@ class Executor:
                 continue
             except Abandoned:
                 return
-            start = limit
+            start = limit if staged.taken is None else start + staged.taken
             limit = self._window_end(start, deliveries)
 
     def _window_end(self, start: int, deliveries: list[Delivery]) -> int:
@@ -409,10 +411,19 @@ class Executor:
         last: Delivery | None = None
         batch: list[tuple[int, Delivery, Any, EventMetadata]] = []
         projection._unit_started()
+        # A projection's transaction has written, so it holds the cluster-wide numbering horizon until
+        # it commits: a unit takes events only while it is younger than UNIT_SECONDS (or half the
+        # store's idle bound, if less), and the rest of the poll goes in the next one. A busy project()
+        # is not ended by the session bounds (it is neither idle nor one long statement).
+        config = self.shared.store.config
+        deadline = time.monotonic() + min(UNIT_SECONDS, config.idle_in_transaction_timeout / 2)
         with self.shared.engine.begin() as connection:
             raw: psycopg.Connection = connection.connection.driver_connection  # type: ignore[assignment]
             self._fence(raw, ps)
             for index, delivery in enumerate(window):
+                if index and not self._project_batches and time.monotonic() >= deadline:
+                    staged.taken = index
+                    break
                 step = self._classify(ps, staged, delivery, decided)
                 last = delivery
                 if step is None:
@@ -910,6 +921,9 @@ class Executor:
         self._record(conn, staged)
         return parked_again
 
+
+UNIT_SECONDS = 1.0
+"""The longest a projection's unit of work takes events before it commits (see ``_projection_unit``)."""
 
 _OUTCOMES = ("handled", "skipped", "parked", "dead_lettered", "already_seen", "filtered")
 _TRACE_KEYS = ("traceparent", "tracestate")
