@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import inspect
 import logging
 import threading
@@ -548,12 +549,12 @@ class Executor:
         # Seen by the merge: handed on before, unless it lies before start_from (the merge starts there).
         seen = delivery.offset in self._seen and number > self.shared.subscription.start_after
         if number <= staged.last_event_number or seen:
-            if not self._same_as_handled(delivery):
+            if not self._same_as_handled(delivery) or not self._same_data(delivery):
                 self._foreign_message(
                     staged,
                     delivery,
                     f"{FOREIGN}: it reuses event_number {number}, which is another event "
-                    f"({self._known.get(number)}) already handled",
+                    f"({self._known.get(number)}, or other bytes under its headers) already handled",
                 )
                 return None
             staged.count("already_seen")
@@ -610,6 +611,12 @@ class Executor:
             return None
         staged.last_event_number = number
         return event, EventMetadata(delivery, self.name, user_metadata, self.handler.state)
+
+    def _same_data(self, delivery: Delivery) -> bool:
+        """Whether a repeat's bytes are its event's: a handled event's headers over other bytes are
+        not a redelivery (one query per repeat; a deleted event cannot say otherwise)."""
+        held = self._identity.data_digest(delivery.event_number)
+        return held is None or held == hashlib.sha256(delivery.value).digest()
 
     def _same_as_handled(self, delivery: Delivery) -> bool:
         """Whether the message is the event the store holds at its number (asked in one query per call
