@@ -400,7 +400,7 @@ class HandlerRunner:
                     self._report_lag(consumer)
                     next_lag = now + LAG_POLL_SECONDS
                 if self._merge is not None and now >= next_metadata:
-                    self._join_new_partitions(consumer)
+                    self._join_new_partitions(consumer)  # a topic not read now is read at the next look
                     next_metadata = now + METADATA_SECONDS
         finally:
             self._shutdown(consumer, final=not lost)
@@ -420,19 +420,22 @@ class HandlerRunner:
         self._merge = GlobalOrder(self.topics, last)
         self._merge.assign(self._partitions)
 
-    def _join_new_partitions(self, consumer: Consumer) -> None:
+    def _join_new_partitions(self, consumer: Consumer) -> bool:
         """Global order: read the topics' partitions again and take those added since (a topic grown
         with more partitions), from their beginning, without a restart. The merge needs no more: each
-        message says which event came before it on its topic, whatever partition that went to."""
+        message says which event came before it on its topic, whatever partition that went to.
+        Returns whether every topic's partitions were read (else the set may be incomplete)."""
         added = []
+        complete = True
         for topic in self.topics:
             try:
                 # Per topic: the whole cluster's metadata every few seconds would weigh on big clusters.
                 found = consumer.list_topics(topic, timeout=10).topics.get(topic)
             except KafkaException as exc:
                 log.info("partitions not read again", extra={"handler": self.name, "error": str(exc)})
-                return
+                return False
             if found is None or found.error is not None:
+                complete = False
                 continue
             added += [
                 TopicPartition(topic, n)
@@ -440,7 +443,7 @@ class HandlerRunner:
                 if (topic, n) not in self._partitions
             ]
         if not added:
-            return
+            return complete
         log.info(
             "partitions added to the handler's topics are read",
             extra={"handler": self.name, "partitions": [f"{tp.topic}[{tp.partition}]" for tp in added]},
@@ -448,6 +451,7 @@ class HandlerRunner:
         self._on_assign(consumer, added)
         assert self._merge is not None
         self._merge.assign((tp.topic, tp.partition) for tp in added)
+        return complete
 
     def _prepare(self, consumer: Consumer) -> tuple[Subscription, Acknowledgements]:
         """The handler's subscription and registration, its topics, and its lanes (not started yet)."""
@@ -611,11 +615,17 @@ class HandlerRunner:
         through to be parked, and move neither the merge nor a partition's position."""
         foreign = self._admit(merge, by_partition)
         released = merge.release()
-        if not released and merge.unproven() and not merge.empty() and self._consumer is not None:
-            # Handing on the lowest head is sound only on the complete set of partitions: look at the
-            # topics again first (a partition added since the last look may hold an earlier event). A
-            # metadata request per message without the header: the price of old relays' messages.
-            self._join_new_partitions(self._consumer)
+        # Handing on the lowest head is sound only on the complete set of partitions: look at the
+        # topics again first (a partition added since the last look may hold an earlier event), and
+        # hand on nothing when a topic could not be read. A metadata request per message without the
+        # header: the price of old relays' messages.
+        if (
+            not released
+            and merge.unproven()
+            and not merge.empty()
+            and self._consumer is not None
+            and self._join_new_partitions(self._consumer)
+        ):
             released = merge.release_oldest()
         if not released and merge.unproven():
             self._say_unproven(merge)
