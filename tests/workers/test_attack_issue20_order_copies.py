@@ -15,7 +15,7 @@ from tidings.pytest_plugin import KafkaNamespace
 def test_a_handled_events_headers_with_other_bytes_are_parked_not_skipped(
     event_store: PostgresEventStore, kafka_namespace: KafkaNamespace
 ) -> None:
-    """ "A reused event_number with different content is parked and reported, not skipped": a message
+    """A reused event_number with different content is parked and reported, not skipped: a message
     with a handled event's headers (number, event_id, fingerprint) and other bytes was taken as a
     redelivery of that event (only the event_id was compared) and counted already_seen."""
     _tombstones_among_good_traffic(

@@ -34,7 +34,7 @@ EVENTS = 10
 def test_a_busy_projection_unit_does_not_hold_numbering_past_the_bound(
     event_store: PostgresEventStore, postgres_schema: PostgresSchema, kafka_namespace: KafkaNamespace
 ) -> None:
-    """"A slow project() cannot hold the numbering horizon beyond the bound": before units were cut at
+    """A slow project() must not hold the numbering horizon beyond the bound: before units were cut at
     UNIT_SECONDS, the unit of ten events at 0.6 s each held its transaction (and the horizon) about 6 s
     with a bound of 1 s."""
     schema = event_store.config.schema
