@@ -102,9 +102,13 @@ def test_discarding_the_failed_event_hands_back_those_parked_behind_it_and_one_f
         assert failed.event_number is not None
         parked.discard(Picky.name, ids=[failed.id])
         # 1 and 2 go on; 3 fails in its turn and holds 4 and 5 behind it, with its own error.
-        eventually(lambda: seen == [1, 2] and parked.count(Picky.name) == 3, what="1, 2 handed back")
-        rows = parked.list(Picky.name)
-        assert [r.error.startswith("poison 3") for r in rows] == [True, False, False]
+        eventually(
+            lambda: (
+                seen == [1, 2]
+                and [r.error.startswith("poison 3") for r in parked.list(Picky.name)] == [True, False, False]
+            ),
+            what="1, 2 handed back, then 3 parked again with its own error, holding 4 and 5",
+        )
         held = attempts[3]
         _append(event_store, "s0", 6)
         eventually(lambda: parked.count(Picky.name) == 4, what="a new event parked behind 3")
