@@ -8,7 +8,6 @@ second relay lead beside it, the two fencing each other for good.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 
 import pytest
 
@@ -25,14 +24,6 @@ from tests.eventstore.relay_support import (
     wait_until,
 )
 from tidings.pytest_plugin import KafkaNamespace, PostgresSchema
-
-
-@pytest.fixture
-def relays() -> Iterator[list[Relay]]:
-    started: list[Relay] = []
-    yield started
-    for relay in started:
-        relay.stop()
 
 
 def fencings(store: PostgresEventStore) -> float:

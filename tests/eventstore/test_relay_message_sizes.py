@@ -8,7 +8,6 @@ import json
 import os
 import threading
 import uuid
-from collections.abc import Iterator
 from datetime import UTC, datetime
 
 import pytest
@@ -35,14 +34,6 @@ from tidings.pytest_plugin import KafkaNamespace, PostgresSchema
 # the headers of the largest message the relay can be handed.
 LONGEST = "\U0001f4e6" * 255
 TRACE = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
-
-
-@pytest.fixture
-def relays() -> Iterator[list[Relay]]:
-    started: list[Relay] = []
-    yield started
-    for relay in started:
-        relay.stop()
 
 
 def largest(store: PostgresEventStore, stream: str = LONGEST) -> EventData:
