@@ -22,6 +22,8 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
+from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import psycopg
@@ -30,7 +32,7 @@ from psycopg import sql
 from eventstore.config import redact_url
 from eventstore.errors import LeadershipLost
 
-__all__ = ["Leadership", "lock_key"]
+__all__ = ["Contender", "Leadership", "application_name", "contenders", "lock_key"]
 
 log = logging.getLogger("eventstore.leadership")
 
@@ -46,6 +48,25 @@ SELECT EXISTS (
 """
 
 
+# PostgreSQL keeps 63 bytes of an application_name (NAMEDATALEN - 1) and turns non-ASCII into escapes.
+_APPLICATION_NAME_BYTES = 63
+
+# The sessions of this database that hold leadership name's lock or carry its application_name (a standby
+# between two tries keeps its session open, holding nothing). A bigint key shows as its two halves.
+_CONTENDERS = """
+WITH here AS (SELECT oid FROM pg_database WHERE datname = current_database()),
+holding AS (
+    SELECT l.pid FROM pg_locks l, here
+    WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1 AND l.database = here.oid
+      AND l.classid::bigint = %(high)s AND l.objid::bigint = %(low)s
+)
+SELECT a.pid, coalesce(host(a.client_addr), 'local'), a.backend_start, a.pid IN (SELECT pid FROM holding)
+FROM pg_stat_activity a, here
+WHERE a.datid = here.oid AND (a.application_name = %(application)s OR a.pid IN (SELECT pid FROM holding))
+ORDER BY 4 DESC, a.pid
+"""
+
+
 def lock_key(name: str) -> int:
     """A stable signed 64-bit advisory-lock key for ``name``."""
     return int.from_bytes(hashlib.blake2b(name.encode(), digest_size=8).digest(), "big", signed=True)
@@ -54,6 +75,49 @@ def lock_key(name: str) -> int:
 def _halves(key: int) -> tuple[int, int]:
     unsigned = key & 0xFFFF_FFFF_FFFF_FFFF
     return unsigned >> 32, unsigned & 0xFFFF_FFFF
+
+
+def application_name(name: str) -> str:
+    """The ``application_name`` of leadership ``name``'s sessions (the leader's and its standbys').
+
+    ``tidings <name>`` when PostgreSQL keeps it whole; a longer one is cut and ends with the lock's key,
+    so that ``contenders`` tells two long names with one beginning apart.
+    """
+    whole = f"tidings {name}"
+    if len(whole) <= _APPLICATION_NAME_BYTES and whole.isascii() and whole.isprintable():
+        return whole
+    suffix = f"~{lock_key(name) & 0xFFFF_FFFF_FFFF_FFFF:016x}"
+    readable = "".join(c if c.isascii() and c.isprintable() else "?" for c in whole)
+    return readable[: _APPLICATION_NAME_BYTES - len(suffix)] + suffix
+
+
+@dataclass(frozen=True, slots=True)
+class Contender:
+    """A session of leadership ``name``: the one holding its lock, or a standby's waiting to take it."""
+
+    pid: int
+    client: str
+    """The client's address (``local`` over a Unix socket; ``?`` when the role may not see it)."""
+    since: datetime | None
+    """When the session began (None when the role may not see it)."""
+    holds: bool
+
+    def __str__(self) -> str:
+        return f"{self.client} pid {self.pid}"
+
+
+def contenders(conn: psycopg.Connection[Any], name: str) -> list[Contender]:
+    """Read only: the sessions of this database holding leadership ``name``'s lock (the leader: first,
+    if any) or standing by for it (a ``Leadership`` that tried and keeps its session), as PostgreSQL
+    shows them in ``pg_locks`` and ``pg_stat_activity``.
+
+    ``conn`` may be any session of the database (the lock's ``leader_url`` may be another address of it).
+    """
+    high, low = _halves(lock_key(name))
+    rows = conn.execute(
+        _CONTENDERS, {"high": high, "low": low, "application": application_name(name)}
+    ).fetchall()
+    return [Contender(int(pid), client or "?", since, bool(holds)) for pid, client, since, holds in rows]
 
 
 class Leadership:
@@ -92,7 +156,8 @@ class Leadership:
                     self._url,
                     autocommit=True,
                     connect_timeout=max(1, round(self._connect_timeout)),
-                    application_name=f"tidings {self.name}"[:63],
+                    # Tells the leader's and the standbys' sessions apart from any other (contenders).
+                    application_name=application_name(self.name),
                 )
             row = self._conn.execute("SELECT pg_try_advisory_lock(%s)", (self._key,)).fetchone()
         except psycopg.Error as exc:

@@ -193,6 +193,15 @@ class Routing:
                 found.append(topic)
         return found
 
+    def topic_rules(self) -> tuple[dict[str, str], dict[str, str]]:
+        """The topic of each event type, and of each stream category, that has a rule of its own (every
+        other event goes to ``default_topic``): what a reader of some topics needs to tell which events
+        it will see (``eventstore.acknowledgements.Carried``)."""
+        return (
+            {name: topic for name, (topic, _) in self._by_event_type.items()},
+            {name: topic for name, (topic, _) in self._by_category.items()},
+        )
+
     def keys_by(self, source: str) -> bool:
         """Whether every event is keyed by ``source`` (a key source name), whatever its topic."""
         return self._key_sources == {source}

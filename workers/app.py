@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 from eventstore.config import sqlalchemy_url
 from eventstore.errors import ConfigurationError
 from eventstore.postgres.store import PostgresEventStore
+from eventstore.postgres.store import _session_options as session_options
 from eventstore.routing import Routing
 from tidings.mapper import EventMapper
 from tidings.router import Router
@@ -150,7 +151,16 @@ class WorkerConfig:
         return {"bootstrap.servers": self.bootstrap_servers, **self.kafka}
 
     def engine(self) -> sa.Engine:
-        """The SQLAlchemy engine projections write through (created on first use, shared)."""
+        """The SQLAlchemy engine projections and process managers write through (created on first use,
+        shared).
+
+        Its sessions carry the store's bounds (``StoreConfig.idle_in_transaction_timeout`` and
+        ``statement_timeout``, with the URL's own options): a transaction left idle (a slow ``project``,
+        a sleep) or a statement running past them is ended by PostgreSQL, so it cannot hold back the
+        cluster-wide numbering horizon for longer; the unit is rolled back and done again, as for any
+        lost connection. A projection that needs longer says so in its transaction
+        (``SET LOCAL statement_timeout = '5min'``).
+        """
         import sqlalchemy as sa
 
         with self._engine_lock:
@@ -161,6 +171,7 @@ class WorkerConfig:
                     sqlalchemy_url(self.store.config.url),
                     pool_size=8,
                     max_overflow=8,
+                    connect_args={"options": session_options(self.store.config)},
                 )
             return self._engine
 

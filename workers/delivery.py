@@ -86,6 +86,11 @@ class Delivery:
         return uuid_from_text(self._event_id)
 
     @property
+    def event_id_text(self) -> str:
+        """The event_id as the message spells it (the relay writes the store's canonical text)."""
+        return self._event_id
+
+    @property
     def causation_id(self) -> uuid.UUID | None:
         return uuid_from_text(self._causation_id) if self._causation_id else None
 
@@ -206,6 +211,9 @@ def delivery_of(
     d.key = key or b""
     d.value = value or b""
     d.headers = pairs = headers or []
+    if value is None:
+        # The relay always sends the stored bytes (empty ones too): a null value is a tombstone.
+        return _unreadable(d, "no value (a tombstone): not published by a tidings relay")
     found = dict(pairs)
     if not found.keys() >= _REQUIRED_SET:
         missing = [name for name in _REQUIRED if name not in found]

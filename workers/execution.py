@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import inspect
 import logging
 import threading
@@ -36,9 +37,10 @@ from tidings.errors import CodecError
 from tidings.mapper import EventMapper
 from workers import metrics
 from workers.delivery import Delivery, EventMetadata
-from workers.failure import ErrorAnswer, FailureContext, Park, Retry, Skip, Stop
+from workers.failure import Answered, ErrorAnswer, FailureContext, Park, Retry, Skip, Stop
 from workers.handler import BatchFailed, EventHandler
-from workers.parking import ParkedEvents
+from workers.identity import FOREIGN, StoreIdentity, store_header
+from workers.parking import BEHIND, ParkedEvent, ParkedEvents, orphaned
 from workers.positions import Checkpoint, Positions, Subscription
 
 if TYPE_CHECKING:
@@ -86,6 +88,11 @@ class Abandoned(Exception):
     """The partition was revoked, or the worker is stopping: leave the rest for the next owner."""
 
 
+class _Gone(Exception):
+    """A parked event being retried is no longer this executor's to apply: another member claimed or
+    handled it first, or an operator discarded it. Nothing of this attempt was applied."""
+
+
 @dataclass(eq=False)
 class PartitionState:
     """What a lane knows of one assigned partition."""
@@ -117,6 +124,8 @@ class Shared:
     engine: sa.Engine | None = None
     resync: Callable[[PartitionState], None] | None = None
     """Asks the consumer to read a partition's position again (a projection that was fenced)."""
+    identity: StoreIdentity | None = None
+    """What tells this store's messages from foreign ones (one per handler; made here if not given)."""
 
 
 @dataclass
@@ -128,9 +137,13 @@ class _Staged:
     new_parked_keys: set[bytes] = field(default_factory=set)
     parks: list[tuple[Delivery, str]] = field(default_factory=list)
     dead_letters: list[tuple[Delivery, str]] = field(default_factory=list)
-    acks: dict[str, int] = field(default_factory=dict)
+    acks: dict[str, list[int]] = field(default_factory=dict)
+    """Per stream, each version finished with: every one is acknowledged by itself (out of stream
+    order, a higher version says nothing of a lower one)."""
     handled: list[tuple[Any, EventMetadata]] = field(default_factory=list)
     outcomes: dict[str, int] = field(default_factory=dict)
+    taken: int | None = None
+    """How many of the window's messages the unit took, when it ended before the window's end."""
 
     def count(self, outcome: str) -> None:
         self.outcomes[outcome] = self.outcomes.get(outcome, 0) + 1
@@ -182,6 +195,16 @@ class Executor:
         self._events = {o: metrics.EVENTS.labels(self.name, o) for o in _OUTCOMES}
         self._handle_seconds = metrics.HANDLE_SECONDS.lane(self.name)
         self._end_to_end = metrics.END_TO_END.lane(self.name)
+        self._identity = shared.identity or StoreIdentity(shared.store)
+        self._foreign: dict[int, str] = {}
+        """Offsets the consumer found foreign (global order decides before the merge), this call."""
+        self._known: dict[int, str] = {}
+        """The store's event_ids at the numbers of this call's redeliveries (asked in one query)."""
+        self._seen: set[int] = set()
+        self._checked = False
+        """Whether the consumer confirmed this call's messages already (global order)."""
+        self._head: int | None = None
+        """The store's head as read once for this call (None: read when needed)."""
 
     def close(self) -> None:
         if self._loop is not None:
@@ -189,13 +212,25 @@ class Executor:
 
     # --- entry points ------------------------------------------------------------------------------
 
-    def process(self, ps: PartitionState, deliveries: list[Delivery]) -> None:
+    def process(
+        self,
+        ps: PartitionState,
+        deliveries: list[Delivery],
+        foreign: dict[int, str] | None = None,
+        seen: set[int] | None = None,
+    ) -> None:
         """Handle ``deliveries`` (one partition, offset order); ``ps.next_offset`` says how far it got.
+        ``foreign``: offsets already found not to be this store's events, and why; ``seen``: offsets
+        whose event the global-order merge handed on before (a redelivery, or a copy on another
+        partition).
 
         Raises:
             HandlerStopped: the handler answered Stop; ``ps.next_offset`` stays before that message.
         """
+        self._foreign, self._seen = foreign or {}, seen or set()
+        self._checked = foreign is not None
         try:
+            self._known = self._redelivered(ps, deliveries)
             self._process(ps, deliveries)
         except Fenced as fenced:
             # Another member projects this partition now: drop it here, and read its position again.
@@ -203,6 +238,21 @@ class Executor:
             ps.revoked.set()
             if self.shared.resync is not None:
                 self.shared.resync(ps)
+        finally:
+            # Offsets of this call only, not of a parked retry's.
+            self._foreign, self._seen, self._known, self._head, self._checked = {}, set(), {}, None, False
+
+    def _redelivered(self, ps: PartitionState, deliveries: list[Delivery]) -> dict[int, str]:
+        """The store's event_ids at the messages' numbers, in one query per call: a message moves the
+        partition's position only if it is the event the store numbered so (decoding is not enough: a
+        forged well-formed message would move the position past good events, which would then be
+        skipped as seen), and a redelivery is skipped only if it is the event handled there. Nothing
+        to ask when the consumer confirmed every message already (global order: ``foreign`` given)."""
+        if self._checked:
+            return {}
+        self._head = self._identity.head(max((d.event_number for d in deliveries if not d.error), default=0))
+        numbers = [d.event_number for d in deliveries if not d.error]
+        return self._identity.event_ids(numbers) if numbers else {}
 
     def _process(self, ps: PartitionState, deliveries: list[Delivery]) -> None:
         start = 0
@@ -239,7 +289,7 @@ class Executor:
                 continue
             except Abandoned:
                 return
-            start = limit
+            start = limit if staged.taken is None else start + staged.taken
             limit = self._window_end(start, deliveries)
 
     def _window_end(self, start: int, deliveries: list[Delivery]) -> int:
@@ -251,14 +301,37 @@ class Executor:
         return len(deliveries)
 
     def drain(self, ps: PartitionState, key: bytes) -> None:
-        """Hand a released key's parked events back to the handler, oldest first, then run it live."""
+        """Hand a released key's parked events back to the handler, oldest first, then run it live.
+
+        One process at a time drains a key (``ParkedEvents.draining``): a member that lost the partition
+        without noticing yet leaves it to the owner. Each event's row is its fence besides
+        (``_parked_unit``, ``_finish_parked``), for a discard that comes meanwhile.
+        """
         parked = self.shared.parked.of_key(self.name, ps.topic, ps.partition, key)
         if not parked:
             ps.parked_keys.discard(key)
             return
-        if not any(event.released for event in parked):
+        if not any(event.released for event in parked) and not orphaned(parked):
             ps.parked_keys.add(key)
             return
+        with self.shared.parked.draining(self.name, ps.topic, ps.partition, key) as mine:
+            if not mine:
+                log.info(
+                    "another process retries this key's parked events; leaving them to it",
+                    extra={"handler": self.name, "key": _text(key)},
+                )
+                return
+            # Read again under the lock: the other process may have handled some meanwhile.
+            parked = self.shared.parked.of_key(self.name, ps.topic, ps.partition, key)
+            if any(event.released for event in parked) or orphaned(parked):
+                self._drain(ps, key, parked)
+            elif parked:
+                ps.parked_keys.add(key)
+            else:
+                ps.parked_keys.discard(key)
+
+    def _drain(self, ps: PartitionState, key: bytes, parked: list[ParkedEvent]) -> None:
+        foreign_left = False
         for event in parked:
             if ps.revoked.is_set() or self.shared.stopping.is_set():
                 return
@@ -266,11 +339,28 @@ class Executor:
                 parked_again = self._retry_parked(ps, event.id, event.delivery)
             except Abandoned:
                 return
+            except _Gone:
+                # Discarded by an operator meanwhile: nothing of it was applied. The rest of the key
+                # is read again at the next look at released keys.
+                log.info(
+                    "a parked event was discarded while it was being retried; not applied",
+                    extra={"handler": self.name, "key": _text(key), "parked_id": event.id},
+                )
+                return
             if parked_again:
+                if event.error.startswith(FOREIGN):
+                    # Not an event of the key: it holds nothing back (it stays parked for the
+                    # operator), and the key's events after it are handed back all the same.
+                    foreign_left = True
+                    continue
                 # It failed again: what is left of the key waits for the next release.
                 with self.shared.store.connection() as conn:
                     self.shared.parked.hold(conn, self.name, ps.topic, ps.partition, key)
                 return
+        if foreign_left:
+            # Only foreign messages are left: not retried again at every look at released keys.
+            with self.shared.store.connection() as conn:
+                self.shared.parked.hold(conn, self.name, ps.topic, ps.partition, key)
         ps.parked_keys.discard(key)
         log.info("released parked events handled", extra={"handler": self.name, "key": _text(key)})
 
@@ -322,10 +412,19 @@ class Executor:
         last: Delivery | None = None
         batch: list[tuple[int, Delivery, Any, EventMetadata]] = []
         projection._unit_started()
+        # A projection's transaction has written, so it holds the cluster-wide numbering horizon until
+        # it commits: a unit takes events only while it is younger than UNIT_SECONDS (or half the
+        # store's idle bound, if less), and the rest of the poll goes in the next one. A busy project()
+        # is not ended by the session bounds (it is neither idle nor one long statement).
+        config = self.shared.store.config
+        deadline = time.monotonic() + min(UNIT_SECONDS, config.idle_in_transaction_timeout / 2)
         with self.shared.engine.begin() as connection:
             raw: psycopg.Connection = connection.connection.driver_connection  # type: ignore[assignment]
             self._fence(raw, ps)
             for index, delivery in enumerate(window):
+                if index and not self._project_batches and time.monotonic() >= deadline:
+                    staged.taken = index
+                    break
                 step = self._classify(ps, staged, delivery, decided)
                 last = delivery
                 if step is None:
@@ -430,25 +529,56 @@ class Executor:
     def _classify(
         self, ps: PartitionState, staged: _Staged, delivery: Delivery, decided: dict[int, _Decided]
     ) -> tuple[Any, EventMetadata] | None:
-        """The event and metadata to handle, or None when the message is finished with otherwise."""
+        """The event and metadata to handle, or None when the message is finished with otherwise.
+
+        The partition's position (``last_event_number``) moves only on a message whose identity holds:
+        a foreign one is parked without moving it, so that no later good event is taken as seen.
+        """
         staged.next_offset = delivery.offset + 1
         if delivery.error:
-            self._poison(staged, delivery, f"undecodable message: {delivery.error}", "undecodable")
+            self._foreign_message(staged, delivery, f"{FOREIGN}: unreadable ({delivery.error})")
             return None
         number = delivery.event_number
-        if number <= staged.last_event_number:
+        if self._checked:
+            foreign = self._foreign.get(delivery.offset)
+        else:
+            foreign = self._identity.foreign(number, store_header(delivery.headers), self._head)
+        if foreign is not None:
+            self._foreign_message(staged, delivery, foreign)
+            return None
+        # Seen by the merge: handed on before, unless it lies before start_from (the merge starts there).
+        seen = delivery.offset in self._seen and number > self.shared.subscription.start_after
+        if number <= staged.last_event_number or seen:
+            if not self._same_as_handled(delivery) or not self._same_data(delivery):
+                self._foreign_message(
+                    staged,
+                    delivery,
+                    f"{FOREIGN}: it reuses event_number {number}, which is another event "
+                    f"({self._known.get(number)}, or other bytes under its headers) already handled",
+                )
+                return None
             staged.count("already_seen")
             return None
-        staged.last_event_number = number
+        if not self._same_as_handled(delivery):
+            # Not the event the store numbered so: it must not move the partition's position.
+            self._foreign_message(
+                staged,
+                delivery,
+                f"{FOREIGN}: the store holds event {self._known.get(number)} at event_number {number}, "
+                f"not {delivery.event_id_text}",
+            )
+            return None
         subscription = self.shared.subscription
         if number <= subscription.start_after or (
             self.shared.subscribe_to != "all" and delivery.stream_id != self.shared.subscribe_to
         ):
+            staged.last_event_number = number
             staged.count("filtered")
             self._acknowledge(staged, delivery)
             return None
         answer = decided.pop(delivery.offset, None) if decided else None
         if answer is not None:
+            staged.last_event_number = number
             if isinstance(answer.answer, Skip):
                 staged.count("skipped")
                 self._acknowledge(staged, delivery)
@@ -459,15 +589,49 @@ class Executor:
             delivery.key in staged.new_parked_keys
             or (delivery.key in ps.parked_keys and self._still_parked(ps, delivery.key))
         ):
-            staged.parks.append((delivery, "behind an earlier parked event of its key"))
+            staged.last_event_number = number
+            staged.parks.append((delivery, BEHIND))
             staged.count("parked")
             return None
         try:
             event, user_metadata = self.shared.mapper.from_recorded(delivery)
         except CodecError as exc:
+            found = self._identity.event_ids([number]).get(number)
+            if found is None or not StoreIdentity.same_event(found, delivery.event_id_text):
+                # Not the event the store holds at that number: garbage under a plausible number.
+                held = f"event {found}" if found else "no event"
+                self._foreign_message(
+                    staged,
+                    delivery,
+                    f"{FOREIGN}: it does not decode ({exc}) and the store holds {held} there",
+                )
+                return None
+            staged.last_event_number = number  # this store's own event, which cannot be read: poison
             self._poison(staged, delivery, f"cannot decode: {exc}", "undecodable")
             return None
+        staged.last_event_number = number
         return event, EventMetadata(delivery, self.name, user_metadata, self.handler.state)
+
+    def _same_data(self, delivery: Delivery) -> bool:
+        """Whether a repeat's bytes are its event's: a handled event's headers over other bytes are
+        not a redelivery (one query per repeat; a deleted event cannot say otherwise)."""
+        held = self._identity.data_digest(delivery.event_number)
+        return held is None or held == hashlib.sha256(delivery.value).digest()
+
+    def _same_as_handled(self, delivery: Delivery) -> bool:
+        """Whether the message is the event the store holds at its number (asked in one query per call
+        of ``process``; one that was not asked then, as a parked event's retry, is asked alone)."""
+        if self._checked:
+            return True  # the consumer confirmed its event_id, for this poll's every message
+        number = delivery.event_number
+        if number not in self._known:
+            self._known.update(self._identity.event_ids([number]))
+        return StoreIdentity.same_event(self._known.get(number), delivery.event_id_text)
+
+    def _foreign_message(self, staged: _Staged, delivery: Delivery, reason: str) -> None:
+        """Park (or dead-letter) a message that is not this store's event; it moves no position and
+        holds no key back (it is no event of its key)."""
+        self._poison(staged, delivery, reason, "foreign", holds_key=False)
 
     def _still_parked(self, ps: PartitionState, key: bytes) -> bool:
         """Whether the key still has parked events: an operator may have discarded them meanwhile.
@@ -478,12 +642,22 @@ class Executor:
         if now - ps.parked_checked.get(key, 0.0) < 1.0:
             return True
         ps.parked_checked[key] = now
-        if self.shared.parked.of_key(self.name, ps.topic, ps.partition, key):
+        # A foreign message parked under the key is no event of it: it holds nothing back.
+        parked = self.shared.parked.of_key(self.name, ps.topic, ps.partition, key)
+        if any(not event.error.startswith(FOREIGN) for event in parked):
             return True
         ps.parked_keys.discard(key)
         return False
 
-    def _poison(self, staged: _Staged, delivery: Delivery, reason: str, error_kind: str | None) -> None:
+    def _poison(
+        self,
+        staged: _Staged,
+        delivery: Delivery,
+        reason: str,
+        error_kind: str | None,
+        *,
+        holds_key: bool = True,
+    ) -> None:
         if error_kind is not None:
             metrics.ERRORS.labels(self.name, error_kind).inc()
         where = {
@@ -500,8 +674,11 @@ class Executor:
             log.error("event sent to the dead-letter topic", extra=where)
         else:
             staged.parks.append((delivery, reason))
-            staged.new_parked_keys.add(delivery.key)
             staged.count("parked")
+            if not holds_key:
+                log.error("message parked: it is not an event of this store", extra=where)
+                return
+            staged.new_parked_keys.add(delivery.key)
             log.error("event parked; later events of its key wait behind it", extra=where)
 
     def _handled(self, staged: _Staged, delivery: Delivery, event: Any, metadata: EventMetadata) -> None:
@@ -515,9 +692,7 @@ class Executor:
 
     def _acknowledge(self, staged: _Staged, delivery: Delivery) -> None:
         if self._acknowledging and not delivery.error:
-            stream_id = delivery.stream_id
-            if staged.acks.get(stream_id, 0) < delivery.stream_version:
-                staged.acks[stream_id] = delivery.stream_version
+            staged.acks.setdefault(delivery.stream_id, []).append(delivery.stream_version)
 
     # --- calling the handler -----------------------------------------------------------------------
 
@@ -618,15 +793,21 @@ class Executor:
         context: dict[str, Any] = {}
         error = failed.error
         while True:
-            situation = FailureContext.of(error, attempt, context, failed.metadata, self.handler.state)
-            answer = self._ask(error, failed.event, situation)
+            # A failure the handler answered itself (a process manager's failed command) is carried out
+            # as answered: asking ``error`` again about the event would change what the answer means.
+            answered = isinstance(error, Answered)
+            if isinstance(error, Answered):
+                answer = error.answer
+            else:
+                situation = FailureContext.of(error, attempt, context, failed.metadata, self.handler.state)
+                answer = self._ask(error, failed.event, situation)
             log.warning(
                 "handling failed",
                 extra={
                     "handler": self.name,
                     "event_number": delivery.event_number,
                     "attempt": attempt,
-                    "error": f"{type(error).__name__}: {error}",
+                    "error": str(error) if answered else f"{type(error).__name__}: {error}",
                     "answer": type(answer).__name__,
                 },
             )
@@ -634,9 +815,11 @@ class Executor:
                 raise HandlerStopped(self.name, answer.reason or str(error), delivery)
             if isinstance(answer, Skip | Park):
                 return _Decided(answer)
+            # The unit that failed has rolled back: no transaction stays open while waiting.
             self._wait(ps, answer.delay)
-            context = answer.context
-            attempt += 1
+            if not answered:
+                context = answer.context
+                attempt += 1
             try:
                 retry()
                 return None
@@ -666,7 +849,11 @@ class Executor:
             ps.revoked.wait(min(left, 0.1))
 
     def _retry_parked(self, ps: PartitionState, parked_id: int, delivery: Delivery) -> bool:
-        """Handle one released parked event and remove it, unless it is parked again (returns True)."""
+        """Handle one released parked event and remove it, unless it is parked again (returns True).
+
+        Raises:
+            _Gone: (a projection) an operator discarded it meanwhile: nothing of it was applied.
+        """
         # A scratch state: the event is neither "already seen" nor "behind a parked event" this time.
         scratch = PartitionState(ps.topic, ps.partition, revoked=ps.revoked)
         decided: dict[int, _Decided] = {}
@@ -692,7 +879,11 @@ class Executor:
         staged: _Staged,
         decided: dict[int, _Decided],
     ) -> bool:
-        """One attempt at a parked event; its row goes in the same transaction as a projection's writes."""
+        """One attempt at a parked event; its row goes in the same transaction as a projection's writes.
+
+        Raises:
+            _Gone: (a projection) the row is gone once locked: nothing of this attempt commits.
+        """
         projection = self._projection
         self._direct = self._loop is None and not self._tracing()
         if projection is None:
@@ -705,6 +896,10 @@ class Executor:
         projection._unit_started()
         with self.shared.engine.begin() as connection:
             raw: psycopg.Connection = connection.connection.driver_connection  # type: ignore[assignment]
+            # The fence: locked before anything is projected, so that a second member (or a discard)
+            # waits for this transaction, then finds the row gone and applies nothing.
+            if not self.shared.parked.lock(raw, parked_id):
+                raise _Gone
             step = self._classify(ps, staged, delivery, decided)
             if step is not None:
                 event, metadata = step
@@ -717,12 +912,25 @@ class Executor:
 
     def _finish_parked(self, conn: psycopg.Connection, parked_id: int, staged: _Staged) -> bool:
         parked_again = bool(staged.parks)
-        if not parked_again:
-            self.shared.parked.remove(conn, parked_id)
-        staged.parks.clear()  # parked again: its row is already there
+        if not parked_again and not self.shared.parked.remove(conn, parked_id):
+            if self._projection is not None:
+                raise _Gone  # cannot happen under the row's lock; rolled back all the same
+            # A plain handler's claimed row, discarded by an operator while the handler ran: its
+            # effects are done and cannot be taken back. Said loudly, so the discard is not believed.
+            metrics.ERRORS.labels(self.name, "parked_discarded").inc()
+            log.warning(
+                "a parked event was discarded while the handler retried it: the handler has handled it",
+                extra={"handler": self.name, "parked_id": parked_id},
+            )
+        for _, reason in staged.parks:  # parked again: its row is already there, and says why now
+            self.shared.parked.parked_again(conn, parked_id, reason)
+        staged.parks.clear()
         self._record(conn, staged)
         return parked_again
 
+
+UNIT_SECONDS = 1.0
+"""The longest a projection's unit of work takes events before it commits (see ``_projection_unit``)."""
 
 _OUTCOMES = ("handled", "skipped", "parked", "dead_lettered", "already_seen", "filtered")
 _TRACE_KEYS = ("traceparent", "tracestate")

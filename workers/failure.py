@@ -21,7 +21,16 @@ import traceback
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["ErrorAnswer", "FailureContext", "Park", "Retry", "Skip", "Stop", "default_answer"]
+__all__ = [
+    "Answered",
+    "ErrorAnswer",
+    "FailureContext",
+    "Park",
+    "Retry",
+    "Skip",
+    "Stop",
+    "default_answer",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,6 +73,23 @@ class Stop:
 
 
 ErrorAnswer = Retry | Skip | Park | Stop
+
+
+class Answered(Exception):
+    """A failure the handler has already answered itself: the runtime carries out ``answer`` as it is,
+    and does not ask ``error`` again.
+
+    A process manager raises it (as ``CommandFailed``) when ``error`` answered a failed *command* with
+    ``Retry``, ``Park`` or ``Stop``: the answer was given with the command's context, and asking
+    ``error`` again about the event would give it a second meaning (a ``Park`` skipped, a ``Stop``
+    retried). The event's transaction is rolled back first, so a ``Retry`` waits outside it.
+    It never reaches user code.
+    """
+
+    def __init__(self, answer: ErrorAnswer, error: BaseException, message: str | None = None) -> None:
+        super().__init__(message or f"{type(error).__name__}: {error}")
+        self.answer = answer
+        self.error = error
 
 
 @dataclass(frozen=True, slots=True)

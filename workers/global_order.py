@@ -10,7 +10,8 @@ of the relay's topics, the event_number of the last event published there before
 Having handed on every event of its topics up to ``last``, the merge may hand on a partition's first
 waiting event ``m`` when no event of its topics lies between ``last`` and ``m``: when, for each of its
 topics ``t``, ``previous_t(m) <= last``. That ``m`` is the next one, whatever the other partitions hold or
-have not fetched yet. Otherwise it waits for more messages. Pure: no I/O, no clock.
+have not fetched yet. Otherwise it waits for more messages, however long: the only other release,
+``release_oldest``, needs a head on every partition. Pure: no I/O, no clock.
 
 Example::
 
@@ -35,8 +36,9 @@ Key = tuple[str, int]
 
 @dataclass(frozen=True, slots=True)
 class Ordered:
-    """A message and what orders it: its event_number and its previous-per-topic header (None when the
-    message does not say: unreadable, or published by a relay older than the header)."""
+    """A message and what orders it: its event_number (None: not this store's event, so it orders
+    nothing) and its previous-per-topic header (None when the message does not say: published by a
+    relay older than the header)."""
 
     event_number: int | None
     previous: dict[str, int] | None
@@ -55,6 +57,7 @@ class GlobalOrder:
         self.topics = frozenset(topics)
         self.last = last
         self._waiting: dict[Key, deque[Ordered]] = {}
+        self._repeats: list[Any] = []
 
     def add(self, key: Key, item: Ordered) -> None:
         self._waiting.setdefault(key, deque()).append(item)
@@ -66,8 +69,27 @@ class GlobalOrder:
     def waiting(self) -> int:
         return sum(len(items) for items in self._waiting.values())
 
+    def held(self) -> dict[Key, int]:
+        """How many messages wait here, per partition (flow control bounds it)."""
+        return {key: len(items) for key, items in self._waiting.items() if items}
+
+    def empty(self) -> list[Key]:
+        """The partitions without a waiting message. When nothing can be released, the next event is
+        on one of them: never pause these (see ``release``)."""
+        return [key for key, items in self._waiting.items() if not items]
+
+    def unproven(self) -> int:
+        """Heads that say nothing of their order (no previous header: an older relay's messages)."""
+        return sum(1 for items in self._waiting.values() if items and items[0].previous is None)
+
     def release(self) -> list[tuple[Key, Any]]:
-        """Every message that can be handed on now, in order."""
+        """Every message that can be handed on now, in order.
+
+        When nothing qualifies although messages wait, the next event of the handler's topics is on a
+        partition that has no waiting message: the lowest-numbered event not handed on yet is at the
+        head of its partition (Kafka keeps a partition's order, and the relay publishes a partition in
+        event_number order), and it qualifies (every event before it is handed on).
+        """
         released: list[tuple[Key, Any]] = []
         while True:
             found = self._next()
@@ -75,21 +97,44 @@ class GlobalOrder:
                 return released
             key, item = found
             self._waiting[key].popleft()
-            if item.event_number is not None and item.event_number > self.last:
-                self.last = item.event_number
+            if item.event_number is not None:
+                if item.event_number > self.last:
+                    self.last = item.event_number
+                else:
+                    self._repeats.append(item.payload)
             released.append((key, item.payload))
 
-    def release_oldest(self, *, every_partition: bool = True) -> list[tuple[Key, Any]]:
-        """When no head qualifies although every partition waits with one (messages whose header is
-        missing, or ``last`` unknown after a change of mode): hand on the lowest event_number, which is
-        then the next by Kafka's per-partition order. Returns [] unless every partition has a head, or
-        ``every_partition`` is False (the caller has waited long enough for the empty ones)."""
+    def take_repeats(self) -> list[Any]:
+        """The payloads released since the last call whose event_number was at or below ``last``: that
+        event was handed on already (from this partition or, as a copy, from another one)."""
+        repeats, self._repeats = self._repeats, []
+        return repeats
+
+    def release_oldest(self) -> list[tuple[Key, Any]]:
+        """When no head qualifies because the lowest one carries no previous header (a relay older
+        than it) and every partition of the handler's topics waits with a head: hand on the lowest.
+
+        Sound because each head is its partition's earliest message not handed on and a partition is
+        in event_number order, so whatever any partition has not delivered yet is numbered above its
+        head: with a head on every partition (of a complete set: the runner joins partitions added to
+        its topics), the lowest head is below everything still to come. Returns [] while a partition
+        has no head (the next event may be there), when the lowest head carries the header (it would
+        have qualified, so an earlier event is still to come), or when another head's header names an
+        event between ``last`` and the lowest head. The merge then waits, however long: no timer trades
+        order for progress."""
         heads = [(key, items[0]) for key, items in self._waiting.items() if items]
-        if not heads or (every_partition and len(heads) < len(self._waiting)):
+        if not heads or len(heads) < len(self._waiting):
             return []
         key, item = min(heads, key=lambda head: head[1].event_number or 0)
+        lowest = item.event_number or 0
+        if item.previous is not None:
+            return []
+        for _, head in heads:
+            named = (head.previous or {}).items()
+            if any(topic in self.topics and self.last < number < lowest for topic, number in named):
+                return []
         self._waiting[key].popleft()
-        self.last = max(self.last, item.event_number or 0)
+        self.last = max(self.last, lowest)
         return [(key, item.payload), *self.release()]
 
     def _next(self) -> tuple[Key, Ordered] | None:
@@ -98,7 +143,9 @@ class GlobalOrder:
                 continue
             head = items[0]
             if head.event_number is None or head.event_number <= self.last:
-                return key, head  # unreadable (the lane parks it), or a redelivery (the lane skips it)
+                # Foreign (no number to trust: the lane parks it, and ``last`` does not move), or a
+                # redelivery (the lane skips it once the store confirms it is the event handled there).
+                return key, head
             if head.previous is not None and self._follows(head.previous):
                 return key, head
         return None

@@ -3,7 +3,9 @@
 A handler whose ``error`` answers ``Stop`` (or that fails) stops consuming and keeps its position; the
 worker process stays up, so Kubernetes does not restart the pod into the same event in a loop. The
 runner records the stop here; ``tidings status`` shows it; ``tidings handler restart NAME`` asks for a
-restart, and the worker holding the stopped handler starts it again from the event it stopped at.
+restart, and the worker holding the stopped handler starts it again from the event it stopped at. A run
+that begins (a restart, a redeployed worker, a standby taking over) supersedes the stops recorded before
+it: ``tidings status`` never shows a stop older than the handler's current run.
 
 Example::
 
@@ -70,6 +72,14 @@ class HandlerStates:
         ).format(self._table)
         with self.store.connection() as conn:
             return [row[0] for row in conn.execute(statement, (handlers,))]
+
+    def supersede(self, handler: str) -> int:
+        """A run of ``handler`` begins (in this process): forget the stops recorded before it, which are
+        over (a redeployed worker runs it again); a stop recorded later, in this run or another process's,
+        stays. Returns how many were forgotten."""
+        statement = sql.SQL("DELETE FROM {} WHERE handler = %s AND stopped_at < now()").format(self._table)
+        with self.store.connection() as conn:
+            return conn.execute(statement, (handler,)).rowcount
 
     def clear(self, handler: str) -> None:
         """The handler runs again: forget that it stopped."""

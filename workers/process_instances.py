@@ -1,12 +1,18 @@
 """The state of process manager instances in PostgreSQL (``process_instances``), read and written in the
 transaction of the event that changes them.
 
-Rows are locked (``FOR UPDATE``, in process id order) before an event is handled, so two lanes or two
-workers that reach the same instance take turns, and the state each reads is the one the other wrote.
+Before an event is handled, each instance it names is locked with a transaction-scoped advisory lock on
+(schema, process manager, process id), then its row is read. ``FOR UPDATE`` alone would not do: on a row
+that does not exist yet it locks nothing, so two events starting one instance at once (two partitions,
+lanes or workers) would both start it from ``state_type()``, and one state change would be lost. The
+advisory lock exists before the row does: the second event waits for the first to commit, then reads
+the row it wrote (and ``StartStrict`` finds it started). Locks are taken in the order of their keys, so
+two events naming the same instances in different orders cannot deadlock on them.
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -41,15 +47,33 @@ class ProcessInstances:
         return sql.SQL(text).format(t=self._table)
 
     def lock(self, conn: psycopg.Connection, process_manager: str, ids: Iterable[str]) -> dict[str, Instance]:
-        """The live instances among ``ids``, locked until the transaction ends."""
+        """The live instances among ``ids``; every one of ``ids``, live or not, is locked until the
+        transaction ends (a missing one is then created by this transaction alone)."""
+        ids = sorted(set(ids))
+        keys = sorted({self._key(process_manager, process_id) for process_id in ids})
+        if keys:
+            # The two-int4 form: its lock space is apart from the bigint keys of leaderships and
+            # checkpoints. unnest hands the keys over in array order, the order they are locked in.
+            conn.execute(
+                "SELECT pg_advisory_xact_lock(k.high, k.low) "
+                "FROM unnest(%s::int4[], %s::int4[]) AS k(high, low)",
+                ([high for high, _ in keys], [low for _, low in keys]),
+            )
         rows = conn.execute(
             self._sql(
                 "SELECT process_id, state, events_applied, last_event_number FROM {t} "
                 "WHERE process_manager = %s AND process_id = ANY(%s) ORDER BY process_id FOR UPDATE"
             ),
-            (process_manager, sorted(ids)),
+            (process_manager, ids),
         ).fetchall()
         return {row[0]: Instance(row[0], row[1], row[2], row[3]) for row in rows}
+
+    def _key(self, process_manager: str, process_id: str) -> tuple[int, int]:
+        """The advisory-lock key of an instance: two signed 32-bit halves of a stable hash (a collision
+        only makes two instances take turns)."""
+        name = "\x00".join((self.store.config.schema, process_manager, process_id)).encode()
+        digest = hashlib.blake2b(name, digest_size=8).digest()
+        return int.from_bytes(digest[:4], "big", signed=True), int.from_bytes(digest[4:], "big", signed=True)
 
     def lock_all(self, conn: psycopg.Connection, process_manager: str) -> dict[str, Instance]:
         """Every live instance of ``process_manager`` (for a broadcast), locked until the transaction ends."""

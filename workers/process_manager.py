@@ -43,12 +43,13 @@ See docs/process-managers.md.
 
 from __future__ import annotations
 
+import copy
 import inspect
 import logging
 import time
 import traceback
 from collections.abc import Mapping
-from dataclasses import dataclass, is_dataclass
+from dataclasses import dataclass, field, is_dataclass
 from typing import Any, ClassVar
 
 import psycopg
@@ -62,7 +63,7 @@ from tidings.json_encode import dataclass_to_json, plain_json
 from tidings.json_hints import ValueProblem
 from workers.delivery import EventMetadata
 from workers.execution import transient
-from workers.failure import ErrorAnswer, Park, Retry, Skip, Stop, default_answer
+from workers.failure import Answered, ErrorAnswer, Park, Retry, Skip, Stop, default_answer
 from workers.process_instances import Instance, ProcessInstances
 from workers.process_routing import (
     CommandAnswer,
@@ -80,26 +81,46 @@ __all__ = ["CommandFailed", "EventTimeout", "ProcessFailureContext", "ProcessMan
 log = logging.getLogger("workers.process_manager")
 
 
-class CommandFailed(Exception):
-    """A command the process manager dispatched failed, and ``error`` gave up on it (``Park``).
+class CommandFailed(Answered):
+    """A command the process manager dispatched failed, and ``error`` answered ``Retry``, ``Park`` or
+    ``Stop``: the event's transaction is rolled back (nothing it caused commits) and the answer is
+    carried out as given: the event is done again after the delay (the command with the next attempt
+    and the answer's context), parked with this error (or dead-lettered), or the process manager stops.
 
-    The event that led to it is parked with this error (or dead-lettered); nothing it caused commits.
+    The runtime's own: ``error`` is never asked about it.
     """
 
-    def __init__(self, command: object, error: BaseException) -> None:
-        super().__init__(f"{type(command).__qualname__} failed: {type(error).__name__}: {error}")
+    def __init__(self, command: object, error: BaseException, answer: ErrorAnswer) -> None:
+        message = f"{type(command).__qualname__} failed: {type(error).__name__}: {error}"
+        if isinstance(answer, Park):
+            answer = Park(answer.reason or message)
+        elif isinstance(answer, Stop):
+            answer = Stop(answer.reason or message)
+        super().__init__(answer, error, message)
         self.command = command
-        self.error = error
 
 
 class EventTimeout(Exception):
     """Handling one event took longer than ``event_timeout``: what it did was rolled back."""
 
 
-class _StopRequested(Exception):
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
+@dataclass(slots=True)
+class _Plan:
+    """Where one instance's commands for one event stood when ``error`` answered a failed command with
+    ``Retry``: the transaction is rolled back for the wait, and the event done again from this plan.
+
+    ``commands`` are those to dispatch, from the first (the ones before ``failed_at`` were rolled back
+    with the transaction and are dispatched again); the command at ``failed_at`` goes with ``attempt``
+    and ``context``. Valid only while the instance is as it was (``version``: how many events it had
+    applied, and the last one's number): if another event changed it meanwhile, or stopped it and
+    started it again, the event is handled afresh.
+    """
+
+    version: tuple[int, int]
+    commands: list[object]
+    failed_at: int
+    attempt: int
+    context: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,7 +179,12 @@ class ProcessManager(Projection):
         self._instances: ProcessInstances | None = None
         self._schedules: ScheduledCommands | None = None
         self._outbox: sql.Composed | None = None
-        self._cache: dict[str, tuple[int, Any, float]] = {}
+        self._cache: dict[str, tuple[tuple[int, int], Any, float]] = {}
+        """process id -> ((events applied, last event number), state as committed, last used)."""
+        self._committing: dict[str, tuple[tuple[int, int], Any] | None] = {}
+        """What this transaction changes in the cache, once it commits (None: forget the instance)."""
+        self._plans: dict[tuple[int, str], _Plan] = {}
+        """(event number, process id) -> the commands of a command retry, across the rollback."""
         self._next_sweep = 0.0
         self._dispatched: list[Any] = []  # this transaction's dispatch results, cached once it commits
         self._interested_takes_metadata = len(inspect.signature(self.interested).parameters) >= 2
@@ -185,11 +211,8 @@ class ProcessManager(Projection):
     def error(self, error: BaseException, failed: Any, context: Any) -> ErrorAnswer | CommandAnswer:  # type: ignore[override]
         """What to do when handling an event (``context`` a ``FailureContext``) or dispatching a command
         (``context`` a ``ProcessFailureContext``) fails. By default: retry with backoff, then park the
-        event after ``max_attempts``."""
-        if isinstance(error, _StopRequested):
-            return Stop(error.reason)
-        if isinstance(error, CommandFailed):
-            return Park(str(error))
+        event after ``max_attempts``. Only failures of the event and of its commands come here: an
+        answer already given is carried out, never asked about again."""
         return default_answer(error, context, self.max_attempts)
 
     # --- the worker's side -------------------------------------------------------------------------
@@ -207,11 +230,21 @@ class ProcessManager(Projection):
 
     def _unit_started(self) -> None:
         self._dispatched.clear()
+        self._committing.clear()
 
     def _unit_committed(self) -> None:
         for result in self._dispatched:
             self.application.remember(result)
         self._dispatched.clear()
+        # Only what committed is cached: a rolled-back transaction leaves the cache as it was.
+        now = time.monotonic()
+        for process_id, kept in self._committing.items():
+            if kept is None:
+                self._cache.pop(process_id, None)
+            else:
+                self._cache[process_id] = (kept[0], kept[1], now)
+        self._committing.clear()
+        self._plans.clear()
 
     def project(self, event: Any, metadata: EventMetadata, connection: sa.Connection) -> None:
         interested: Any = self.interested  # (event, metadata) or (event)
@@ -229,26 +262,34 @@ class ProcessManager(Projection):
                     sql.Literal(int(self.event_timeout * 1000))
                 )
             )
+        number = metadata.event_number
+        if any(key[0] != number for key in self._plans):
+            # Plans of an event that is over (skipped, parked, handled by another member meanwhile).
+            self._plans = {key: plan for key, plan in self._plans.items() if key[0] == number}
         ids = getattr(routing, "ids", None)
         live = instances.lock_all(raw, self.name) if ids is None else instances.lock(raw, self.name, ids)
         for route in decide_routes(self.name, routing, frozenset(live)):
+            process_id = route.process_id
             if route.action == "stop":
-                instances.delete(raw, self.name, route.process_id)
-                self._cache.pop(route.process_id, None)
+                instances.delete(raw, self.name, process_id)
+                self._committing[process_id] = None
                 continue
-            found = live.get(route.process_id)
+            found = live.get(process_id)
+            version = (found.events_applied, found.last_event_number) if found is not None else (0, 0)
             state = self._state_of(found) if found is not None else self.state_type()
-            commands = produced(self.handle(state, event))
+            plan = self._plans.pop((number, process_id), None)
+            if plan is not None and plan.version != version:
+                plan = None  # another event changed the instance while the retry waited: start afresh
+            # handle and apply are pure: with a plan, handle's commands are those already planned.
+            commands = plan.commands if plan is not None else produced(self.handle(state, event))
             state = self.apply(state, event)
-            applied = (found.events_applied if found is not None else 0) + 1
-            if self._dispatch(route.process_id, commands, state, event, metadata, raw):
-                instances.save(
-                    raw, self.name, route.process_id, self._document(state), applied, metadata.event_number
-                )
-                self._cache[route.process_id] = (applied, state, time.monotonic())
+            if self._dispatch(process_id, commands, state, event, metadata, raw, version, plan):
+                applied = version[0] + 1
+                instances.save(raw, self.name, process_id, self._document(state), applied, number)
+                self._committing[process_id] = ((applied, number), state)
             else:
-                instances.delete(raw, self.name, route.process_id)
-                self._cache.pop(route.process_id, None)
+                instances.delete(raw, self.name, process_id)
+                self._committing[process_id] = None
         if self.event_timeout is not None and time.monotonic() - started > self.event_timeout:
             raise EventTimeout(
                 f"{self.name}: event {metadata.event_number} took {time.monotonic() - started:.1f} s, over "
@@ -259,11 +300,15 @@ class ProcessManager(Projection):
     # --- one instance ------------------------------------------------------------------------------
 
     def _state_of(self, found: Instance) -> Any:
-        cached = self._cache.get(found.process_id)
-        if cached is not None and cached[0] == found.events_applied:
-            return cached[1]
         if self.state_type is dict or not is_dataclass(self.state_type):
+            # The JSON PostgreSQL holds, read afresh: the object apply returned may differ from it (a
+            # tuple stored as a list), and a decision must not depend on whether the cache was hit.
             return found.state
+        cached = self._cache.get(found.process_id)
+        if cached is not None and cached[0] == (found.events_applied, found.last_event_number):
+            # A copy: an apply that changes the state in place must not change the committed one (it
+            # would be applied twice after a rollback).
+            return copy.deepcopy(cached[1])
         try:
             return build_dataclass(self.state_type, found.state, f"{self.name}[{found.process_id}]")
         except ValueProblem as problem:
@@ -306,18 +351,32 @@ class ProcessManager(Projection):
         event: Any,
         metadata: EventMetadata,
         raw: psycopg.Connection,
+        version: tuple[int, int],
+        plan: _Plan | None,
     ) -> bool:
         """Dispatch ``commands`` in the event's transaction; False when ``after_command`` stopped the
-        instance."""
+        instance. ``plan``: where a command retry stood before its rollback.
+
+        Raises:
+            CommandFailed: ``error`` answered a failed command with Retry, Park or Stop; the event's
+                transaction is to be rolled back before the answer is carried out.
+        """
         pending = list(commands)
+        done: list[object] = []
         attempt = 1
         context: dict[str, Any] = {}
+        resume_at = plan.failed_at if plan is not None else -1
         while pending:
             command = pending[0]
+            if len(done) == resume_at:
+                assert plan is not None
+                attempt, context, resume_at = plan.attempt, plan.context, -1
             try:
-                # No savepoint of its own: a refused command has written nothing (the dispatch keeps its
-                # appends in savepoints), and a database error ends the event's transaction anyway.
-                self._send(command, metadata, raw)
+                # A savepoint of its own: a command can fail after it wrote (its aggregate's apply
+                # raising on the events just appended, a database error in the outbox), and an answer
+                # that drops it (ContinuePending, DiscardPending, ContinueWith) must drop what it wrote.
+                with raw.transaction():
+                    self._send(command, metadata, raw)
             except Exception as exc:
                 if transient(exc):
                     raise  # a deadlock lost, PostgreSQL away: the whole event is rolled back and done again
@@ -344,9 +403,13 @@ class ProcessManager(Projection):
                     },
                 )
                 match answer:
-                    case Retry(delay=delay, context=next_context):
-                        time.sleep(delay)
-                        attempt, context = attempt + 1, next_context
+                    case Retry(context=next_context):
+                        # Never wait with the transaction open (it would hold the cluster's numbering
+                        # horizon): roll back, wait outside, and do the event again from this plan.
+                        self._plans[(metadata.event_number, process_id)] = _Plan(
+                            version, done + pending, len(done), attempt + 1, next_context
+                        )
+                        raise CommandFailed(command, exc, answer) from exc
                     case ContinueWith(commands=replacement, context=next_context):
                         pending = list(replacement)
                         attempt, context = 1, next_context
@@ -355,22 +418,31 @@ class ProcessManager(Projection):
                         attempt, context = 1, {}
                     case DiscardPending() | Skip():
                         return True
-                    case Stop(reason=reason):
-                        raise _StopRequested(reason or f"{type(exc).__name__}: {exc}") from exc
-                    case _:
-                        raise CommandFailed(command, exc) from exc
+                    case Stop() | Park():
+                        raise CommandFailed(command, exc, answer) from exc
                 continue
-            pending.pop(0)
+            done.append(pending.pop(0))
             attempt, context = 1, {}
             if not self.after_command(state, command):
                 return False
         return True
 
-    def _ask(self, error: Exception, command: object, context: ProcessFailureContext) -> object:
+    def _ask(
+        self, error: Exception, command: object, context: ProcessFailureContext
+    ) -> ErrorAnswer | CommandAnswer:
         try:
-            return self.error(error, command, context)
-        except Exception as exc:  # noqa: BLE001 - a broken error callback parks the event
+            answer: object = self.error(error, command, context)
+        except Exception as exc:  # a broken error callback parks the event
+            log.exception("the error callback failed; parking the event", extra={"handler": self.name})
             return Park(f"error callback failed: {type(exc).__name__}: {exc}")
+        if not isinstance(
+            answer, Retry | ContinueWith | ContinuePending | DiscardPending | Skip | Stop | Park
+        ):
+            return Park(
+                f"error callback answered {answer!r} for a failed command, not Retry, ContinueWith, "
+                "ContinuePending, DiscardPending, Skip, Stop or Park"
+            )
+        return answer
 
     def _send(self, command: object, metadata: EventMetadata, raw: psycopg.Connection) -> None:
         causation = metadata.event_id

@@ -42,8 +42,14 @@ from confluent_kafka import (
     TopicPartition,
 )
 
-from eventstore.acknowledgements import Acknowledgements
-from eventstore.kafka_tail import PREVIOUS_HEADER, event_number_of, parse_previous
+from eventstore.acknowledgements import Acknowledgements, Carried
+from eventstore.kafka_tail import (
+    EVENT_ID_HEADER,
+    EVENT_NUMBER_HEADER,
+    PREVIOUS_HEADER,
+    STORE_HEADER,
+    parse_previous,
+)
 from eventstore.leadership import Leadership
 from eventstore.relay import Relay, RelayConfig
 from eventstore.routing import Routing
@@ -55,6 +61,7 @@ from workers.execution import Executor, HandlerStopped, PartitionState, Shared, 
 from workers.global_order import GlobalOrder, Ordered
 from workers.handler import EventHandler, ordering_of, validate_handler
 from workers.handler_states import HandlerStates
+from workers.identity import FOREIGN, StoreIdentity
 from workers.parking import ParkedEvents
 from workers.positions import Positions, Subscription
 from workers.process_instances import ProcessInstances
@@ -78,9 +85,10 @@ ACK_EXPIRY_SECONDS = 60.0
 STANDBY_POLL_SECONDS = 1.0
 """How often a global-order standby tries to become the handler's active consumer."""
 LEADERSHIP_CHECK_SECONDS = 1.0
-STALL_SECONDS = 10.0
-"""In global order, how long messages may wait without proof of their order (no tidings.previous
-header: published by an older relay) before the oldest is handed on anyway."""
+METADATA_SECONDS = 5.0
+"""In global order, how often the topics' partitions are read again (a topic grown under the handler)."""
+UNPROVEN_LOG_SECONDS = 30.0
+"""In global order, how often a wait for messages without proof of their order is said again."""
 WATERMARK_SECONDS = 30.0  # how long a newly assigned partition may go without an answer on its offsets
 
 
@@ -134,6 +142,26 @@ class _Rate:
         return self._last
 
 
+_Where = tuple[tuple[str, int], int]
+"""A message's place: (topic, partition) and offset."""
+
+
+@dataclass(slots=True)
+class _Run:
+    """Messages of one partition the global-order merge hands to the lane, their identities checked:
+    those found foreign (offset -> why: they ordered nothing, and must move no position in the lane
+    either), and those whose event the merge had handed on before."""
+
+    messages: list[Message]
+    foreign: dict[int, str]
+    seen: set[int] = field(default_factory=set)
+    """Offsets of messages whose event was handed on already (a redelivery, or a copy on another
+    partition): the lane skips them once the store confirms they are that event."""
+
+    def __len__(self) -> int:
+        return len(self.messages)
+
+
 class _Lane:
     """A thread handling the partitions given to it, one work item at a time."""
 
@@ -141,7 +169,9 @@ class _Lane:
         self.runner = runner
         self.index = index
         self.executor = executor
-        self.work: queue.SimpleQueue[tuple[PartitionState, Any] | None] = queue.SimpleQueue()
+        self.work: queue.SimpleQueue[tuple[PartitionState, list[Message] | _Run | bytes] | None] = (
+            queue.SimpleQueue()
+        )
         self.current: PartitionState | None = None
         self.idle = threading.Condition()
         self.partitions = 0
@@ -164,26 +194,32 @@ class _Lane:
                 log.exception("a lane failed", extra={"handler": self.runner.name})
                 self.runner.failed(f"{type(exc).__name__}: {exc}")
             finally:
-                if isinstance(payload, list):
+                if not isinstance(payload, bytes):
                     self.runner.dequeued(ps, len(payload))
                 with self.idle:
                     self.current = None
                     self.idle.notify_all()
                 self.runner.finished(ps)
 
-    def _do(self, ps: PartitionState, payload: list[Message] | bytes) -> None:
+    def _do(self, ps: PartitionState, payload: list[Message] | _Run | bytes) -> None:
         backoff = 0.2
         while True:
             try:
                 if isinstance(payload, bytes):
                     self.executor.drain(ps, payload)
                 else:
+                    # A run's identities were checked by the consumer; a bare list's the executor checks.
+                    run = payload if isinstance(payload, _Run) else None
+                    messages = payload.messages if isinstance(payload, _Run) else payload
                     deliveries = [
                         delivery_of(ps.topic, ps.partition, offset, m.key(), m.value(), m.headers())
-                        for m in payload
+                        for m in messages
                         if (offset := m.offset() or 0) >= (ps.next_offset or 0)
                     ]
-                    self.executor.process(ps, deliveries)
+                    if run is None:
+                        self.executor.process(ps, deliveries)
+                    else:
+                        self.executor.process(ps, deliveries, run.foreign, run.seen)
                 return
             except Exception as exc:
                 if not isinstance(exc, KafkaException) and not transient(exc):
@@ -238,7 +274,8 @@ class HandlerRunner:
         self.global_order = ordering_of(handler) == "global"
         self.status.ordering = ordering_of(handler)
         self._merge: GlobalOrder | None = None
-        self._released_at = time.monotonic()
+        self._identity = StoreIdentity(self.store)
+        self._unproven_said = 0.0
         self._leadership = (
             Leadership(
                 self.store.config.leadership_url, f"tidings-handler.{self.store.config.schema}.{self.name}"
@@ -303,6 +340,9 @@ class HandlerRunner:
         self._consumer = consumer
         try:
             subscription, acks = self._prepare(consumer)
+            # A run begins: the stops recorded before it are over (`tidings status` shows them no more).
+            states = HandlerStates(self.store)
+            self._while_postgres_away("superseding older stops", lambda: states.supersede(self.name))
             if self.global_order:
                 self._assign_everything(consumer, subscription)
             else:
@@ -330,6 +370,7 @@ class HandlerRunner:
             },
         )
         next_parked = next_lag = next_expiry = 0.0
+        next_metadata = time.monotonic() + METADATA_SECONDS
         next_check = time.monotonic() + LEADERSHIP_CHECK_SECONDS
         lost = False
         try:
@@ -358,6 +399,9 @@ class HandlerRunner:
                 if now >= next_lag:
                     self._report_lag(consumer)
                     next_lag = now + LAG_POLL_SECONDS
+                if self._merge is not None and now >= next_metadata:
+                    self._join_new_partitions(consumer)  # a topic not read now is read at the next look
+                    next_metadata = now + METADATA_SECONDS
         finally:
             self._shutdown(consumer, final=not lost)
 
@@ -375,7 +419,39 @@ class HandlerRunner:
         last = max([subscription.start_after, *(ps.last_event_number for ps in self._partitions.values())])
         self._merge = GlobalOrder(self.topics, last)
         self._merge.assign(self._partitions)
-        self._released_at = time.monotonic()
+
+    def _join_new_partitions(self, consumer: Consumer) -> bool:
+        """Global order: read the topics' partitions again and take those added since (a topic grown
+        with more partitions), from their beginning, without a restart. The merge needs no more: each
+        message says which event came before it on its topic, whatever partition that went to.
+        Returns whether every topic's partitions were read (else the set may be incomplete)."""
+        added = []
+        complete = True
+        for topic in self.topics:
+            try:
+                # Per topic: the whole cluster's metadata every few seconds would weigh on big clusters.
+                found = consumer.list_topics(topic, timeout=10).topics.get(topic)
+            except KafkaException as exc:
+                log.info("partitions not read again", extra={"handler": self.name, "error": str(exc)})
+                return False
+            if found is None or found.error is not None:
+                complete = False
+                continue
+            added += [
+                TopicPartition(topic, n)
+                for n in sorted(found.partitions)
+                if (topic, n) not in self._partitions
+            ]
+        if not added:
+            return complete
+        log.info(
+            "partitions added to the handler's topics are read",
+            extra={"handler": self.name, "partitions": [f"{tp.topic}[{tp.partition}]" for tp in added]},
+        )
+        self._on_assign(consumer, added)
+        assert self._merge is not None
+        self._merge.assign((tp.topic, tp.partition) for tp in added)
+        return complete
 
     def _prepare(self, consumer: Consumer) -> tuple[Subscription, Acknowledgements]:
         """The handler's subscription and registration, its topics, and its lanes (not started yet)."""
@@ -384,7 +460,10 @@ class HandlerRunner:
         )
         acks = Acknowledgements(self.store)
         if self.handler.consistency == "strong":
-            self._while_postgres_away("registering", lambda: acks.register_strong(self.name))
+            # What reaches its topics, so that a strong dispatch of other events does not wait for it.
+            feed = self._repartition.config.routing if self._repartition is not None else None
+            carried = Carried.by(feed or self.app.routing_for(), self.topics)
+            self._while_postgres_away("registering", lambda: acks.register_strong(self.name, carried))
         else:
             # A handler made eventual must no longer hold strong dispatches back.
             self._while_postgres_away("registering", lambda: acks.unregister_strong(self.name))
@@ -416,6 +495,7 @@ class HandlerRunner:
             dead_letter=self._dead_letter if self._dead_letters is not None else None,
             engine=self.config.engine() if self.is_projection else None,
             resync=self.resync,
+            identity=self._identity,
         )
         for index in range(self.handler.concurrency):
             instance = self.handler(index)
@@ -519,6 +599,8 @@ class HandlerRunner:
         if self._merge is not None:
             self._route_in_order(self._merge, by_partition)
             return
+        # Per key, the lanes check identities: an event_id query per poll on this thread would hold
+        # back every lane (a no-op handler caught up at half the pace).
         for key, batch in by_partition.items():
             ps = self._partitions.get(key)
             if ps is None:
@@ -529,31 +611,117 @@ class HandlerRunner:
 
     def _route_in_order(self, merge: GlobalOrder, by_partition: dict[tuple[str, int], list[Message]]) -> None:
         """Global order: messages wait in the merge until they are the next event, then go to the lane
-        in runs of one partition's messages."""
+        in runs of one partition's messages. Only this store's events order anything: the others pass
+        through to be parked, and move neither the merge nor a partition's position."""
+        foreign = self._admit(merge, by_partition)
+        released = merge.release()
+        # Handing on the lowest head is sound only on the complete set of partitions: look at the
+        # topics again first (a partition added since the last look may hold an earlier event), and
+        # hand on nothing when a topic could not be read. A metadata request per message without the
+        # header: the price of old relays' messages.
+        if (
+            not released
+            and merge.unproven()
+            and not merge.empty()
+            and self._consumer is not None
+            and self._join_new_partitions(self._consumer)
+        ):
+            released = merge.release_oldest()
+        if not released and merge.unproven():
+            self._say_unproven(merge)
+        elif released and self._unproven_said:
+            self._unproven_said = 0.0
+            self.status.reason = ""
+        repeats = {id(message) for message in merge.take_repeats()}
+        for key, run in itertools.groupby(released, key=operator.itemgetter(0)):
+            messages = [message for _, message in run]
+            reasons = {o: foreign[(key, o)] for m in messages if (key, o := m.offset() or 0) in foreign}
+            seen = {m.offset() or 0 for m in messages if id(m) in repeats}
+            with self._lock:
+                self._queued[key] = self._queued.get(key, 0) + len(messages)
+            self._lane_of[key].work.put((self._partitions[key], _Run(messages, reasons, seen)))
+
+    def _admit(
+        self, merge: GlobalOrder, by_partition: dict[tuple[str, int], list[Message]]
+    ) -> dict[tuple[tuple[str, int], int], str]:
+        """Add the poll's messages to the merge; return those that are not this store's events, and
+        why. A foreign message enters the merge without a number: it orders nothing."""
+        claims, foreign = self._identify(by_partition)
+        for key, message, number, previous in claims:
+            if (key, message.offset() or 0) in foreign:
+                merge.add(key, Ordered(None, None, message))
+            else:
+                merge.add(key, Ordered(number, previous, message))
+        return foreign
+
+    def _identify(
+        self, by_partition: dict[tuple[str, int], list[Message]]
+    ) -> tuple[list[tuple[tuple[str, int], Message, int | None, dict[str, int] | None]], dict[_Where, str]]:
+        """What each message of the poll claims (its event_number and previous header), and those that
+        are not this store's events, and why: another store's header, a number beyond the store's head,
+        or another event_id than the store holds at the number (one query for the whole poll). In global
+        order every message is asked: one that passed the merge as "the next event" would move its
+        ``last`` past events still to come, and one below ``last`` would be taken as seen."""
+        claims = []
+        asked: list[tuple[_Where, int | None, Any, Any]] = []
         for key, batch in by_partition.items():
             if key not in self._partitions:
                 continue
-            with self._lock:
-                self._queued[key] = self._queued.get(key, 0) + len(batch)
             for message in batch:
-                number, previous = _order_of(message.headers())
-                merge.add(key, Ordered(number, previous, message))
-        released = merge.release()
-        now = time.monotonic()
-        if not released and merge.waiting():
-            released = merge.release_oldest()
-            if not released and now - self._released_at > STALL_SECONDS:
-                released = merge.release_oldest(every_partition=False)
-                if released:
-                    log.warning(
-                        "handed on an event without proof of its global order (no tidings.previous "
-                        "header: published by an older relay?)",
-                        extra={"handler": self.name, "waiting": merge.waiting()},
+                # One look at the headers (the client builds a new list at each headers() call).
+                found = dict(message.headers() or ())
+                number = _number(found.get(EVENT_NUMBER_HEADER))
+                claims.append((key, message, number, parse_previous(found.get(PREVIOUS_HEADER))))
+                asked.append(
+                    (
+                        (key, message.offset() or 0),
+                        number,
+                        found.get(STORE_HEADER),
+                        found.get(EVENT_ID_HEADER),
                     )
-        if released:
-            self._released_at = now
-        for key, run in itertools.groupby(released, key=operator.itemgetter(0)):
-            self._lane_of[key].work.put((self._partitions[key], [message for _, message in run]))
+                )
+        # The store's head, read at most once a poll (a flood of made-up numbers costs one query).
+        top = max((number for _, number, _, _ in asked if number is not None), default=0)
+        head = self._while_postgres_away("checking messages", lambda: self._identity.head(top))
+        foreign: dict[_Where, str] = {}
+        for where, number, store, _ in asked:
+            reason = self._identity.foreign(number, None if store is None else bytes(store), head)
+            if reason is not None:
+                foreign[where] = reason
+        numbers = [number for where, number, _, _ in asked if number is not None and where not in foreign]
+        held = (
+            self._while_postgres_away(
+                "checking messages", functools.partial(self._identity.event_ids, numbers)
+            )
+            if numbers
+            else {}
+        )
+        for where, number, _, event_id in asked:
+            if where in foreign or number is None:
+                continue
+            claimed = _text(event_id)
+            if not StoreIdentity.same_event(held.get(number), claimed):
+                foreign[where] = (
+                    f"{FOREIGN}: the store holds event {held.get(number)} at event_number {number}, "
+                    f"not {claimed or 'this message'}"
+                )
+        return claims, foreign
+
+    def _say_unproven(self, merge: GlobalOrder) -> None:
+        """Messages without proof of their order wait until every partition has one (the lowest head is
+        then the next): say so, now and then, rather than guess."""
+        now = time.monotonic()
+        if now - self._unproven_said < UNPROVEN_LOG_SECONDS:
+            return
+        self._unproven_said = now
+        waiting_for = sorted(f"{t}[{p}]" for t, p in merge.empty())
+        self.status.reason = (
+            f"waiting: {merge.unproven()} message(s) carry no tidings.previous header (published by a relay "
+            f"older than it), so they are handed on only once every partition has a message; none yet "
+            f"from {', '.join(waiting_for)}"
+        )
+        metrics.ERRORS.labels(self.name, "unproven_order").inc()
+        log.warning(self.status.reason, extra={"handler": self.name, "waiting": merge.waiting()})
 
     def _poll(self, consumer: Consumer) -> list[Message]:
         """What is there now, without waiting for a full batch: wait for one message, then take what
@@ -588,15 +756,26 @@ class HandlerRunner:
         """Pause partitions whose lane has over ``PAUSE_SECONDS`` of work queued; resume them below
         ``RESUME_SECONDS``. Pausing drops librdkafka's prefetched messages and resuming costs a fetch
         round (up to a second), so the thresholds are in time at the lane's pace, never a few messages.
+
+        In global order, messages waiting in the merge are counted apart from the lane's queue, and a
+        partition is paused for them only while it holds ``PAUSE_AT`` or more there. A partition the
+        merge waits for has nothing waiting in it (see ``GlobalOrder.release``), so it is never paused
+        on that count, and a pause for the lane's queue ends as the lane works: the next event is always
+        fetched, and memory stays bounded.
         """
         with self._lock:
             queued = dict(self._queued)
         rate = max(self._rate.per_second(), MIN_RATE)
         pause_at, resume_at = max(PAUSE_AT, rate * PAUSE_SECONDS), max(PAUSE_AT // 2, rate * RESUME_SECONDS)
-        pause = [
-            k for k, n in queued.items() if n >= pause_at and k not in self._paused and k in self._partitions
-        ]
-        resume = [k for k in self._paused if queued.get(k, 0) < resume_at and k in self._partitions]
+        held = self._merge.held() if self._merge is not None else {}
+        pause, resume = [], []
+        for key in self._partitions:
+            lane, merge = queued.get(key, 0), held.get(key, 0)
+            if key in self._paused:
+                if lane < resume_at and merge < PAUSE_AT // 2:
+                    resume.append(key)
+            elif lane >= pause_at or merge >= PAUSE_AT:
+                pause.append(key)
         if pause:
             consumer.pause([TopicPartition(*k) for k in pause])
             self._paused.update(pause)
@@ -634,6 +813,8 @@ class HandlerRunner:
             handled = ps.next_offset if ps.next_offset is not None else -1
             with self._lock:
                 idle = self._queued.get(key, 0) == 0
+            if self._merge is not None and self._merge.held().get(key):
+                idle = False  # messages fetched wait in the merge: not finished with
             if idle:
                 # Nothing waits for the lane: everything fetched is finished with. The fetch position
                 # is past the transaction markers the last message is followed by; the handled one not.
@@ -895,10 +1076,20 @@ class HandlerRunner:
         return [topic]
 
 
-def _order_of(headers: Any) -> tuple[int | None, dict[str, int] | None]:
-    """A message's event_number and tidings.previous header (None where missing or damaged)."""
-    previous = next((parse_previous(value) for name, value in headers or () if name == PREVIOUS_HEADER), None)
-    return event_number_of(headers), previous
+def _number(value: Any) -> int | None:
+    """An event_number header's value, or None where it is missing or damaged."""
+    try:
+        return int(value) if value is not None else None
+    except (TypeError, ValueError):
+        return None
+
+
+def _text(value: Any) -> str:
+    """A header's value as text ("" where missing or not text)."""
+    try:
+        return bytes(value).decode() if value is not None else ""
+    except (TypeError, UnicodeDecodeError):
+        return ""
 
 
 def handler_topics(handler: type[EventHandler], app: WorkerApp) -> list[str]:

@@ -41,7 +41,7 @@ from typing import Any, Literal
 
 from psycopg import sql
 
-from eventstore.leadership import lock_key
+from eventstore.leadership import application_name, lock_key
 from eventstore.postgres.store import PostgresEventStore
 from eventstore.relay import RelayStatus, relay_status
 from workers.app import WorkerApp
@@ -49,6 +49,7 @@ from workers.group_offsets import KafkaUnavailable, KafkaView, Reading, ToRead, 
 from workers.handler import ordering_of
 from workers.process_manager import ProcessManager
 from workers.projection import Projection
+from workers.reset import handler_lock_name
 from workers.runner import handler_topics
 
 __all__ = [
@@ -150,6 +151,8 @@ class HandlerProgress:
     state: str = ""
     """``stopped`` or ``failed`` when its error policy stopped it (``tidings handler restart``)."""
     reason: str = ""
+    standbys: int = 0
+    """In global order: the workers standing by to take over (their sessions wait for the lock)."""
 
     @property
     def total_lag(self) -> int:
@@ -209,6 +212,7 @@ class StoreStatus:
                     "scheduled": h.scheduled,
                     "ordering": h.ordering,
                     "active": h.active,
+                    "standbys": h.standbys,
                     "state": h.state,
                     "reason": h.reason,
                     "partitions": [asdict(p) for p in h.partitions],
@@ -273,12 +277,21 @@ class _StoreRows:
     """Handlers stopped by their error policy (or failed): (state, reason)."""
     advisory: dict[int, str] = field(default_factory=dict)
     """Advisory locks held, by key: the session holding each (its client and pid)."""
+    holding: set[int] = field(default_factory=set)
+    """The pids of the sessions holding advisory locks."""
+    named: dict[str, set[int]] = field(default_factory=lambda: defaultdict(set))
+    """The pids of tidings' leadership sessions, by application_name (a leader's or a standby's)."""
 
     schema: str = ""
 
     def leader(self, handler: str) -> str | None:
         """The session of ``handler``'s active consumer, if it runs in global order and one leads."""
-        return self.advisory.get(lock_key(f"tidings-handler.{self.schema}.{handler}"))
+        return self.advisory.get(lock_key(handler_lock_name(self.schema, handler)))
+
+    def standbys(self, handler: str) -> int:
+        """How many global-order workers of ``handler`` stand by (``eventstore.leadership.contenders``)."""
+        sessions = self.named.get(application_name(handler_lock_name(self.schema, handler)), set())
+        return len(sessions - self.holding)
 
     @classmethod
     def read(cls, store: PostgresEventStore) -> _StoreRows:
@@ -339,15 +352,22 @@ class _StoreRows:
             # locks, and advisory locks belong to one. A bigint key shows as its two 32-bit halves.
             held = conn.execute(
                 "SELECT l.classid::bigint, l.objid::bigint, "
-                "coalesce(host(a.client_addr), 'local') || ' pid ' || a.pid "
+                "coalesce(host(a.client_addr), 'local') || ' pid ' || a.pid, a.pid "
                 "FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid "
                 "WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1 "
                 "AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())"
             )
-            found.advisory = {
-                int.from_bytes(((high << 32) | low).to_bytes(8, "big"), "big", signed=True): session
-                for high, low, session in held
-            }
+            for high, low, session, pid in held:
+                key = int.from_bytes(((high << 32) | low).to_bytes(8, "big"), "big", signed=True)
+                found.advisory[key] = session
+                found.holding.add(int(pid))
+            # A standby keeps the session it tries the lock on open: it carries the leadership's name.
+            sessions = conn.execute(
+                "SELECT application_name, pid FROM pg_stat_activity "
+                "WHERE datname = current_database() AND application_name LIKE 'tidings %'"
+            )
+            for name, pid in sessions:
+                found.named[name].add(int(pid))
         return found
 
     def names(self) -> set[str]:
@@ -413,6 +433,7 @@ def _progress(
     )
     process_manager = kind == "process manager"
     leader = rows.leader(spec.name)
+    standbys = rows.standbys(spec.name)
     return HandlerProgress(
         spec.name,
         kind,
@@ -424,9 +445,10 @@ def _progress(
         rows.parked.get(spec.name, 0),
         rows.instances.get(spec.name, 0) if process_manager else None,
         rows.scheduled.get(spec.name, 0) if process_manager else None,
-        spec.ordering or ("global" if leader else None),
+        spec.ordering or ("global" if leader or standbys else None),
         leader,
         *rows.stopped.get(spec.name, ("", "")),
+        standbys,
     )
 
 

@@ -157,7 +157,10 @@ def _print(status: StoreStatus) -> None:
             h.name,
             h.kind or "?",
             f"[red]{h.state}[/]: {escape(h.reason)}" if h.state else "ok",
-            (f"global, active {h.active}" if h.active else h.ordering or "?")
+            (
+                (f"global, active {h.active}" if h.active else h.ordering or "?")
+                + (f", {h.standbys} standby" if h.standbys else "")
+            )
             if h.ordering != "per_key"
             else "per key",
             f"{h.mode or '?'}, {h.consistency}",

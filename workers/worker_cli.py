@@ -39,7 +39,7 @@ from workers.cli_options import (
 )
 from workers.logs import configure_logging
 from workers.projection import Projection
-from workers.reset import GroupActive, GroupNotDeleted, active_members, reset_handler
+from workers.reset import GroupNotDeleted, HandlerRunning, ResetRaced, handler_presence, reset_handler
 from workers.worker import Worker, load_app
 
 __all__ = ["reset_command", "worker_command"]
@@ -192,11 +192,14 @@ def reset_command(
     database_url: DatabaseUrl = "",
     bootstrap_servers: Bootstrap = "",
     schema: Schema = DEFAULT_SCHEMA,
+    leader_url: LeaderUrl = "",
     as_json: AsJson = False,
 ) -> None:
     """Make HANDLER start over from its start_from: a projection's read model is rebuilt from scratch.
 
-    Refused while any worker runs the handler: scale them to zero first.
+    Refused (exit 1, nothing changed) while any worker runs the handler, or stands by to: scale them to
+    zero first. The reset holds the handler's global-order lock throughout (through --leader-url, as the
+    workers take it): a worker started meanwhile waits for the reset to end.
 
     First the handler's before_reset() is called.
 
@@ -206,7 +209,9 @@ def reset_command(
 
     Example: [bold]tidings reset balances --app bank.workers:app --yes[/]
     """
-    worker_app, config, brokers, settings = _setup(app_spec, database_url, schema, bootstrap_servers, kafka)
+    worker_app, config, brokers, settings = _setup(
+        app_spec, database_url, schema, bootstrap_servers, kafka, leader_url=leader_url
+    )
     try:
         handler_class = worker_app.handler(handler)
     except ConfigurationError as exc:
@@ -214,9 +219,10 @@ def reset_command(
     with PostgresEventStore(config, sequencer=False) as store:
         worker_config = WorkerConfig(store, brokers, settings)
         try:
-            members = active_members(worker_config, handler)
-            if members:
-                raise GroupActive(handler, members)
+            # Asked before the question; reset_handler asks again, holding the handler's lock.
+            presence = handler_presence(worker_config, handler)
+            if presence.running:
+                raise HandlerRunning(handler, presence)
             if not yes:
                 tables = (
                     [t.fullname for t in handler_class.tables]
@@ -231,7 +237,7 @@ def reset_command(
                     abort=True,
                 )
             report = reset_handler(worker_app, worker_config, handler)
-        except (GroupActive, GroupNotDeleted, ConfigurationError) as exc:
+        except (HandlerRunning, ResetRaced, GroupNotDeleted, ConfigurationError) as exc:
             raise fail(str(exc), EXIT_FAILED) from exc
         except KafkaException as exc:
             raise fail(f"cannot reach Kafka: {exc}", EXIT_FAILED) from exc

@@ -91,17 +91,19 @@ def test_named_handlers_and_eventual_consistency_wait_for_what_they_name(
     app = Application(event_store, MAPPER, accounts)
     account = uuid.uuid4()
     app.dispatch(OpenAccount(account, "Ada"))  # eventual: no wait, although "never" never answers
-    acks.acknowledge("quick", f"account-{account}", 5)
-    app.dispatch(Deposit(account, Decimal("1.00")), consistency=["quick"], timeout=2)  # version 2 <= 5
+    acks.acknowledge("quick", f"account-{account}", range(1, 6))
+    app.dispatch(Deposit(account, Decimal("1.00")), consistency=["quick"], timeout=2)  # version 2 done
     with pytest.raises(ConsistencyTimeout):
         app.dispatch(Deposit(account, Decimal("1.00")), consistency=["quick", "never"], timeout=0.2)
 
 
-def test_acknowledgements_keep_the_highest_version_and_expire(event_store: PostgresEventStore) -> None:
+def test_acknowledgements_count_each_version_and_expire(event_store: PostgresEventStore) -> None:
     acks = Acknowledgements(event_store)
     acks.acknowledge("h", "s-1", 5)
-    acks.acknowledge("h", "s-1", 3)  # late and older: the higher version stays
+    acks.acknowledge("h", "s-1", 3)  # late and older: both stay
     assert acks.pending(["h"], "s-1", 5) == []
+    assert acks.pending(["h"], "s-1", [3, 5]) == []
+    assert acks.pending(["h"], "s-1", 4) == ["h"], "version 5 says nothing of version 4"
     assert acks.pending(["h"], "s-1", 6) == ["h"]
     assert acks.expire(older_than=3600) == 0
     assert acks.expire(older_than=0) == 1

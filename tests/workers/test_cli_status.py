@@ -5,15 +5,16 @@ from __future__ import annotations
 import json
 import socket
 import uuid
+from dataclasses import replace
+from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-from confluent_kafka import Producer
-
-from eventstore import PostgresEventStore
+from eventstore import ANY, PostgresEventStore
 from eventstore.relay import Relay, RelayConfig, relay_status
 from examples.bank.accounts import Deposit, OpenAccount, RequestTransfer
+from examples.bank.events import MoneyDeposited
 from examples.bank.transfers import bank as bank_commands
 from examples.bank.workers import mapper
 from tests.workers import apps
@@ -70,19 +71,18 @@ def test_the_bank_s_relay_and_handlers_lag_parked_events_and_process_instances(
         with WorkerProcess([BANK, "--partitions", "2"], env, tmp_path / "worker.log") as worker:
             eventually(caught_up, what="both handlers caught up with the transfer")
 
-            # A message no relay wrote, on Bob's key (partitioned as the relay does): parked, and Bob's later
-            # events wait behind it. The next transfer's deposit to Bob waits there too, so its process
-            # instance stays open.
-            producer = Producer(
-                {"bootstrap.servers": kafka_namespace.bootstrap_servers, "partitioner": "murmur2_random"}
-            )
-            producer.produce(topic, key=f"account-{bob}".encode(), value=b"\x00junk")
-            assert producer.flush(30) == 0
+            # An event of Bob's whose metadata no handler can read (aggregates read the data only): a
+            # poison event of this store, parked, and Bob's later events wait behind it. (A message no
+            # relay wrote is parked too, but holds no key back: it is no event of Bob's.) The next
+            # transfer's deposit to Bob waits there too, so its process instance stays open.
+            poison = MoneyDeposited(bob, Decimal("0.00"), Decimal("30.00"), datetime.now(UTC))
+            unreadable = replace(mapper().to_event_data(poison), metadata=b"\x00not json")
+            event_store.append_to_stream(f"account-{bob}", ANY, [unreadable])
             bank.dispatch(RequestTransfer(uuid.uuid4(), ada, bob, Decimal("10.00")))
             parked = ParkedEvents(event_store)
             eventually(
                 lambda: parked.count(balances) == parked.count(transfers) == 2,
-                what="the junk and the deposit behind it parked by both handlers",
+                what="the poison event and the deposit behind it parked by both handlers",
             )
             eventually(caught_up, what="both handlers caught up again")
             found = _json(env=env)  # handlers found without the app: TIDINGS_APP names the topic

@@ -73,6 +73,38 @@ def test_redeliveries_and_unreadable_messages_pass_at_once() -> None:
     assert merge.last == 10
 
 
+@settings(max_examples=300)
+@given(routes, st.randoms(use_true_random=False))
+def test_when_nothing_can_be_released_the_next_event_is_on_a_partition_without_a_head(
+    routes: list[tuple[str, int]], rng: random.Random
+) -> None:
+    """What flow control relies on (issue 20, case 1): a partition with messages waiting in the merge
+    never holds the event the merge waits for, so pausing it cannot starve the merge."""
+    partitions = {k: list(v) for k, v in publish(routes).items()}
+    merge = GlobalOrder({"a", "b", "c"}, last=0)
+    merge.assign(partitions)
+    while any(partitions.values()):
+        key = rng.choice([k for k, items in partitions.items() if items])
+        merge.add(key, partitions[key].pop(0))
+        if not merge.release() and merge.waiting():
+            following = min(
+                ((k, items[0].event_number or 0) for k, items in partitions.items() if items),
+                key=lambda found: found[1],
+            )
+            assert following[0] in merge.empty()
+            assert following[0] not in merge.held()
+
+
+def test_a_foreign_message_moves_nothing() -> None:
+    merge = GlobalOrder({"t"}, last=4)
+    merge.add(("t", 0), Ordered(None, None, "foreign"))  # the runner strips a foreign message's claims
+    merge.add(("t", 1), Ordered(6, {"t": 5}, "six"))
+    assert merge.release() == [(("t", 0), "foreign")]
+    assert merge.last == 4
+    merge.add(("t", 0), Ordered(5, {"t": 4}, "five"))
+    assert [payload for _, payload in merge.release()] == ["five", "six"]
+
+
 def test_without_headers_the_oldest_head_goes_once_every_partition_has_one() -> None:
     merge = GlobalOrder({"t"}, last=0)
     merge.assign([("t", 0), ("t", 1)])

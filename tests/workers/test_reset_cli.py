@@ -52,7 +52,7 @@ def test_reset_is_refused_while_a_worker_runs_and_then_rebuilds_the_projection(
             assert (
                 f"handler '{journal}' is running: its consumer group has 1 active member(s)" in refused.stderr
             )
-            assert "Scale the handler's workers to zero first" in refused.stderr
+            assert "Scale the workers that run it to zero first" in refused.stderr
             assert rows(url, schema, "journal") == built
             assert worker.terminate() == 0
         assert positions("handler_checkpoints") > 0

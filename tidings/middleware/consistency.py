@@ -1,8 +1,10 @@
 """Strong consistency: a dispatch returns only once chosen handlers have handled its events.
 
 With ``consistency="strong"`` the dispatch waits for every handler registered as strongly consistent
-(``Acknowledgements.register_strong``); with a list of names, for those handlers. If they have not all
-acknowledged the command's stream version within the dispatch's timeout, it raises
+(``Acknowledgements.register_strong``) whose topics carry one of its events; with a list of names, for
+those handlers (again only where their topics carry the events). Each handler must have acknowledged
+each stream version the command appended, not only the last one: a handler may take a stream's events
+out of stream order. If they have not all done so within the dispatch's timeout, it raises
 ``ConsistencyTimeout``: **the events are committed all the same**. Dispatching the command again would
 run it twice. Commanded users trip on this (Commanded #296): a timeout here means "not visible yet",
 never "did not happen".
@@ -28,11 +30,13 @@ class ConsistencyGuarantee(Middleware):
         consistency = pipeline.consistency
         if consistency == "eventual" or not pipeline.events:
             return
-        handlers = self.acknowledgements.strong_handlers() if consistency == "strong" else list(consistency)
+        handlers = None if consistency == "strong" else list(consistency)
         assert pipeline.stream_id is not None, "ExtractIdentity sets the stream id"
         assert pipeline.aggregate_version is not None, "the dispatcher sets the version before after_dispatch"
-        pending = self.acknowledgements.wait(
-            handlers, pipeline.stream_id, pipeline.aggregate_version, pipeline.timeout
-        )
+        # The command appended its events as consecutive versions, ending at the aggregate's version.
+        last = pipeline.aggregate_version
+        versions = range(last - len(pipeline.events) + 1, last + 1)
+        awaited = self.acknowledgements.awaited(handlers, pipeline.stream_id, versions)
+        pending = self.acknowledgements.wait(awaited, pipeline.stream_id, pipeline.timeout)
         if pending:
             raise ConsistencyTimeout(pending, pipeline.timeout)

@@ -1,0 +1,130 @@
+"""Which messages are this store's events: a topic is not a source of truth.
+
+Anything can be produced into an events topic (another store under the same app name, a test producer, a
+replayed backup, plain garbage). A handler moves its positions (a partition's last event_number, the
+global-order merge's ``last``, checkpoints, the committed offsets' metadata) only on messages whose
+identity it has checked, and cheaply, without a query per event:
+
+- the ``tidings.store`` header, where there is one, names this store (a comparison of bytes);
+- the event_number is not beyond the store's head (the highest number handed out: cached, and read
+  again only when a message claims more, so at most once per poll);
+- a message that does not decode is this store's only if the store holds its event_id at its number,
+  and so is a redelivery (at or below the partition's position): asked only for such messages, in one
+  query for all of a unit's.
+
+Anything else is foreign: parked (or dead-lettered) with a reason starting with ``FOREIGN``, without
+holding its key back (it is no event of that key) and without moving any position.
+"""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from collections.abc import Collection
+from typing import Any
+
+from psycopg import sql
+
+from eventstore.kafka_tail import STORE_HEADER
+from eventstore.postgres.store import PostgresEventStore
+from eventstore.relay_position import RelayRecord
+
+__all__ = ["FOREIGN", "StoreIdentity", "store_header"]
+
+FOREIGN = "not an event of this store"
+"""How the reason of a foreign message's parked row starts (such rows hold no key back)."""
+
+
+def store_header(headers: Any) -> bytes | None:
+    """The ``tidings.store`` header's value, or None where the message has none (an older relay)."""
+    for name, value in headers or ():
+        if name == STORE_HEADER:
+            return bytes(value) if value is not None else b""
+    return None
+
+
+class StoreIdentity:
+    """What tells this store's messages from others; shared by a handler's consumer thread and lanes."""
+
+    def __init__(self, store: PostgresEventStore) -> None:
+        self.store = store
+        self._lock = threading.Lock()
+        self._store_id: bytes | None = None
+        self._head = 0
+        schema = store.config.schema
+        tables = (sql.Identifier(schema, "event_order"), sql.Identifier(schema, "events"))
+        self._event_ids = sql.SQL(
+            "SELECT o.event_number, e.event_id::text FROM {} o JOIN {} e ON e.id = o.id "
+            "WHERE o.event_number = ANY(%s)"
+        ).format(*tables)
+        # A catch-up's poll holds a dense run of numbers: one range scan beats a probe per number.
+        self._event_id_range = sql.SQL(
+            "SELECT o.event_number, e.event_id::text FROM {} o JOIN {} e ON e.id = o.id "
+            "WHERE o.event_number BETWEEN %s AND %s"
+        ).format(*tables)
+        self._data_digest = sql.SQL(
+            "SELECT sha256(e.data) FROM {} o JOIN {} e ON e.id = o.id WHERE o.event_number = %s"
+        ).format(*tables)
+
+    def data_digest(self, number: int) -> bytes | None:
+        """SHA-256 of the data the store holds at ``number`` (None: no event there, deleted or never
+        numbered). Asked only of repeats, which are rare, to tell a redelivery from other bytes under a
+        handled event's headers."""
+        with self.store.connection() as conn:
+            row = conn.execute(self._data_digest, (number,)).fetchone()
+        return bytes(row[0]) if row is not None else None
+
+    def store_id(self) -> bytes:
+        if self._store_id is None:
+            self._store_id = RelayRecord(self.store, "").store_id().encode()
+        return self._store_id
+
+    def head(self, at_least: int = 0) -> int:
+        """The store's highest event_number; read again only when ``at_least`` is beyond what is known
+        (the head only grows, so a number at or below the cached one is within it)."""
+        with self._lock:
+            if at_least > self._head:
+                self._head = max(self._head, self.store.last_event_number())
+            return self._head
+
+    def foreign(self, number: int | None, store: bytes | None, head: int | None = None) -> str | None:
+        """Why a message claiming ``number`` and ``store`` (its ``tidings.store`` header) cannot be one
+        of this store's events; None when it can be (decoding, or its event_id, says the rest).
+        ``head``: the store's head as read once for a whole poll (else read again when ``number`` is
+        beyond the cached one)."""
+        if number is None:
+            return f"{FOREIGN}: its event_number header is missing or damaged"
+        if store is not None and store != self.store_id():
+            claimed = store.decode("utf-8", "backslashreplace")
+            return f"{FOREIGN}: published for store {claimed!r}, this store is {self.store_id().decode()!r}"
+        head = self.head(number) if head is None else head
+        if number > head:
+            return f"{FOREIGN}: event_number {number} is beyond the last this store handed out ({head})"
+        if number < 1:
+            return f"{FOREIGN}: event_number {number} is not a position"
+        return None
+
+    def event_ids(self, numbers: Collection[int]) -> dict[int, str]:
+        """The event_id the store holds at each of ``numbers`` (a number whose event was deleted, or
+        never was, is missing)."""
+        if not numbers:
+            return {}
+        wanted = set(numbers)
+        low, high = min(wanted), max(wanted)
+        with self.store.connection() as conn:
+            if high - low < 2 * len(wanted):
+                rows = conn.execute(self._event_id_range, (low, high)).fetchall()
+            else:
+                rows = conn.execute(self._event_ids, (sorted(wanted),)).fetchall()
+        return {int(number): str(event_id) for number, event_id in rows if number in wanted}
+
+    @staticmethod
+    def same_event(found: str | None, claimed: str) -> bool:
+        """Whether the store's event_id ``found`` is the message's ``claimed`` one (a deleted event,
+        ``found`` None, cannot say otherwise)."""
+        if found is None or found == claimed:
+            return True  # the store's text and the relay's are both the canonical spelling
+        try:
+            return uuid.UUID(found) == uuid.UUID(claimed)
+        except ValueError:
+            return False
