@@ -40,6 +40,7 @@ __all__ = [
     "EPOCH_HEADER",
     "EVENT_ID_HEADER",
     "EVENT_NUMBER_HEADER",
+    "PARTITION_HEADER",
     "PREVIOUS_HEADER",
     "RELAY_HEADER",
     "STORE_HEADER",
@@ -67,6 +68,9 @@ RELAY_HEADER = "tidings.relay"
 EPOCH_HEADER = "tidings.epoch"
 """The relay's epoch: 0, then one more with each operator's ``tidings relay resume-after``. Messages of an
 older epoch no longer say where the relay stands."""
+PARTITION_HEADER = "tidings.partition"
+"""The partition the relay produced the message to (``eventstore.partitioner``): a copy found on another
+partition is a copy, not the event."""
 PREVIOUS_HEADER = "tidings.previous"
 """For each of the relay's topics, the event_number of the last event it published there before this
 one (``bank.events=41,bank.audit=17``; 0: none). A consumer reading several partitions, or several

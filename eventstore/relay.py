@@ -54,6 +54,7 @@ from eventstore.kafka_limits import (
 from eventstore.kafka_tail import (
     EPOCH_HEADER,
     EVENT_NUMBER_HEADER,
+    PARTITION_HEADER,
     PREVIOUS_HEADER,
     RELAY_HEADER,
     STORE_HEADER,
@@ -64,6 +65,7 @@ from eventstore.kafka_tail import (
     topic_ids,
 )
 from eventstore.leadership import Leadership
+from eventstore.partitioner import KeyPartitioner
 from eventstore.postgres.statements import notification_channel
 from eventstore.postgres.store import PostgresEventStore
 from eventstore.records import RecordedEvent
@@ -115,6 +117,9 @@ _FIXED = {
     "delivery.report.only.error",
 }
 MAX_BACKOFF_SECONDS = 5.0
+PARTITION_COUNT_SECONDS = 10.0
+"""How long the relay trusts a topic's partition count before it reads it again (``_produce``); less
+when the Kafka settings' ``topic.metadata.refresh.interval.ms`` asks for less."""
 CHECK_LEADERSHIP_EVERY_SECONDS = 1.0
 # The position recorded in PostgreSQL and the lag metrics are refreshed this often, not per batch.
 RECORD_EVERY_SECONDS = 1.0
@@ -350,6 +355,13 @@ def _discard(futures: list[Future[list[OutgoingEvent]]]) -> None:
     futures.clear()
 
 
+def _partition_count_seconds(kafka: Mapping[str, str]) -> float:
+    refresh = str(kafka.get("topic.metadata.refresh.interval.ms", ""))
+    if refresh.isdigit() and int(refresh) > 0:
+        return min(PARTITION_COUNT_SECONDS, int(refresh) / 1000)
+    return PARTITION_COUNT_SECONDS
+
+
 def _message_size(event: OutgoingEvent, key: bytes) -> int:
     """Roughly what ``event``'s message weighs before compression: value, key and headers."""
     return len(event.data) + len(key) + sum(len(n) + len(v or "") for n, v in headers(event))
@@ -458,6 +470,10 @@ class Relay:
         self._complete_ids: tuple[dict[str, str], int] | None = None
         self._next_tail_check = 0.0
         self._refusals: list[KafkaError] = []
+        self._partitioner = KeyPartitioner()
+        self._partition_counts: dict[str, int] = {}
+        self._partition_counts_expire = 0.0
+        self._partition_count_seconds = _partition_count_seconds(config.kafka)
         self._transactional_id = self.identity  # until it leads and knows its store's id
         self._problem_wait = FIRST_PROBLEM_WAIT_SECONDS
         self._verdict_cleared = False
@@ -760,6 +776,11 @@ class Relay:
         """
         backoff = 0.1
         while True:
+            if time.monotonic() >= self._partition_counts_expire:
+                # Partitions added to a topic are taken up within this time, as librdkafka's own
+                # partitioner takes them up at its metadata refresh.
+                self._partition_counts.clear()
+                self._partition_counts_expire = time.monotonic() + self._partition_count_seconds
             # Each event says, per topic, which event was published there before it (the header
             # PREVIOUS_HEADER); a batch published again starts from the same state.
             previous = dict(self._last_on_topic)
@@ -830,12 +851,25 @@ class Relay:
     def _produce(
         self, producer: Producer, topic: str, key: bytes, event: OutgoingEvent, message_headers: Headers
     ) -> None:
+        count = self._partition_counts.get(topic) or self._partition_count(producer, topic)
+        partition = self._partitioner.partition(key, count)
+        message_headers.append((PARTITION_HEADER, str(partition)))
         while True:
             try:
-                producer.produce(topic, event.data, key, headers=message_headers)
+                producer.produce(topic, event.data, key, partition=partition, headers=message_headers)
                 return
             except BufferError:
                 producer.poll(0.05)  # the local queue is full: let requests drain
+
+    def _partition_count(self, producer: Producer, topic: str) -> int:
+        found = producer.list_topics(topic, timeout=self.config.transaction_timeout).topics.get(topic)
+        if found is None or found.error is not None or not found.partitions:
+            # As produce() reports a topic deleted under the running relay: said, and tried again.
+            raise KafkaException(
+                KafkaError(KafkaError.UNKNOWN_TOPIC_OR_PART, f"topic {topic!r} has no partitions in Kafka")
+            )
+        self._partition_counts[topic] = count = len(found.partitions)
+        return count
 
     def _delivery_failed(self, error: KafkaError | None, _: object) -> None:
         # Reports come only for failures (delivery.report.only.error): they say whether Kafka refused.
@@ -895,8 +929,6 @@ class Relay:
                 {
                     "linger.ms": self.config.linger_ms,
                     "compression.type": self.config.compression,
-                    # The Java client's partitioner: keys land where JVM producers put them.
-                    "partitioner": "murmur2_random",
                     **self._connection,
                     "enable.idempotence": True,
                     "acks": "all",

@@ -39,7 +39,7 @@ from workers import metrics
 from workers.delivery import Delivery, EventMetadata
 from workers.failure import Answered, ErrorAnswer, FailureContext, Park, Retry, Skip, Stop
 from workers.handler import BatchFailed, EventHandler
-from workers.identity import FOREIGN, StoreIdentity, store_header
+from workers.identity import FOREIGN, StoreIdentity, placement
 from workers.parking import BEHIND, ParkedEvent, ParkedEvents, orphaned
 from workers.positions import Checkpoint, Positions, Subscription
 
@@ -542,7 +542,10 @@ class Executor:
         if self._checked:
             foreign = self._foreign.get(delivery.offset)
         else:
-            foreign = self._identity.foreign(number, store_header(delivery.headers), self._head)
+            store, placed = placement(delivery.headers)
+            foreign = self._identity.foreign(
+                number, store, self._head, placed=placed, partition=delivery.partition
+            )
         if foreign is not None:
             self._foreign_message(staged, delivery, foreign)
             return None

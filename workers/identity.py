@@ -6,6 +6,9 @@ global-order merge's ``last``, checkpoints, the committed offsets' metadata) onl
 identity it has checked, and cheaply, without a query per event:
 
 - the ``tidings.store`` header, where there is one, names this store (a comparison of bytes);
+- the ``tidings.partition`` header, where there is one, names the partition the message was read from:
+  an exact copy on another partition (a replayed backup) passes every other check, and a per-key lane,
+  whose positions are per partition, would handle it again;
 - the event_number is not beyond the store's head (the highest number handed out: cached, and read
   again only when a message claims more, so at most once per poll);
 - a message that does not decode is this store's only if the store holds its event_id at its number,
@@ -25,22 +28,26 @@ from typing import Any
 
 from psycopg import sql
 
-from eventstore.kafka_tail import STORE_HEADER
+from eventstore.kafka_tail import PARTITION_HEADER, STORE_HEADER
 from eventstore.postgres.store import PostgresEventStore
 from eventstore.relay_position import RelayRecord
 
-__all__ = ["FOREIGN", "StoreIdentity", "store_header"]
+__all__ = ["FOREIGN", "StoreIdentity", "placement"]
 
 FOREIGN = "not an event of this store"
 """How the reason of a foreign message's parked row starts (such rows hold no key back)."""
 
 
-def store_header(headers: Any) -> bytes | None:
-    """The ``tidings.store`` header's value, or None where the message has none (an older relay)."""
+def placement(headers: Any) -> tuple[bytes | None, bytes | None]:
+    """The ``tidings.store`` and ``tidings.partition`` headers' values; None where the message has none
+    (an older relay)."""
+    store = placed = None
     for name, value in headers or ():
         if name == STORE_HEADER:
-            return bytes(value) if value is not None else b""
-    return None
+            store = bytes(value) if value is not None else b""
+        elif name == PARTITION_HEADER:
+            placed = bytes(value) if value is not None else b""
+    return store, placed
 
 
 class StoreIdentity:
@@ -87,16 +94,30 @@ class StoreIdentity:
                 self._head = max(self._head, self.store.last_event_number())
             return self._head
 
-    def foreign(self, number: int | None, store: bytes | None, head: int | None = None) -> str | None:
-        """Why a message claiming ``number`` and ``store`` (its ``tidings.store`` header) cannot be one
-        of this store's events; None when it can be (decoding, or its event_id, says the rest).
-        ``head``: the store's head as read once for a whole poll (else read again when ``number`` is
-        beyond the cached one)."""
+    def foreign(
+        self,
+        number: int | None,
+        store: bytes | None,
+        head: int | None = None,
+        *,
+        placed: bytes | None = None,
+        partition: int = 0,
+    ) -> str | None:
+        """Why a message claiming ``number``, ``store`` (its ``tidings.store`` header) and ``placed`` (its
+        ``tidings.partition`` header), read from ``partition``, cannot be one of this store's events;
+        None when it can be (decoding, or its event_id, says the rest). ``head``: the store's head as
+        read once for a whole poll (else read again when ``number`` is beyond the cached one)."""
         if number is None:
             return f"{FOREIGN}: its event_number header is missing or damaged"
         if store is not None and store != self.store_id():
             claimed = store.decode("utf-8", "backslashreplace")
             return f"{FOREIGN}: published for store {claimed!r}, this store is {self.store_id().decode()!r}"
+        if placed is not None and placed != str(partition).encode():
+            shown = placed.decode("utf-8", "backslashreplace")
+            return (
+                f"{FOREIGN}: published to partition {shown!r}, read from partition {partition} "
+                "(a copy of a message, not the event)"
+            )
         head = self.head(number) if head is None else head
         if number > head:
             return f"{FOREIGN}: event_number {number} is beyond the last this store handed out ({head})"

@@ -46,6 +46,7 @@ from eventstore.acknowledgements import Acknowledgements, Carried
 from eventstore.kafka_tail import (
     EVENT_ID_HEADER,
     EVENT_NUMBER_HEADER,
+    PARTITION_HEADER,
     PREVIOUS_HEADER,
     STORE_HEADER,
     parse_previous,
@@ -663,7 +664,7 @@ class HandlerRunner:
         order every message is asked: one that passed the merge as "the next event" would move its
         ``last`` past events still to come, and one below ``last`` would be taken as seen."""
         claims = []
-        asked: list[tuple[_Where, int | None, Any, Any]] = []
+        asked: list[tuple[_Where, int | None, Any, Any, Any]] = []
         for key, batch in by_partition.items():
             if key not in self._partitions:
                 continue
@@ -678,17 +679,24 @@ class HandlerRunner:
                         number,
                         found.get(STORE_HEADER),
                         found.get(EVENT_ID_HEADER),
+                        found.get(PARTITION_HEADER),
                     )
                 )
         # The store's head, read at most once a poll (a flood of made-up numbers costs one query).
-        top = max((number for _, number, _, _ in asked if number is not None), default=0)
+        top = max((number for _, number, *_ in asked if number is not None), default=0)
         head = self._while_postgres_away("checking messages", lambda: self._identity.head(top))
         foreign: dict[_Where, str] = {}
-        for where, number, store, _ in asked:
-            reason = self._identity.foreign(number, None if store is None else bytes(store), head)
+        for where, number, store, _, placed in asked:
+            reason = self._identity.foreign(
+                number,
+                None if store is None else bytes(store),
+                head,
+                placed=None if placed is None else bytes(placed),
+                partition=where[0][1],
+            )
             if reason is not None:
                 foreign[where] = reason
-        numbers = [number for where, number, _, _ in asked if number is not None and where not in foreign]
+        numbers = [number for where, number, *_ in asked if number is not None and where not in foreign]
         held = (
             self._while_postgres_away(
                 "checking messages", functools.partial(self._identity.event_ids, numbers)
@@ -696,7 +704,7 @@ class HandlerRunner:
             if numbers
             else {}
         )
-        for where, number, _, event_id in asked:
+        for where, number, _, event_id, _ in asked:
             if where in foreign or number is None:
                 continue
             claimed = _text(event_id)

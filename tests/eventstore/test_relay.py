@@ -11,7 +11,7 @@ from confluent_kafka.admin import AdminClient
 
 from eventstore import ANY, EventData, PostgresEventStore
 from eventstore.errors import ConfigurationError
-from eventstore.kafka_tail import PREVIOUS_HEADER, parse_previous
+from eventstore.kafka_tail import PARTITION_HEADER, PREVIOUS_HEADER, parse_previous
 from eventstore.relay import Relay, RelayConfig, TopicCreationFailed, TopicMissing, relay_status
 from eventstore.routing import Route, Routing
 from tests.eventstore.relay_support import (
@@ -48,6 +48,8 @@ def test_events_reach_a_multi_partition_topic_once_each_in_per_key_order(
     for message in seen:
         assert message.key == message.headers["stream_id"]
     assert len({(m.key, m.partition) for m in seen}) == len({m.key for m in seen})
+    # Each message names the partition it was produced to: a copy elsewhere is known for a copy.
+    assert all(m.headers[PARTITION_HEADER] == str(m.partition).encode() for m in seen)
 
 
 def test_headers_carry_the_events_identity_and_place(

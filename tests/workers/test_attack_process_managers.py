@@ -20,6 +20,7 @@ import psycopg
 import sqlalchemy as sa
 
 from eventstore import PostgresEventStore
+from eventstore.partitioner import KeyPartitioner
 from examples.bank.accounts import Deposit, InsufficientFunds, OpenAccount, Withdraw, accounts
 from examples.bank.events import AccountOpened, MoneyDeposited
 from tests.tidings.test_dispatch import MAPPER
@@ -53,36 +54,9 @@ def _deposits(store: PostgresEventStore, account: uuid.UUID) -> list[Decimal]:
 # --- case 5: two events start one instance at once ----------------------------------------------------
 
 
-def _murmur2(data: bytes) -> int:
-    """Kafka's murmur2 (the relay's ``murmur2_random`` partitioner for keyed messages)."""
-    m, r = 0x5BD1E995, 24
-    length = len(data)
-    h = (0x9747B28C ^ length) & 0xFFFFFFFF
-    for i in range(length // 4):
-        k = int.from_bytes(data[i * 4 : i * 4 + 4], "little")
-        k = (k * m) & 0xFFFFFFFF
-        k ^= k >> r
-        k = (k * m) & 0xFFFFFFFF
-        h = (h * m) & 0xFFFFFFFF
-        h ^= k
-    tail = length & ~3
-    extra = length % 4
-    if extra >= 3:
-        h ^= data[tail + 2] << 16
-    if extra >= 2:
-        h ^= data[tail + 1] << 8
-    if extra >= 1:
-        h ^= data[tail]
-        h = (h * m) & 0xFFFFFFFF
-    h ^= h >> 13
-    h = (h * m) & 0xFFFFFFFF
-    h ^= h >> 15
-    return h
-
-
 def _partition(account: uuid.UUID) -> int:
     """Which of two partitions the relay puts an account's events on."""
-    return (_murmur2(f"account-{account}".encode()) & 0x7FFFFFFF) % 2
+    return KeyPartitioner().partition(f"account-{account}".encode(), 2)
 
 
 def _two_accounts_on_two_partitions() -> tuple[uuid.UUID, uuid.UUID]:
