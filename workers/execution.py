@@ -250,9 +250,10 @@ class Executor:
         to ask when the consumer confirmed every message already (global order: ``foreign`` given)."""
         if self._checked:
             return {}
-        self._head = self._identity.head(max((d.event_number for d in deliveries if not d.error), default=0))
         numbers = [d.event_number for d in deliveries if not d.error]
-        return self._identity.event_ids(numbers) if numbers else {}
+        known = self._identity.event_ids(numbers) if numbers else {}
+        self._head = self._identity.head(max(numbers, default=0), held=max(known, default=0))
+        return known
 
     def _process(self, ps: PartitionState, deliveries: list[Delivery]) -> None:
         start = 0

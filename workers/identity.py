@@ -34,6 +34,8 @@ from eventstore.relay_position import RelayRecord
 
 __all__ = ["FOREIGN", "StoreIdentity", "placement"]
 
+_LARGEST_NUMBER = 2**63 - 1  # event_order.event_number is a bigint
+
 FOREIGN = "not an event of this store"
 """How the reason of a foreign message's parked row starts (such rows hold no key back)."""
 
@@ -86,10 +88,13 @@ class StoreIdentity:
             self._store_id = RelayRecord(self.store, "").store_id().encode()
         return self._store_id
 
-    def head(self, at_least: int = 0) -> int:
-        """The store's highest event_number; read again only when ``at_least`` is beyond what is known
-        (the head only grows, so a number at or below the cached one is within it)."""
+    def head(self, at_least: int = 0, held: int = 0) -> int:
+        """The store's highest event_number; read again only when ``at_least`` is beyond what is known.
+        The head only grows, so a number at or below the cached one is within it, and so is ``held``, a
+        number the store was just found to hold (``event_ids``): asking for the event_ids first spares
+        the query for the head whenever every message's number is held."""
         with self._lock:
+            self._head = max(self._head, held)
             if at_least > self._head:
                 self._head = max(self._head, self.store.last_event_number())
             return self._head
@@ -128,9 +133,9 @@ class StoreIdentity:
     def event_ids(self, numbers: Collection[int]) -> dict[int, str]:
         """The event_id the store holds at each of ``numbers`` (a number whose event was deleted, or
         never was, is missing)."""
-        if not numbers:
+        wanted = {n for n in numbers if 0 < n <= _LARGEST_NUMBER}  # others are no position at all
+        if not wanted:
             return {}
-        wanted = set(numbers)
         low, high = min(wanted), max(wanted)
         with self.store.connection() as conn:
             if high - low < 2 * len(wanted):

@@ -682,9 +682,18 @@ class HandlerRunner:
                         found.get(PARTITION_HEADER),
                     )
                 )
-        # The store's head, read at most once a poll (a flood of made-up numbers costs one query).
-        top = max((number for _, number, *_ in asked if number is not None), default=0)
-        head = self._while_postgres_away("checking messages", lambda: self._identity.head(top))
+        # The event_ids the store holds at the claimed numbers (one query for the whole poll), then its
+        # head, which needs a query only if some number is beyond every one held (made-up numbers).
+        numbers = [number for _, number, *_ in asked if number is not None]
+        held = (
+            self._while_postgres_away(
+                "checking messages", functools.partial(self._identity.event_ids, numbers)
+            )
+            if numbers
+            else {}
+        )
+        top, known = max(numbers, default=0), max(held, default=0)
+        head = self._while_postgres_away("checking messages", lambda: self._identity.head(top, known))
         foreign: dict[_Where, str] = {}
         for where, number, store, _, placed in asked:
             reason = self._identity.foreign(
@@ -696,14 +705,6 @@ class HandlerRunner:
             )
             if reason is not None:
                 foreign[where] = reason
-        numbers = [number for where, number, *_ in asked if number is not None and where not in foreign]
-        held = (
-            self._while_postgres_away(
-                "checking messages", functools.partial(self._identity.event_ids, numbers)
-            )
-            if numbers
-            else {}
-        )
         for where, number, _, event_id, _ in asked:
             if where in foreign or number is None:
                 continue

@@ -15,7 +15,7 @@ import uuid
 
 from confluent_kafka import Consumer, Producer, TopicPartition
 
-from eventstore.kafka_tail import EVENT_NUMBER_HEADER, PREVIOUS_HEADER, STORE_HEADER
+from eventstore.kafka_tail import EVENT_NUMBER_HEADER, PARTITION_HEADER, PREVIOUS_HEADER, STORE_HEADER
 from eventstore.postgres.store import PostgresEventStore
 from eventstore.relay import Relay, RelayConfig
 from eventstore.relay_position import RelayRecord
@@ -190,8 +190,9 @@ def test_a_replayed_copy_on_another_partition_is_not_handled_twice_in_global_ord
     event_store: PostgresEventStore, kafka_namespace: KafkaNamespace
 ) -> None:
     """A backup replayed into the topic puts exact copies of handled events (same ids, numbers and
-    headers) on other partitions than theirs: the partition's own position says nothing of them, the
-    merge does. A forged copy under another event id is parked."""
+    headers) on other partitions than theirs: the partition's own position says nothing of them, their
+    ``tidings.partition`` header does, and they are parked as copies. A forged copy under another event
+    id, its partition header made to match, is parked by the event_id check."""
     in_order: list[int] = []
     with stack(event_store, kafka_namespace, partitions=2) as s:
 
@@ -212,17 +213,25 @@ def test_a_replayed_copy_on_another_partition_is_not_handled_twice_in_global_ord
         # And a forgery: a well-formed event claiming this store and a number it holds (not handled
         # on that partition), under another event id.
         partition, key, value, headers = copies[-1]
-        forged = [(n, str(uuid.uuid4()).encode() if n == "event_id" else v) for n, v in headers]
+        replaced = {"event_id": str(uuid.uuid4()).encode(), PARTITION_HEADER: str(1 - partition).encode()}
+        forged = [(n, replaced.get(n, v)) for n, v in headers]
         producer.produce(s.topic, value, key, partition=1 - partition, headers=forged)
         assert producer.flush(30) == 0
         second = append_noted(event_store, streams=4, per_stream=3, prefix="later")
         total = len(first) + len(second)
         eventually(lambda: len(in_order) >= total, what="every event handled")
-        eventually(lambda: ParkedEvents(event_store).count(Global.name) >= 1, what="the forgery parked")
+        eventually(
+            lambda: ParkedEvents(event_store).count(Global.name) >= len(copies) + 1,
+            what="the copies and the forgery parked",
+        )
         settle(1.0)
     assert in_order == list(range(1, total + 1)), "each once, in order"
-    (row,) = ParkedEvents(event_store).list(Global.name)
-    assert "not an event of this store: the store holds event" in row.error
+    errors = sorted(row.error for row in ParkedEvents(event_store).list(Global.name))
+    assert len(errors) == len(copies) + 1, errors
+    forgeries = [e for e in errors if e.startswith("not an event of this store: the store holds event")]
+    assert len(forgeries) == 1, errors
+    copied = [e for e in errors if e.startswith("not an event of this store: published to partition")]
+    assert len(copied) == len(copies), errors
 
 
 def _read_all(
