@@ -472,6 +472,7 @@ class Relay:
         self._refusals: list[KafkaError] = []
         self._partitioner = KeyPartitioner()
         self._partition_counts: dict[str, int] = {}
+        self._partition_counts_used: dict[str, int] = {}  # never cleared: tells a change
         self._partition_counts_expire = 0.0
         self._partition_count_seconds = _partition_count_seconds(config.kafka)
         self._transactional_id = self.identity  # until it leads and knows its store's id
@@ -869,6 +870,16 @@ class Relay:
                 KafkaError(KafkaError.UNKNOWN_TOPIC_OR_PART, f"topic {topic!r} has no partitions in Kafka")
             )
         self._partition_counts[topic] = count = len(found.partitions)
+        before = self._partition_counts_used.setdefault(topic, count)
+        if before != count:
+            self._partition_counts_used[topic] = count
+            log.warning(
+                "a topic's partition count changed under the running relay: keys move to other "
+                "partitions from now on, and per-key handlers may handle a moved key's events out of order "
+                "while its earlier ones still wait (add partitions with the relay stopped and the handlers "
+                "caught up)",
+                extra={"relay": self.identity, "topic": topic, "partitions": count, "before": before},
+            )
         return count
 
     def _delivery_failed(self, error: KafkaError | None, _: object) -> None:

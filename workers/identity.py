@@ -40,15 +40,20 @@ FOREIGN = "not an event of this store"
 """How the reason of a foreign message's parked row starts (such rows hold no key back)."""
 
 
+TWICE = b"\x00twice"
+"""What ``placement`` gives for a header the message carries more than once: no store's id and no
+partition, so the message is foreign (a relay writes each once; a second one is an edit)."""
+
+
 def placement(headers: Any) -> tuple[bytes | None, bytes | None]:
     """The ``tidings.store`` and ``tidings.partition`` headers' values; None where the message has none
-    (an older relay)."""
+    (an older relay), ``TWICE`` where it has more than one."""
     store = placed = None
     for name, value in headers or ():
         if name == STORE_HEADER:
-            store = bytes(value) if value is not None else b""
+            store = TWICE if store is not None else bytes(value) if value is not None else b""
         elif name == PARTITION_HEADER:
-            placed = bytes(value) if value is not None else b""
+            placed = TWICE if placed is not None else bytes(value) if value is not None else b""
     return store, placed
 
 
@@ -114,6 +119,8 @@ class StoreIdentity:
         read once for a whole poll (else read again when ``number`` is beyond the cached one)."""
         if number is None:
             return f"{FOREIGN}: its event_number header is missing or damaged"
+        if TWICE in (store, placed):
+            return f"{FOREIGN}: it carries the tidings.store or tidings.partition header more than once"
         if store is not None and store != self.store_id():
             claimed = store.decode("utf-8", "backslashreplace")
             return f"{FOREIGN}: published for store {claimed!r}, this store is {self.store_id().decode()!r}"

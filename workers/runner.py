@@ -46,9 +46,7 @@ from eventstore.acknowledgements import Acknowledgements, Carried
 from eventstore.kafka_tail import (
     EVENT_ID_HEADER,
     EVENT_NUMBER_HEADER,
-    PARTITION_HEADER,
     PREVIOUS_HEADER,
-    STORE_HEADER,
     parse_previous,
 )
 from eventstore.leadership import Leadership
@@ -62,7 +60,7 @@ from workers.execution import Executor, HandlerStopped, PartitionState, Shared, 
 from workers.global_order import GlobalOrder, Ordered
 from workers.handler import EventHandler, ordering_of, validate_handler
 from workers.handler_states import HandlerStates
-from workers.identity import FOREIGN, StoreIdentity
+from workers.identity import FOREIGN, StoreIdentity, placement
 from workers.parking import ParkedEvents
 from workers.positions import Positions, Subscription
 from workers.process_instances import ProcessInstances
@@ -670,18 +668,13 @@ class HandlerRunner:
                 continue
             for message in batch:
                 # One look at the headers (the client builds a new list at each headers() call).
-                found = dict(message.headers() or ())
+                listed = message.headers() or ()
+                found = dict(listed)
                 number = _number(found.get(EVENT_NUMBER_HEADER))
                 claims.append((key, message, number, parse_previous(found.get(PREVIOUS_HEADER))))
-                asked.append(
-                    (
-                        (key, message.offset() or 0),
-                        number,
-                        found.get(STORE_HEADER),
-                        found.get(EVENT_ID_HEADER),
-                        found.get(PARTITION_HEADER),
-                    )
-                )
+                store, placed = placement(listed)
+                where = (key, message.offset() or 0)
+                asked.append((where, number, store, found.get(EVENT_ID_HEADER), placed))
         # The event_ids the store holds at the claimed numbers (one query for the whole poll), then its
         # head, which needs a query only if some number is beyond every one held (made-up numbers).
         numbers = [number for _, number, *_ in asked if number is not None]
@@ -696,13 +689,7 @@ class HandlerRunner:
         head = self._while_postgres_away("checking messages", lambda: self._identity.head(top, known))
         foreign: dict[_Where, str] = {}
         for where, number, store, _, placed in asked:
-            reason = self._identity.foreign(
-                number,
-                None if store is None else bytes(store),
-                head,
-                placed=None if placed is None else bytes(placed),
-                partition=where[0][1],
-            )
+            reason = self._identity.foreign(number, store, head, placed=placed, partition=where[0][1])
             if reason is not None:
                 foreign[where] = reason
         for where, number, _, event_id, _ in asked:
@@ -1030,6 +1017,9 @@ class HandlerRunner:
             "auto.offset.reset": "earliest",
             "isolation.level": "read_committed",
             "enable.partition.eof": False,
+            # The group learns of partitions added to its topics at this refresh (librdkafka's default is
+            # five minutes); the relay puts keys on them within 10 s (eventstore.partitioner).
+            "topic.metadata.refresh.interval.ms": int(METADATA_SECONDS * 1000),
         }
         if self.handler.static_membership and self.config.instance_id:
             settings["group.instance.id"] = f"{self.name}.{self.config.instance_id}"
