@@ -323,9 +323,13 @@ class HandlerRunner:
                 self.status.leading = False
 
     def _await_leadership(self, leadership: Leadership) -> None:
-        self.status.state, self.status.leading = "standby", False
-        log.info("handler stands by for its global order", extra={"handler": self.name})
+        self.status.leading = False
         while not leadership.try_acquire():
+            if self.status.state != "standby":
+                # Only now, once its session has asked for the lock: status and `tidings status` count
+                # the standbys by their sessions, and both must say the same.
+                self.status.state = "standby"
+                log.info("handler stands by for its global order", extra={"handler": self.name})
             if self.stopping.wait(STANDBY_POLL_SECONDS):
                 raise _Stopping
         self.status.leading = True
