@@ -1013,6 +1013,10 @@ class HandlerRunner:
 
     def _consumer_settings(self) -> dict[str, Any]:
         settings: dict[str, Any] = {
+            # The group learns of partitions added to its topics at this refresh (librdkafka's default is
+            # five minutes); the relay puts keys on them within 10 s (eventstore.partitioner). The
+            # worker's Kafka settings may say otherwise.
+            "topic.metadata.refresh.interval.ms": int(METADATA_SECONDS * 1000),
             **self.config.connection(),
             "group.id": self.name,
             "partition.assignment.strategy": "cooperative-sticky",
@@ -1021,9 +1025,6 @@ class HandlerRunner:
             "auto.offset.reset": "earliest",
             "isolation.level": "read_committed",
             "enable.partition.eof": False,
-            # The group learns of partitions added to its topics at this refresh (librdkafka's default is
-            # five minutes); the relay puts keys on them within 10 s (eventstore.partitioner).
-            "topic.metadata.refresh.interval.ms": int(METADATA_SECONDS * 1000),
         }
         if self.handler.static_membership and self.config.instance_id:
             settings["group.instance.id"] = f"{self.name}.{self.config.instance_id}"

@@ -24,6 +24,8 @@ from eventstore.partitioner import KeyPartitioner
 from tests.workers.worker_support import Noted, Recorder, eventually, mapper, stack
 from tidings.pytest_plugin import KafkaNamespace
 from workers import EventHandler, EventMetadata
+from workers.app import WorkerApp, WorkerConfig
+from workers.runner import HandlerRunner
 
 
 def _handled(seen: Recorder) -> set[tuple[str, int]]:
@@ -139,3 +141,22 @@ def test_events_the_relay_puts_on_an_added_partition_are_handled_within_a_minute
     order = [n for st, n, _ in seen.seen if st == probe]
     assert order == sorted(order), f"{probe} handled in the order {order}"
     assert waited < 60, waited
+
+
+def test_a_handlers_consumer_reads_its_partitions_every_5_s_unless_its_settings_say_otherwise(
+    event_store: PostgresEventStore, kafka_namespace: KafkaNamespace
+) -> None:
+    class Plain(EventHandler):
+        name = kafka_namespace.group("plain")
+
+        def handle(self, event: Noted, metadata: EventMetadata) -> None:
+            pass
+
+    app = WorkerApp(kafka_namespace.prefix + "app", mapper=mapper, handlers=[Plain])
+    refresh = "topic.metadata.refresh.interval.ms"
+    for kafka, expected in (({}, 5000), ({refresh: "60000"}, "60000")):
+        config = WorkerConfig(event_store, kafka_namespace.bootstrap_servers, kafka=kafka)
+        try:
+            assert HandlerRunner(Plain, app, config)._consumer_settings()[refresh] == expected
+        finally:
+            config.dispose()
