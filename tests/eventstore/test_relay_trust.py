@@ -22,9 +22,11 @@ from eventstore.records import RecordedEvent
 from eventstore.relay import (
     RELAY_HEADER,
     STORE_HEADER,
+    OutgoingEvent,
     Relay,
     RelayConfig,
     RelayStatus,
+    headers,
     relay_status,
     resume_after,
 )
@@ -366,13 +368,17 @@ def test_messages_of_an_earlier_relay_without_the_identity_headers_are_confirmed
     # store confirms their event_id at their event_number, so an upgrade publishes nothing twice.
     topic = kafka_namespace.create_topic("events", partitions=2, config={"max.message.bytes": "4194304"})
     appended = append_events(event_store, streams=2, per_stream=3)
-    producer = Producer({"bootstrap.servers": kafka_namespace.bootstrap_servers})
-    for event in event_store.read_all_forward(1, 100):
+    # Events are numbered a moment after their append: wait, or there is nothing to publish "before".
+    wait_until(lambda: event_store.last_event_number() == len(appended), 30, "the events numbered")
+    # What a relay older than the identity headers wrote: the event's own headers, with its partitioner.
+    producer = Producer(
+        {"bootstrap.servers": kafka_namespace.bootstrap_servers, "partitioner": "murmur2_random"}
+    )
+    earlier = list(event_store.read_all_forward(1, 100))
+    assert len(earlier) == len(appended)
+    for event in earlier:
         producer.produce(
-            topic,
-            event.data,
-            event.stream_id.encode(),
-            headers=[("event_id", str(event.event_id)), ("event_number", str(event.event_number))],
+            topic, event.data, event.stream_id.encode(), headers=headers(OutgoingEvent.of(event))
         )
     assert producer.flush(30) == 0
     more = append_events(event_store, streams=2, per_stream=2, prefix="more")
@@ -380,6 +386,8 @@ def test_messages_of_an_earlier_relay_without_the_identity_headers_are_confirmed
     wait_until(lambda: relay.last_published == len(appended) + len(more), 30, "the relay")
     seen = read_to_end(kafka_namespace.bootstrap_servers, [topic])
     assert_exactly_once_in_order(seen, appended + more)
+    # The earlier relay's messages stood for their events: the relay published only the later ones.
+    assert sorted(m.event_id for m in seen if STORE_HEADER not in m.headers) == sorted(appended)
 
 
 def test_a_topic_recreated_while_another_kept_its_events_gets_its_events_again(
