@@ -12,6 +12,8 @@ from __future__ import annotations
 import os
 import time
 import uuid
+from collections.abc import Callable
+from typing import Any
 
 from confluent_kafka import Consumer, Producer, TopicPartition
 
@@ -258,3 +260,19 @@ def _read_all(
         return found
     finally:
         consumer.close()
+
+
+def _copy_to_the_other_partition(
+    servers: str,
+    topic: str,
+    copies: list[tuple[int, bytes, bytes, Headers]],
+    forge: Callable[[Any, int], Any] = lambda headers, _: headers,
+) -> None:
+    """Produce each of ``copies`` (``_read_all``'s) onto the other of two partitions, its headers as
+    ``forge`` makes them from the originals and that partition."""
+    producer = Producer({"bootstrap.servers": servers})
+    for partition, key, value, headers in copies:
+        producer.produce(
+            topic, value, key, partition=1 - partition, headers=forge(list(headers), 1 - partition)
+        )
+    assert producer.flush(30) == 0

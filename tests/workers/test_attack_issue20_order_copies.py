@@ -10,10 +10,8 @@ event's headers over other bytes, skipped as a redelivery before a repeat's byte
 
 from __future__ import annotations
 
-from confluent_kafka import Producer
-
 from eventstore.postgres.store import PostgresEventStore
-from tests.workers.test_attack_garbage import _read_all
+from tests.workers.test_attack_garbage import _copy_to_the_other_partition, _read_all
 from tests.workers.test_attack_issue20_order_tombstones import _patient_relay, _tombstones_among_good_traffic
 from tests.workers.worker_support import (
     Noted,
@@ -73,11 +71,7 @@ def test_a_replayed_copy_on_another_partition_is_not_handled_twice_per_key(
         eventually(lambda: s.relay.last_published >= len(first), what="the first batch counted")
         copies = _read_all(kafka_namespace.bootstrap_servers, s.topic, 2, len(first))
         assert len(copies) == len(first)
-        producer = Producer({"bootstrap.servers": kafka_namespace.bootstrap_servers})
-        for partition, key, value, headers in copies:
-            copied: list[tuple[str, str | bytes | None]] = list(headers)
-            producer.produce(s.topic, value, key, partition=1 - partition, headers=copied)
-        assert producer.flush(30) == 0
+        _copy_to_the_other_partition(kafka_namespace.bootstrap_servers, s.topic, copies)
         second = append_noted(event_store, streams=4, per_stream=3, prefix="later")
         total = len(first) + len(second)
         parked = ParkedEvents(event_store)

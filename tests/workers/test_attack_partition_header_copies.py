@@ -12,11 +12,10 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import pytest
-from confluent_kafka import Producer
 
 from eventstore.kafka_tail import PARTITION_HEADER
 from eventstore.postgres.store import PostgresEventStore
-from tests.workers.test_attack_garbage import _read_all
+from tests.workers.test_attack_garbage import _copy_to_the_other_partition, _read_all
 from tests.workers.test_attack_issue20_order_tombstones import _patient_relay
 from tests.workers.worker_support import (
     Noted,
@@ -90,11 +89,7 @@ def test_a_copy_on_another_partition_is_parked_whatever_its_partition_header_say
         eventually(lambda: s.relay.last_published >= len(first), what="the first batch counted")
         copies = _read_all(kafka_namespace.bootstrap_servers, s.topic, 2, len(first))
         assert len(copies) == len(first)
-        producer = Producer({"bootstrap.servers": kafka_namespace.bootstrap_servers})
-        for partition, key, value, headers in copies:
-            forged = FORGERIES[forgery](list(headers), 1 - partition)
-            producer.produce(s.topic, value, key, partition=1 - partition, headers=forged)
-        assert producer.flush(30) == 0
+        _copy_to_the_other_partition(kafka_namespace.bootstrap_servers, s.topic, copies, FORGERIES[forgery])
         second = append_noted(event_store, streams=4, per_stream=3, prefix="later")
         total = len(first) + len(second)
         parked = ParkedEvents(event_store)
@@ -135,11 +130,7 @@ def test_a_copy_whose_header_names_its_partition_is_parked_in_global_order(
         eventually(lambda: len(in_order) >= len(first), what="first handled")
         copies = _read_all(kafka_namespace.bootstrap_servers, s.topic, 2, len(first))
         assert len(copies) == len(first)
-        producer = Producer({"bootstrap.servers": kafka_namespace.bootstrap_servers})
-        for partition, key, value, headers in copies:
-            forged = FORGERIES[forgery](list(headers), 1 - partition)
-            producer.produce(s.topic, value, key, partition=1 - partition, headers=forged)
-        assert producer.flush(30) == 0
+        _copy_to_the_other_partition(kafka_namespace.bootstrap_servers, s.topic, copies, FORGERIES[forgery])
         second = append_noted(event_store, streams=4, per_stream=3, prefix="later")
         total = len(first) + len(second)
         eventually(lambda: len(in_order) >= total, what="every event handled")
