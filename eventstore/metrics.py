@@ -30,7 +30,10 @@ from prometheus_client import Counter, Gauge
 
 __all__ = [
     "APPENDED",
+    "COMMANDS_SENT",
     "NUMBERED",
+    "OUTBOX_OLDEST_SECONDS",
+    "OUTBOX_UNSENT",
     "RELAY_BLOCKED",
     "RELAY_ERRORS",
     "RELAY_FOREIGN_MESSAGES",
@@ -46,6 +49,8 @@ __all__ = [
     "SEQUENCER_MOVED",
     "SEQUENCER_STALLED",
     "SEQUENCER_WAITING",
+    "SENDER_ERRORS",
+    "SENDER_LEADER",
 ]
 
 SEQUENCER_LAG = Gauge(
@@ -92,4 +97,15 @@ RELAY_REPUBLISHED = Counter(
     "tidings_relay_republished_events",
     "Events published again because Kafka held fewer than recorded",
     _RELAY,
+)
+
+_SENDER = ["schema", "sender"]
+SENDER_LEADER = Gauge("tidings_command_sender_leader", "1 while this process sends the command outbox", _SENDER)
+COMMANDS_SENT = Counter("tidings_commands_sent", "Outbox commands committed to Kafka", _SENDER)
+SENDER_ERRORS = Counter(
+    "tidings_command_sender_errors", "Failures the command sender retried, by kind", [*_SENDER, "kind"]
+)
+OUTBOX_UNSENT = Gauge("tidings_command_outbox_unsent", "Outbox commands waiting to be sent", ["schema"])
+OUTBOX_OLDEST_SECONDS = Gauge(
+    "tidings_command_outbox_oldest_seconds", "Age of the oldest outbox command waiting to be sent", ["schema"]
 )

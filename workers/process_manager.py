@@ -48,6 +48,7 @@ import inspect
 import logging
 import time
 import traceback
+import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field, is_dataclass
 from typing import Any, ClassVar
@@ -76,7 +77,7 @@ from workers.process_routing import (
 from workers.projection import Projection
 from workers.scheduling import CancelSchedule, ScheduledCommands, ScheduleOnce, command_type
 
-__all__ = ["CommandFailed", "EventTimeout", "ProcessFailureContext", "ProcessManager"]
+__all__ = ["CommandFailed", "EventTimeout", "External", "ProcessFailureContext", "ProcessManager"]
 
 log = logging.getLogger("workers.process_manager")
 
@@ -98,6 +99,24 @@ class CommandFailed(Answered):
             answer = Stop(answer.reason or message)
         super().__init__(answer, error, message)
         self.command = command
+
+
+@dataclass(frozen=True, slots=True)
+class External:
+    """Where a command bound to another application goes: ``destination`` names that application (its
+    worker reads ``<destination>.commands``), ``identity`` the command's field that names the target
+    aggregate, whose value keys the Kafka message so that one target's commands keep their order.
+
+    Example::
+
+        external = {ChargeCard: External("payments", identity="payment_id")}
+
+    A plain string (``{ChargeCard: "payments"}``) is ``External("payments")``: the message is keyed by
+    the process instance, which keeps one instance's commands in order (not one target's).
+    """
+
+    destination: str
+    identity: str | None = None
 
 
 class EventTimeout(Exception):
@@ -157,8 +176,10 @@ class ProcessManager(Projection):
     Options beside the handlers' (``start_from``, ``concurrency``, ``consistency``...):
 
     - ``state_type``: a dataclass (or ``dict``) an instance's state starts as; stored as JSON.
-    - ``external``: command type -> destination, for commands that leave the application: they go to
-      the command outbox in the event's transaction instead of to an aggregate.
+    - ``external``: command type -> destination (a name, or ``External(name, identity=field)``), for
+      commands that leave the application: they go to the command outbox in the event's transaction
+      instead of to an aggregate, and ``tidings relay`` sends them to ``<destination>.commands``
+      (docs/process-managers.md, "Commands to other applications").
     - ``idle_timeout``: seconds an instance stays in this worker's memory without events (None: until
       the worker stops); its state in PostgreSQL is the truth either way.
     - ``event_timeout``: seconds one event may take (None: no limit); past it, what the event did is
@@ -168,7 +189,7 @@ class ProcessManager(Projection):
     state_type: ClassVar[type] = dict
     transaction_per_event: ClassVar[bool] = True
     """One transaction per event, so that an instance's and its aggregates' locks are held briefly."""
-    external: ClassVar[Mapping[type, str]] = {}
+    external: ClassVar[Mapping[type, str | External]] = {}
     idle_timeout: ClassVar[float | None] = None
     event_timeout: ClassVar[float | None] = None
 
@@ -225,7 +246,7 @@ class ProcessManager(Projection):
         self._schedules = schedules
         self._outbox = sql.SQL(
             "INSERT INTO {t} (destination, command_type, command, metadata, causation_id, correlation_id, "
-            "created_by) VALUES (%s, %s, %s, %s, %s, %s, %s)"
+            "created_by, command_uuid, partition_key) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)"
         ).format(t=sql.Identifier(instances.store.config.schema, "command_outbox"))
 
     def _unit_started(self) -> None:
@@ -376,7 +397,7 @@ class ProcessManager(Projection):
                 # raising on the events just appended, a database error in the outbox), and an answer
                 # that drops it (ContinuePending, DiscardPending, ContinueWith) must drop what it wrote.
                 with raw.transaction():
-                    self._send(command, metadata, raw)
+                    self._send(command, metadata, raw, process_id)
             except Exception as exc:
                 if transient(exc):
                     raise  # a deadlock lost, PostgreSQL away: the whole event is rolled back and done again
@@ -444,7 +465,9 @@ class ProcessManager(Projection):
             )
         return answer
 
-    def _send(self, command: object, metadata: EventMetadata, raw: psycopg.Connection) -> None:
+    def _send(
+        self, command: object, metadata: EventMetadata, raw: psycopg.Connection, process_id: str
+    ) -> None:
         causation = metadata.event_id
         correlation = metadata.correlation_id or causation
         if isinstance(command, ScheduleOnce | CancelSchedule):
@@ -464,16 +487,21 @@ class ProcessManager(Projection):
             self._dispatched.append(result)
             return
         assert self._outbox is not None
+        target = destination if isinstance(destination, External) else External(destination)
+        key = process_id if target.identity is None else str(getattr(command, target.identity))
         raw.execute(
             self._outbox,
             (
-                destination,
+                target.destination,
                 command_type(command),
                 Jsonb(dataclass_to_json(command, type(command).__qualname__)),
                 Jsonb(plain_json(_user_metadata(metadata.metadata), "metadata")),
                 causation,
                 correlation,
                 self.name,
+                # A new id per attempt: a rolled-back attempt's row never existed, so nothing repeats it.
+                uuid.uuid4(),
+                key,
             ),
         )
 

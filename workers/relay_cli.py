@@ -32,6 +32,7 @@ from eventstore import (
     current_revision,
     head_revision,
 )
+from eventstore.command_sender import CommandSender, SenderConfig
 from eventstore.relay import (
     Relay,
     RelayConfig,
@@ -124,6 +125,13 @@ def relay_command(
     problem_retry: Annotated[
         float, typer.Option(help="Seconds between attempts while a problem stops publication.")
     ] = 5.0,
+    send_commands: Annotated[
+        bool,
+        typer.Option(
+            help="Also send the command outbox (process managers' commands to other applications) to "
+            "<destination>.commands, exactly once, with a leader of its own."
+        ),
+    ] = True,
     port: Annotated[
         int,
         typer.Option(
@@ -164,6 +172,15 @@ def relay_command(
             ignore_stores=frozenset(ignore_store or ()),
             problem_retry=problem_retry,
         )
+        sender_config = SenderConfig(
+            relay_config.bootstrap_servers,
+            name=name,
+            kafka=relay_config.kafka,
+            create_topics=create_topics,
+            partitions=partitions,
+            replication_factor=replication_factor,
+            standby_poll=standby_poll,
+        )
         if current_revision(config) != head_revision():
             raise ConfigurationError(
                 f"the store in schema {schema!r} is not migrated: run `tidings migrate` first"
@@ -173,6 +190,8 @@ def relay_command(
         raise typer.Exit(EXIT_USAGE) from exc
     with PostgresEventStore(config) as store:
         relay = Relay(store, relay_config)
+        # Beside the relay, with a leadership of its own: one process of the Deployment sends.
+        sender = CommandSender(store, sender_config) if send_commands else None
         stopping = threading.Event()
 
         def readiness() -> tuple[bool, dict[str, Any]]:
@@ -193,12 +212,16 @@ def relay_command(
         def stop(signum: int, frame: FrameType | None) -> None:
             stopping.set()
             relay.stop()
+            if sender is not None:
+                sender.stop()
 
         signal.signal(signal.SIGTERM, stop)
         signal.signal(signal.SIGINT, stop)
         try:
             if probes is not None:
                 probes.start()
+            if sender is not None:
+                sender.start()
             relay.run()
         except (TopicMissing, TopicCreationFailed, TopicLimitTooSmall) as exc:
             typer.echo(f"error: {exc}", err=True)
