@@ -5,18 +5,28 @@
 events, the relay's routing when it has one, and its handlers. ``WorkerConfig`` comes from the
 environment and the command line, so one image runs in every environment.
 
+The name is also the ``application`` every handler, projection and process manager sees in its
+events' metadata (``EventMetadata.application``, Commanded's ``application``). An app run per tenant
+is built by its factory, which names it (``acme.bank``, say).
+
+Handlers' options can be given at start, as Commanded's ``start_link(start_from: :current)``: a
+handler's ``configured(...)`` in the list, or ``with_overrides`` by name (what ``tidings worker APP
+--set NAME.OPTION=VALUE`` does).
+
 Example::
 
     app = WorkerApp("bank", mapper=EventMapper(codec), handlers=[Balances, WelcomeEmails])
+    app = app.with_overrides({"welcome-emails": {"start_from": "current"}})
 """
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from eventstore.config import sqlalchemy_url
 from eventstore.errors import ConfigurationError
@@ -25,7 +35,7 @@ from eventstore.postgres.store import _session_options as session_options
 from eventstore.routing import Routing
 from tidings.mapper import EventMapper
 from tidings.router import Router
-from workers.handler import EventHandler, validate_handler
+from workers.handler import EventHandler, InvalidOverride, validate_handler
 
 if TYPE_CHECKING:
     import sqlalchemy as sa
@@ -63,7 +73,11 @@ def check_tenant(name: str) -> str:
 
 @dataclass
 class WorkerApp:
-    """An application's handlers and what they need to read its events."""
+    """An application's handlers and what they need to read its events.
+
+    ``name`` names the application: its events topic (``<name>.events`` by default) and the
+    ``application`` of its handlers' metadata.
+    """
 
     name: str
     mapper: EventMapper
@@ -72,8 +86,16 @@ class WorkerApp:
     """The relay's routing (default: every event on ``<name>.events``, keyed by stream id)."""
     router: Router | None = None
     """The application's command router: process managers dispatch their commands through it."""
+    receive_commands: bool = False
+    """Execute the commands other applications send to ``<name>.commands`` (their process managers'
+    ``external`` commands), each once, through ``router`` (``workers.command_receiver``)."""
 
     def __post_init__(self) -> None:
+        if self.receive_commands and self.router is None:
+            raise ConfigurationError(
+                f"{self.name} receives commands: give the WorkerApp the router that executes them "
+                "(WorkerApp(..., router=router, receive_commands=True))"
+            )
         names = [validate_handler(handler).name for handler in self.handlers]
         managers = [h.name for h in self.handlers if _is_process_manager(h)]
         if managers and self.router is None:
@@ -89,6 +111,40 @@ class WorkerApp:
 
     def routing_for(self, config: WorkerConfig | None = None) -> Routing:
         return self.routing or Routing(f"{self.name}.events")
+
+    def with_overrides(self, overrides: Mapping[str, Mapping[str, Any]]) -> WorkerApp:
+        """This app with options given at start: handler name -> {option: value}, each handler given
+        its own through ``configured`` (and checked as its class attributes are).
+
+        A name is a handler's name or, in an app run per tenant, the end of one after a dot
+        (``balances`` for ``acme.balances``) when only one handler's name ends so.
+
+        Example::
+
+            app.with_overrides({"welcome-emails": {"start_from": "current", "concurrency": 2}})
+
+        Raises:
+            InvalidOverride: a name that is none of the app's handlers (the message lists them), an
+                option a handler does not take, or a value it refuses.
+        """
+        handlers = list(self.handlers)
+        for name, options in overrides.items():
+            index = self._index_of(name, options)
+            handlers[index] = handlers[index].configured(**options)
+        return dataclasses.replace(self, handlers=handlers)
+
+    def _index_of(self, name: str, options: Mapping[str, Any]) -> int:
+        names = [handler.name for handler in self.handlers]
+        if name in names:
+            return names.index(name)
+        ending = [i for i, n in enumerate(names) if n.endswith(f".{name}")]
+        if len(ending) == 1:
+            return ending[0]
+        given = ", ".join(f"{name}.{option}={value}" for option, value in options.items())
+        why = f"several handlers' names end with {name!r}" if ending else f"no handler is named {name!r}"
+        raise InvalidOverride(
+            f"cannot give {given} at start: {why} in the app {self.name!r}; its handlers: {names}"
+        )
 
     def handler(self, name: str) -> type[EventHandler]:
         for handler in self.handlers:

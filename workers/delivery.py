@@ -126,20 +126,28 @@ class EventMetadata:
     """What a handler knows about the event besides its data (Commanded's metadata map).
 
     ``metadata`` is the user's metadata recorded with the event (``dispatch(..., metadata=...)``);
-    ``state`` is the handler's state when the event arrived. The event's fields are read from its
-    delivery when asked for. ``topic``, ``partition`` and ``offset`` are its place in Kafka: empty for
-    an event read from the store (``partition_by`` while the worker repartitions).
+    ``state`` is the handler's state when the event arrived; ``application`` is the name of the
+    application the handler runs in (its ``WorkerApp``'s name, the tenant's app for an app run per
+    tenant). The event's fields are read from its delivery when asked for. ``topic``, ``partition``
+    and ``offset`` are its place in Kafka: empty for an event read from the store (``partition_by``
+    while the worker repartitions).
     """
 
-    __slots__ = ("_delivery", "handler_name", "metadata", "state")
+    __slots__ = ("_delivery", "application", "handler_name", "metadata", "state")
 
     def __init__(
-        self, delivery: Delivery | RecordedEvent, handler_name: str, metadata: dict[str, Any], state: Any
+        self,
+        delivery: Delivery | RecordedEvent,
+        handler_name: str,
+        metadata: dict[str, Any],
+        state: Any,
+        application: str = "",
     ) -> None:
         self._delivery = delivery
         self.handler_name = handler_name
         self.metadata = metadata
         self.state = state
+        self.application = application
 
     @property
     def event_id(self) -> uuid.UUID:
@@ -190,7 +198,7 @@ class EventMetadata:
         return (
             f"EventMetadata(event_number={d.event_number}, stream_id={d.stream_id!r}, "
             f"stream_version={d.stream_version}, event_type={d.event_type!r}, "
-            f"handler_name={self.handler_name!r})"
+            f"handler_name={self.handler_name!r}, application={self.application!r})"
         )
 
 

@@ -126,6 +126,8 @@ class Shared:
     """Asks the consumer to read a partition's position again (a projection that was fenced)."""
     identity: StoreIdentity | None = None
     """What tells this store's messages from foreign ones (one per handler; made here if not given)."""
+    application: str = ""
+    """The name of the application the handler runs in (``EventMetadata.application``)."""
 
 
 @dataclass
@@ -614,7 +616,9 @@ class Executor:
             self._poison(staged, delivery, f"cannot decode: {exc}", "undecodable")
             return None
         staged.last_event_number = number
-        return event, EventMetadata(delivery, self.name, user_metadata, self.handler.state)
+        return event, EventMetadata(
+            delivery, self.name, user_metadata, self.handler.state, self.shared.application
+        )
 
     def _same_data(self, delivery: Delivery) -> bool:
         """Whether a repeat's bytes are its event's: a handled event's headers over other bytes are

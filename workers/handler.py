@@ -33,6 +33,12 @@ Options (class attributes), in Commanded's terms:
 - ``max_attempts``: failures of one event before the default ``error`` gives up.
 - ``static_membership``: keep the member's partitions over a quick restart (``group.instance.id``).
 
+Any of these options but ``name`` can also be given when the worker starts, as Commanded's
+``start_link(start_from: :current)``: ``WelcomeEmails.configured(start_from="current")`` in Python, or
+``tidings worker APP --set welcome-emails.start_from=current`` (``workers.overrides``). The class
+attribute is the default; what is given at start is checked by the same rules (``validate_handler``).
+``configured(state=...)`` gives each instance its initial ``state`` (Commanded's ``state:``).
+
 Callbacks: ``init`` (per instance; may set ``self.state``), ``after_start``, ``handle`` (or
 ``handle_batch``), ``error``, ``before_reset``. ``handle`` may be ``async def``; a value it returns (other
 than None) becomes the new ``state``.
@@ -40,22 +46,57 @@ than None) becomes the new ``state``.
 
 from __future__ import annotations
 
+import copy
 import re
-from collections.abc import Callable, Sequence
-from typing import Any, ClassVar, Literal
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, ClassVar, Literal, Self
 
 from eventstore.errors import ConfigurationError
 from eventstore.routing import KEY_SOURCES
 from workers.delivery import EventMetadata
 from workers.failure import ErrorAnswer, FailureContext, default_answer
 
-__all__ = ["EventHandler", "Ordering", "PartitionBy", "StartFrom", "ordering_of", "validate_handler"]
+__all__ = [
+    "START_OPTIONS",
+    "EventHandler",
+    "InvalidOverride",
+    "Ordering",
+    "PartitionBy",
+    "StartFrom",
+    "ordering_of",
+    "start_options",
+    "validate_handler",
+]
 
 StartFrom = Literal["origin", "current"] | int
 Ordering = Literal["global", "per_key"]
 PartitionBy = str | Callable[[Any, EventMetadata], "str | bytes"] | None
 
 _NAME = re.compile(r"[A-Za-z0-9._-]{1,200}")
+
+START_OPTIONS = (
+    "start_from",
+    "subscribe_to",
+    "concurrency",
+    "partition_by",
+    "ordering",
+    "consistency",
+    "on_poison",
+    "max_attempts",
+    "static_membership",
+    "state",
+)
+"""What ``configured`` (and ``--set``) may give a handler at start: its options but ``name`` (its
+identity) and ``topics``, and its initial ``state``. A process manager adds ``PROCESS_MANAGER_OPTIONS``."""
+PROCESS_MANAGER_OPTIONS = ("idle_timeout", "event_timeout")
+"""A process manager's own options given at start (its instances' state comes from ``state_type``)."""
+
+
+class InvalidOverride(ConfigurationError):
+    """An option given at start names no handler or no option, or has a value its handler refuses.
+
+    The message names the handler, the option and what to change, as for a class attribute.
+    """
 
 
 class EventHandler:
@@ -74,11 +115,56 @@ class EventHandler:
     static_membership: ClassVar[bool] = False
     topics: ClassVar[Sequence[str] | None] = None
     """The topics to read (default: every topic of the application's routing)."""
+    given_at_start: ClassVar[Mapping[str, Any]] = {}
+    """The options ``configured`` gave this class (empty for a class as written)."""
 
     def __init__(self, index: int = 0) -> None:
         self.index = index
         """Which of the ``concurrency`` instances of this process this is (0-based)."""
-        self.state: Any = None
+        initial = self.given_at_start.get("state")
+        self.state: Any = copy.deepcopy(initial) if initial is not None else None
+
+    @classmethod
+    def configured(cls, **options: Any) -> type[Self]:
+        """This handler with ``options`` given at start (Commanded's ``start_link(start_from: ...)``).
+
+        Returns a subclass with the same name (the same consumer group, checkpoints and parked events)
+        whose class attributes are ``options``; the class itself is unchanged. ``state`` is each
+        instance's initial state (a deep copy per instance, before ``init``).
+
+        Example::
+
+            WorkerApp("bank", mapper, handlers=[Balances, WelcomeEmails.configured(start_from="current")])
+
+        Raises:
+            InvalidOverride: an option that cannot be given at start (``start_options`` lists those that
+                can), or a value ``validate_handler`` refuses; the message says which and why.
+        """
+        allowed = start_options(cls)
+        unknown = [option for option in options if option not in allowed]
+        given = ", ".join(f"{option}={value!r}" for option, value in options.items())
+        if unknown:
+            raise InvalidOverride(
+                f"handler {cls.name!r} ({cls.__qualname__}) has no option {', '.join(map(repr, unknown))} "
+                f"to give at start; it takes {', '.join(allowed)}"
+            )
+        attributes: dict[str, Any] = {
+            option: staticmethod(value) if option == "partition_by" and callable(value) else value
+            for option, value in options.items()
+            if option != "state"
+        }
+        attributes.update(
+            __module__=cls.__module__,
+            __qualname__=cls.__qualname__,
+            __doc__=cls.__doc__,
+            given_at_start={**cls.given_at_start, **options},
+        )
+        made = type(cls.__name__, (cls,), attributes)
+        try:
+            validate_handler(made)
+        except ConfigurationError as exc:
+            raise InvalidOverride(f"handler {cls.name!r} given {given} at start: {exc}") from None
+        return made
 
     # --- callbacks ---------------------------------------------------------------------------------
 
@@ -151,6 +237,16 @@ def validate_handler(handler: type[EventHandler]) -> type[EventHandler]:
         )
     if not isinstance(handler.max_attempts, int) or handler.max_attempts < 1:
         raise ConfigurationError(f"{where}.max_attempts must be 1 or more, got {handler.max_attempts!r}")
+    if not isinstance(handler.static_membership, bool):
+        raise ConfigurationError(
+            f"{where}.static_membership must be True or False, got {handler.static_membership!r}"
+        )
+    for option in PROCESS_MANAGER_OPTIONS:
+        seconds = getattr(handler, option, None)
+        if seconds is not None and (
+            isinstance(seconds, bool) or not isinstance(seconds, int | float) or not seconds > 0
+        ):
+            raise ConfigurationError(f"{where}.{option} must be None or seconds > 0, got {seconds!r}")
     if not isinstance(handler.subscribe_to, str) or not handler.subscribe_to:
         raise ConfigurationError(f"{where}.subscribe_to must be 'all' or a stream id")
     by = handler.partition_by
@@ -183,6 +279,16 @@ def validate_handler(handler: type[EventHandler]) -> type[EventHandler]:
     elif handler.handle is EventHandler.handle and not handler.handles_batches():
         raise ConfigurationError(f"{where} must define handle(event, metadata) or handle_batch(batch)")
     return handler
+
+
+def start_options(handler: type[EventHandler]) -> tuple[str, ...]:
+    """The options ``handler`` may be given when the worker starts (``configured``, ``--set``)."""
+    from workers.process_manager import ProcessManager
+
+    if issubclass(handler, ProcessManager):
+        # An instance's state is its own (state_type), not the handler's.
+        return (*(o for o in START_OPTIONS if o != "state"), *PROCESS_MANAGER_OPTIONS)
+    return START_OPTIONS
 
 
 def ordering_of(handler: type[EventHandler]) -> Ordering:

@@ -2,6 +2,9 @@
 
 - The subscription row fixes ``start_from`` the first time a handler starts: ``"current"`` becomes the
   store's last event_number at that moment, so restarts and new partitions never move it.
+  A different ``start_from`` later is not applied: in the class it is logged; given at start
+  (``--set NAME.start_from=...``, ``configured(start_from=...)``) it is refused with ``StartFromFixed``,
+  which says to reset the handler or drop the option, since the operator asked for it explicitly.
 - A projection's checkpoint per (topic, partition) is written by ``save_checkpoint`` on the projection's
   own connection, inside the transaction of its read-model writes: both commit, or neither does.
 """
@@ -14,9 +17,10 @@ from dataclasses import dataclass
 import psycopg
 from psycopg import sql
 
+from eventstore.errors import ConfigurationError
 from eventstore.postgres.store import PostgresEventStore
 
-__all__ = ["Checkpoint", "Positions", "Subscription"]
+__all__ = ["Checkpoint", "Positions", "StartFromFixed", "Subscription"]
 
 log = logging.getLogger("workers.positions")
 
@@ -27,6 +31,26 @@ class Subscription:
     start_from: str
     start_after: int
     """Events numbered at or below this are not the handler's (its ``start_from``)."""
+
+
+class StartFromFixed(ConfigurationError):
+    """A ``start_from`` given at start differs from the one the handler's first start fixed.
+
+    The handler does not run (it would not start where it was asked to); the message says how to
+    apply it (``tidings reset``) or to drop it.
+    """
+
+    def __init__(self, handler: str, given: str, found: Subscription) -> None:
+        super().__init__(
+            f"handler {handler!r} was given start_from={given} at start, but its first start fixed "
+            f"start_from={found.start_from} (events after {found.start_after}) and start_from applies "
+            f"only to a first start. To start it over from {given}: stop its workers, run "
+            f"`tidings reset {handler} --app APP`, then start it with the option; else drop "
+            f"--set {handler}.start_from (or configured(start_from=...))"
+        )
+        self.handler = handler
+        self.given = given
+        self.found = found
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,8 +90,12 @@ class Positions:
             "SELECT next_offset, event_number FROM {} WHERE handler = %s AND topic = %s AND partition = %s"
         ).format(checkpoints)
 
-    def subscribe(self, handler: str, start_from: str | int) -> Subscription:
-        """The handler's subscription, created from ``start_from`` if this is its first start."""
+    def subscribe(self, handler: str, start_from: str | int, *, given_at_start: bool = False) -> Subscription:
+        """The handler's subscription, created from ``start_from`` if this is its first start.
+
+        Raises:
+            StartFromFixed: ``start_from`` was ``given_at_start`` and differs from the one in effect.
+        """
         with self.store.connection() as conn:
             existing = conn.execute(self._subscription, (handler,)).fetchone()
             if existing is None:
@@ -76,6 +104,8 @@ class Positions:
                 existing = conn.execute(self._subscription, (handler,)).fetchone()
         assert existing is not None
         found = Subscription(existing[0], existing[1], existing[2])
+        if found.start_from != str(start_from) and given_at_start:
+            raise StartFromFixed(handler, str(start_from), found)
         if found.start_from != str(start_from):
             log.warning(
                 "start_from applies only when a handler first starts; reset it to apply the new one",

@@ -62,7 +62,7 @@ from workers.handler import EventHandler, ordering_of, validate_handler
 from workers.handler_states import HandlerStates
 from workers.identity import FOREIGN, StoreIdentity, placement
 from workers.parking import ParkedEvents
-from workers.positions import Positions, Subscription
+from workers.positions import Positions, StartFromFixed, Subscription
 from workers.process_instances import ProcessInstances
 from workers.process_manager import ProcessManager
 from workers.projection import Projection
@@ -300,7 +300,7 @@ class HandlerRunner:
             self._run()
         except _Stopping:
             self.status.state = "stopped" if self.status.state == "starting" else self.status.state
-        except HistoryUnavailable as exc:
+        except (HistoryUnavailable, StartFromFixed) as exc:
             self.failed(str(exc))
         except Exception as exc:
             log.exception("handler failed", extra={"handler": self.name})
@@ -459,7 +459,12 @@ class HandlerRunner:
     def _prepare(self, consumer: Consumer) -> tuple[Subscription, Acknowledgements]:
         """The handler's subscription and registration, its topics, and its lanes (not started yet)."""
         subscription = self._while_postgres_away(
-            "subscribing", lambda: self.positions.subscribe(self.name, self.handler.start_from)
+            "subscribing",
+            lambda: self.positions.subscribe(
+                self.name,
+                self.handler.start_from,
+                given_at_start="start_from" in self.handler.given_at_start,
+            ),
         )
         acks = Acknowledgements(self.store)
         if self.handler.consistency == "strong":
@@ -499,6 +504,7 @@ class HandlerRunner:
             engine=self.config.engine() if self.is_projection else None,
             resync=self.resync,
             identity=self._identity,
+            application=self.app.name,
         )
         for index in range(self.handler.concurrency):
             instance = self.handler(index)
@@ -1118,7 +1124,7 @@ def _key_function(handler: type[EventHandler], app: WorkerApp) -> Callable[[Any]
             event, user_metadata = app.mapper.from_recorded(recorded)
         except Exception:  # noqa: BLE001 - undecodable: keyed by its stream, and parked by the handler
             return str(recorded.stream_id)
-        metadata = EventMetadata(recorded, name, user_metadata, None)
+        metadata = EventMetadata(recorded, name, user_metadata, None, app.name)
         try:
             return partition_by(event, metadata)
         except Exception:

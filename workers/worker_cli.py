@@ -4,6 +4,9 @@ Both read PostgreSQL from ``DATABASE_URL`` (schema ``TIDINGS_SCHEMA``) and Kafka
 ``KAFKA_BOOTSTRAP_SERVERS``, with further librdkafka settings from ``--kafka name=value`` and
 ``TIDINGS_KAFKA_<NAME>`` variables, as ``tidings relay`` does. APP is ``module:attribute`` naming a
 ``WorkerApp`` (or a zero-argument callable returning one); the current directory is importable.
+
+``--set NAME.OPTION=VALUE`` gives a handler an option at start (``workers.overrides``), as Commanded's
+``start_link(start_from: :current)``; a mistake in one exits 2 before anything runs.
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ from workers.cli_options import (
     required,
 )
 from workers.logs import configure_logging
+from workers.overrides import InvalidOverride, parse_overrides
 from workers.projection import Projection
 from workers.reset import GroupNotDeleted, HandlerRunning, ResetRaced, handler_presence, reset_handler
 from workers.worker import Worker, load_app
@@ -52,6 +56,19 @@ def load(spec: str, tenant: Tenant | None = None) -> WorkerApp:
     return load_app(spec, tenant)
 
 
+StartOptions = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--set",
+        metavar="NAME.OPTION=VALUE",
+        help="Give handler NAME an option at start, over its class attribute (repeatable): start_from, "
+        "concurrency, subscribe_to, partition_by, ordering, consistency, on_poison, max_attempts, "
+        "static_membership; a process manager's idle_timeout, event_timeout. "
+        "E.g. --set welcome-emails.start_from=current.",
+    ),
+]
+
+
 def _setup(
     app_spec: str,
     database_url: str,
@@ -60,11 +77,13 @@ def _setup(
     kafka: list[str] | None,
     tenant: Tenant | None = None,
     leader_url: str = "",
+    overrides: list[str] | None = None,
 ) -> tuple[WorkerApp, StoreConfig, str, dict[str, str]]:
-    """The app, the migrated store's config, the brokers and the Kafka settings; or the command's exit
-    (2 for what the user must fix, 1 when PostgreSQL does not answer)."""
+    """The app (with the options given at start), the migrated store's config, the brokers and the
+    Kafka settings; or the command's exit (2 for what the user must fix, 1 when PostgreSQL does not
+    answer)."""
     try:
-        worker_app = load(app_spec, tenant)
+        worker_app = load(app_spec, tenant).with_overrides(parse_overrides(overrides or []))
         config = migrated_store(database_url, tenant.schema if tenant else schema, leader_url)
         brokers = required(bootstrap_servers, "--bootstrap-servers / KAFKA_BOOTSTRAP_SERVERS")
         return worker_app, config, brokers, kafka_settings(kafka or [], dict(os.environ))
@@ -108,6 +127,7 @@ def worker_command(
     bootstrap_servers: Bootstrap = "",
     schema: Schema = DEFAULT_SCHEMA,
     leader_url: LeaderUrl = "",
+    set_: StartOptions = None,
     tenant: Annotated[
         list[str] | None,
         typer.Option(
@@ -125,13 +145,17 @@ def worker_command(
 
     SIGTERM or SIGINT finish the messages in flight, commit, and exit 0.
 
+    --set NAME.OPTION=VALUE gives a handler an option at start; its start_from applies to a first start only.
+
     Example: [bold]tidings worker bank.workers:app --handler balances --port 8000[/] ·
-    [bold]tidings worker examples.bank.workers:build --schema bank --tenant acme --tenant globex[/]
+    [bold]tidings worker examples.bank.workers:build --schema bank --tenant acme --tenant globex[/] ·
+    [bold]tidings worker bank.workers:app --set welcome-emails.start_from=current[/]
     """
     configure_logging(log_level, log_format)
     try:
         names = [check_tenant(name) for name in dict.fromkeys(tenant or [])]
         tenants = [Tenant(name, validate_schema(f"{schema}_{name}")) for name in names]
+        _check_selected(parse_overrides(set_ or []), handler)
     except ConfigurationError as exc:
         raise fail(str(exc), EXIT_USAGE) from exc
     with contextlib.ExitStack() as stack:
@@ -139,7 +163,7 @@ def worker_command(
         choices: list[Tenant | None] = [*tenants] if tenants else [None]
         for one in choices:
             worker_app, config, brokers, settings = _setup(
-                app_spec, database_url, schema, bootstrap_servers, kafka, one, leader_url
+                app_spec, database_url, schema, bootstrap_servers, kafka, one, leader_url, set_
             )
             store = stack.enter_context(PostgresEventStore(config, sequencer=False))
             try:
@@ -177,6 +201,18 @@ def worker_command(
             raise fail(str(exc), EXIT_USAGE) from exc
 
 
+def _check_selected(overrides: dict[str, dict[str, object]], handlers: list[str] | None) -> None:
+    """An option given to a handler this worker does not run would be ignored: refused instead."""
+    if not handlers:
+        return
+    idle = [name for name in overrides if name not in handlers]
+    if idle:
+        raise InvalidOverride(
+            f"--set names {', '.join(map(repr, idle))}, which this worker does not run (--handler "
+            f"{' --handler '.join(handlers)}): give the option to the worker that runs it, or drop it"
+        )
+
+
 def reset_command(
     handler: Annotated[
         str, typer.Argument(metavar="HANDLER", help="The handler's name (its consumer group).")
@@ -193,6 +229,7 @@ def reset_command(
     bootstrap_servers: Bootstrap = "",
     schema: Schema = DEFAULT_SCHEMA,
     leader_url: LeaderUrl = "",
+    set_: StartOptions = None,
     as_json: AsJson = False,
 ) -> None:
     """Make HANDLER start over from its start_from: a projection's read model is rebuilt from scratch.
@@ -207,10 +244,12 @@ def reset_command(
 
     Last, the handler's consumer group is deleted in Kafka.
 
+    Give it the --set options its workers are given, so that it says where the handler starts over.
+
     Example: [bold]tidings reset balances --app bank.workers:app --yes[/]
     """
     worker_app, config, brokers, settings = _setup(
-        app_spec, database_url, schema, bootstrap_servers, kafka, leader_url=leader_url
+        app_spec, database_url, schema, bootstrap_servers, kafka, leader_url=leader_url, overrides=set_
     )
     try:
         handler_class = worker_app.handler(handler)
