@@ -10,6 +10,14 @@
 - ``tidings_handler_handle_seconds{handler}``: time in ``handle`` (per event, or per batch).
 - ``tidings_handler_end_to_end_seconds{handler}``: from the event's append to the end of its handling.
 - ``tidings_handler_running{handler}``: 1 while the handler consumes; 0 once it stopped (see logs).
+- ``tidings_commands_received_total{receiver,outcome}``: commands from other applications
+  (``workers.command_receiver``), by outcome: executed, duplicate (delivered again, not executed
+  again), parked.
+- ``tidings_command_receiver_lag_messages{receiver}``: messages of the commands topic's assigned
+  partitions not received yet.
+
+A command receiver also counts in ``tidings_handler_errors_total`` and ``tidings_handler_running`` under
+its name (``<app>.commands``).
 """
 
 from __future__ import annotations
@@ -22,12 +30,14 @@ from prometheus_client import REGISTRY, Counter, Gauge
 from prometheus_client.core import HistogramMetricFamily
 
 __all__ = [
+    "COMMANDS_RECEIVED",
     "END_TO_END",
     "ERRORS",
     "EVENTS",
     "HANDLE_SECONDS",
     "LAG",
     "PARKED",
+    "RECEIVER_LAG",
     "RUNNING",
     "STOPPED",
     "LaneHistogram",
@@ -120,4 +130,10 @@ STOPPED = Gauge(
     "tidings_handler_stopped",
     "1 while the handler is stopped by its error policy or failed (the process stays up)",
     ["handler"],
+)
+COMMANDS_RECEIVED = Counter(
+    "tidings_commands_received_total", "Commands from other applications, by outcome", ["receiver", "outcome"]
+)
+RECEIVER_LAG = Gauge(
+    "tidings_command_receiver_lag_messages", "Messages of the commands topic not received yet", ["receiver"]
 )

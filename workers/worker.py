@@ -34,6 +34,7 @@ from typing import Any
 from eventstore.errors import ConfigurationError
 from tidings.dispatch import Application
 from workers.app import Tenant, WorkerApp, WorkerConfig
+from workers.command_receiver import CommandReceiver
 from workers.handler import EventHandler
 from workers.handler_states import HandlerStates
 from workers.probes import Probes
@@ -158,6 +159,12 @@ class Worker:
             for part_app, part_config in self.parts
             if part_app.router is not None
         ]
+        # Commands other applications send, each executed once (docs/process-managers.md).
+        self.receivers = [
+            CommandReceiver(part_app, part_config)
+            for part_app, part_config in self.parts
+            if part_app.receive_commands
+        ]
         self._probes = Probes(self.readiness, host=host, port=port) if port is not None else None
         self._stopping = threading.Event()
         self._stopped = False
@@ -176,7 +183,16 @@ class Worker:
             runner.start()
         for scheduler in self.schedulers:
             scheduler.start()
-        log.info("worker started", extra={"app": self.app.name, "handlers": [r.name for r in self.runners]})
+        for receiver in self.receivers:
+            receiver.start()
+        log.info(
+            "worker started",
+            extra={
+                "app": self.app.name,
+                "handlers": [r.name for r in self.runners],
+                "receivers": [r.name for r in self.receivers],
+            },
+        )
 
     def stop(self, timeout: float | None = None) -> None:
         """Stop every handler gracefully (in-flight work finished and committed), then the probes.
@@ -189,11 +205,15 @@ class Worker:
         self._stopping.set()  # not ready from now on: traffic should go elsewhere
         for runner in self.runners:
             runner.stopping.set()  # all at once: each finishes its in-flight work in parallel
+        for receiver in self.receivers:
+            receiver.stopping.set()
         deadline = time.monotonic() + (self.config.shutdown_timeout + 5.0 if timeout is None else timeout)
         for runner in self.runners:
             runner.stop(max(0.0, deadline - time.monotonic()))
         for scheduler in self.schedulers:
             scheduler.stop(max(0.0, deadline - time.monotonic()))
+        for receiver in self.receivers:
+            receiver.stop(max(0.0, deadline - time.monotonic()))
         if self._probes is not None:
             self._probes.stop()
         log.info(
@@ -309,6 +329,8 @@ def _tenant_names(part: WorkerApp, app: WorkerApp, names: Sequence[str] | None) 
 
 
 def _select(app: WorkerApp, names: Sequence[str] | None) -> list[type[EventHandler]]:
+    if not app.handlers and app.receive_commands and not names:
+        return []  # an application that only executes the commands other applications send
     if not app.handlers:
         raise ConfigurationError(f"the app {app.name!r} has no handlers to run")
     if not names:
