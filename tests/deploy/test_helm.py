@@ -24,6 +24,7 @@ import yaml
 from tests.deploy import tools
 from tests.deploy.cli_contract import run_tidings, variables_read_by
 from workers.cli_options import KAFKA_ENV_PREFIX, kafka_settings
+from workers.overrides import COMMAND_LINE_OPTIONS, parse_overrides
 
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "helm" / "tidings"
@@ -219,6 +220,9 @@ BAD_VALUES = {
     "store.schema=Bank; DROP": "at '/store/schema': 'Bank; DROP' does not match pattern",
     "kafka.bootstrapServers=a b": "at '/kafka/bootstrapServers'",
     "logLevel=loud": "at '/logLevel': value must be one of",
+    "workers[0].name=p,workers[0].app=m:a,workers[0].handlerOptions.h.concurency=2": (
+        "invalid propertyName 'concurency'"
+    ),
 }
 
 
@@ -243,6 +247,10 @@ TEMPLATE_REFUSALS = {
     "duplicate groups": (
         "workers[0].name=p,workers[0].app=m:a,workers[1].name=p,workers[1].app=m:b",
         'the name "p" is used twice',
+    ),
+    "options for a handler the group does not run": (
+        "workers[0].name=p,workers[0].app=m:a,workers[0].handlers={h},workers[0].handlerOptions.g.concurrency=2",
+        'workers[p].handlerOptions names "g", which the group does not run (its handlers: h)',
     ),
     "service monitor without services": (
         "serviceMonitor.enabled=true,service.enabled=false",
@@ -303,6 +311,39 @@ def test_each_worker_group_is_a_deployment_running_its_handlers() -> None:
         service = find(manifests, "Service", deployment["metadata"]["name"])
         assert service["spec"]["selector"].items() <= pod_labels(deployment).items()
         assert service["spec"]["ports"][0]["targetPort"] == "http"
+
+
+def test_handler_options_reach_the_worker_as_set_pairs_it_reads() -> None:
+    manifests = render(
+        "--set",
+        "workers[0].name=p,workers[0].app=m:a,workers[0].handlers={bank.emails},"
+        "workers[0].handlerOptions.bank\\.emails.start_from=1234567,"
+        "workers[0].handlerOptions.bank\\.emails.static_membership=true,"
+        "workers[0].handlerOptions.bank\\.emails.ordering=null,"
+        "workers[0].handlerOptions.bank\\.emails.on_poison=dead_letter",
+    )
+    args = containers(find(manifests, "Deployment", "rel-tidings-worker-p"))[0]["args"]
+    pairs = [args[i + 1] for i, arg in enumerate(args) if arg == "--set"]
+    # Whole numbers stay integers (Helm reads YAML numbers as floats); null is none.
+    assert pairs == [
+        "bank.emails.on_poison=dead_letter",
+        "bank.emails.ordering=none",
+        "bank.emails.start_from=1234567",
+        "bank.emails.static_membership=true",
+    ]
+    assert parse_overrides(pairs) == {
+        "bank.emails": {
+            "on_poison": "dead_letter",
+            "ordering": None,
+            "start_from": 1234567,
+            "static_membership": True,
+        }
+    }
+    assert run_tidings(*args, "--help").returncode == 0
+    # The schema offers exactly the options the worker takes.
+    schema = json.loads((CHART / "values.schema.json").read_text())
+    options = schema["definitions"]["handlerOptions"]["additionalProperties"]["propertyNames"]["enum"]
+    assert options == list(COMMAND_LINE_OPTIONS)
 
 
 def test_autoscalers_target_their_deployment_and_keda_reads_the_handlers_groups() -> None:
