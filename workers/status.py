@@ -41,6 +41,7 @@ from typing import Any, Literal
 
 from psycopg import sql
 
+from eventstore.command_sender import OutboxStatus, outbox_status
 from eventstore.leadership import application_name, lock_key
 from eventstore.postgres.store import PostgresEventStore
 from eventstore.relay import RelayStatus, relay_status
@@ -54,6 +55,7 @@ from workers.runner import handler_topics
 
 __all__ = [
     "HandlerProgress",
+    "ReceiverProgress",
     "HandlerSpec",
     "KafkaUnavailable",
     "Kind",
@@ -170,6 +172,18 @@ class HandlerProgress:
 
 
 @dataclass(frozen=True, slots=True)
+class ReceiverProgress:
+    """A command receiver (``workers.command_receiver``): commands executed, parked, and its lag on its
+    topic (its consumer group and its topic are both named ``<app>.commands``)."""
+
+    name: str
+    received: int
+    parked: int
+    lag: int | None
+    """Messages of the topic past the group's committed offsets (None: the topic does not exist)."""
+
+
+@dataclass(frozen=True, slots=True)
 class StoreStatus:
     """What ``tidings status`` shows: the store's newest event, the relays and the handlers."""
 
@@ -178,6 +192,9 @@ class StoreStatus:
     topics: tuple[str, ...]
     relays: tuple[RelayStatus, ...]
     handlers: tuple[HandlerProgress, ...]
+    outbox: tuple[OutboxStatus, ...] = ()
+    """Commands to other applications not sent yet, per destination (stuck ones show their error)."""
+    receivers: tuple[ReceiverProgress, ...] = ()
 
     def handler(self, name: str) -> HandlerProgress:
         """The handler named ``name``. Raises: KeyError."""
@@ -219,6 +236,8 @@ class StoreStatus:
                 }
                 for h in self.handlers
             ],
+            "outbox": [asdict(o) for o in self.outbox],
+            "receivers": [asdict(r) for r in self.receivers],
         }
 
 
@@ -260,7 +279,40 @@ def collect_status(
         _progress(spec, rows, committed[spec.name], read[spec.name], ends, groups[spec.name], view)
         for spec in specs
     ]
-    return StoreStatus(store.config.schema, last, tuple(topics), relays, tuple(progress))
+    return StoreStatus(
+        store.config.schema,
+        last,
+        tuple(topics),
+        relays,
+        tuple(progress),
+        tuple(outbox_status(store)),
+        tuple(_receivers(store, view)),
+    )
+
+
+def _receivers(store: PostgresEventStore, view: KafkaView) -> list[ReceiverProgress]:
+    """The command receivers that have received or parked something in this store."""
+    schema = store.config.schema
+    with store.connection() as conn:
+        rows = conn.execute(
+            sql.SQL(
+                "SELECT name, sum(received), sum(parked) FROM ("
+                "SELECT receiver AS name, count(*) AS received, 0 AS parked FROM {r} GROUP BY receiver "
+                "UNION ALL SELECT handler, 0, count(*) FROM {p} WHERE handler LIKE '%%.commands' "
+                "GROUP BY handler) AS c GROUP BY name ORDER BY name"
+            ).format(r=sql.Identifier(schema, "received_commands"), p=sql.Identifier(schema, "parked_events"))
+        ).fetchall()
+    found = []
+    existing = view.topics()
+    for name, received, parked in rows:
+        lag: int | None = None
+        if name in existing:
+            partitions = view.partitions([name])
+            committed = view.committed({name: partitions})[name]
+            ends = view.ends(partitions)
+            lag = sum(max(0, ends[p][1] - committed.get(p, ends[p][0])) for p in partitions)
+        found.append(ReceiverProgress(name, int(received), int(parked), lag))
+    return found
 
 
 @dataclass

@@ -134,6 +134,7 @@ def _print(status: StoreStatus) -> None:
     for relay in status.relays:
         if relay.verdict != "ok":
             out.print(f"[bold red]relay {relay.name}[/] ({relay.verdict}): {relay.problem}", soft_wrap=True)
+    _print_commands(status)
     if not status.handlers:
         out.print(f"no handler found for {', '.join(status.topics)}")
         return
@@ -178,6 +179,23 @@ def _print(status: StoreStatus) -> None:
             out.print(f"{h.name} is {h.state}: fix the cause, then `tidings handler restart {h.name}`")
     if any(h.kind is None for h in status.handlers):
         out.print("kind ?: found in the store and Kafka without its app; pass --app to know it")
+
+
+def _print_commands(status: StoreStatus) -> None:
+    """Commands to other applications waiting to be sent, and the commands this store received."""
+    for o in status.outbox:
+        out.print(
+            f"[bold]command outbox[/] to {escape(o.destination)}: {o.unsent} unsent, oldest "
+            f"{o.oldest_seconds:.0f} s" + (f"; last error: {escape(o.last_error)}" if o.last_error else ""),
+            soft_wrap=True,
+        )
+    for r in status.receivers:
+        lag = "?" if r.lag is None else str(r.lag)
+        out.print(
+            f"[bold]commands received[/] by {escape(r.name)}: {r.received} executed, {r.parked} parked, "
+            f"lag {lag}" + (f" (`tidings parked list --handler {r.name}`)" if r.parked else ""),
+            soft_wrap=True,
+        )
 
 
 def _partitions(handlers: tuple[HandlerProgress, ...]) -> Table:

@@ -23,6 +23,7 @@ from workers.command_receiver import CommandReceiver
 from workers.delivery import delivery_of
 from workers.parking import BEHIND, ParkedEvents
 from workers.scheduling import command_type
+from workers.status import collect_status
 
 CORRELATION = uuid.uuid4()
 
@@ -120,6 +121,11 @@ def test_bad_commands_are_parked_per_key_with_a_typed_error_and_run_once_retried
         assert first.startswith("unknown command type 'no.Such'"), errors
         assert behind == BEHIND, "the good command waits behind it, in order"
         assert len(event_store.read_stream_forward(f"account-{account}")) == 1, "nothing deposited yet"
+
+        (shown,) = collect_status(
+            event_store, kafka_namespace.bootstrap_servers, {}, topics=[], handlers=[]
+        ).receivers
+        assert (shown.name, shown.parked) == (receiver.name, 3), "tidings status shows them"
 
         bad = [p.id for p in parked.list(receiver.name) if p.error != BEHIND]
         assert parked.discard(receiver.name, ids=bad) == 2
