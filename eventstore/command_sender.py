@@ -424,7 +424,8 @@ class CommandSender:
     def _create_topic(self, topic: str) -> None:
         admin = AdminClient(self._connection)
         future = admin.create_topics(
-            [NewTopic(topic, self.config.partitions, self.config.replication_factor)],
+            # Kept until received, however long the receiving application is down.
+            [NewTopic(topic, self.config.partitions, self.config.replication_factor, config={"retention.ms": "-1"})],
             operation_timeout=self.config.transaction_timeout,
         )[topic]
         try:
