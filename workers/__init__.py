@@ -20,7 +20,7 @@ from workers.app import Tenant, WorkerApp, WorkerConfig
 from workers.delivery import EventMetadata, UndecodableMessage
 from workers.execution import HandlerStopped
 from workers.failure import ErrorAnswer, FailureContext, Park, Retry, Skip, Stop
-from workers.handler import BatchFailed, EventHandler, ordering_of
+from workers.handler import BatchFailed, EventHandler, InvalidOverride, ordering_of
 from workers.handler_states import HandlerStates, StoppedHandler
 from workers.health import Check, HealthReport, check_health
 from workers.parking import ParkedEvent, ParkedEvents
@@ -69,6 +69,7 @@ __all__ = [
     # errors
     "HandlerStopped",
     "HistoryUnavailable",
+    "InvalidOverride",
     "CommandFailed",
     "EventTimeout",
     "UndecodableMessage",
