@@ -2,11 +2,13 @@
 
 A worker started with ``--set NAME.start_from=current`` on a topic with history handles only the events
 appended after it first started; given a different start_from later, the handler refuses to run and
-says how to apply it. Handlers, projections and process managers see their application's name.
+says how to apply it, and doing so (reset, then start) applies it. Handlers, projections and process
+managers see their application's name.
 """
 
 from __future__ import annotations
 
+import json
 import threading
 import uuid
 from pathlib import Path
@@ -19,7 +21,7 @@ from examples.bank.accounts import OpenAccount, accounts
 from examples.bank.events import AccountOpened
 from tests.tidings.test_dispatch import MAPPER
 from tests.workers import start_apps
-from tests.workers.cli_support import WorkerProcess, worker_env
+from tests.workers.cli_support import WorkerProcess, tidings, worker_env
 from tests.workers.worker_support import append_noted, eventually, stack
 from tidings import Application
 from tidings.pytest_plugin import KafkaNamespace, PostgresSchema
@@ -82,6 +84,21 @@ def test_a_worker_given_start_from_current_handles_only_new_events_and_they_carr
             assert f"drop --set {name}.start_from" in reason
             assert worker.terminate() == 0
         assert len(start_apps.seen(url, schema)) == len(new) + len(more)  # the history still not handled
+
+        # Doing what the message says applies it: reset (given the same --set), then start with it.
+        reset = tidings(
+            "reset", name, "--app", APP, "--set", f"{name}.start_from=origin", "--yes", "--json", env=env
+        )
+        assert reset.returncode == 0, reset.stderr
+        assert json.loads(reset.stdout)["start_from"] == "origin"
+        with WorkerProcess(other, env, tmp_path / "reset.log") as worker:
+            total = len(history) + len(new) + len(more)
+            eventually(
+                lambda: len(start_apps.seen(url, schema)) >= total, timeout=60, what="the history handled"
+            )
+            assert worker.ready()
+            assert worker.terminate() == 0
+        assert [number for number, _, _ in start_apps.seen(url, schema)] == list(range(1, total + 1))
 
 
 def test_handlers_projections_and_process_managers_see_their_applications_name(
