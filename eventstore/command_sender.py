@@ -117,15 +117,21 @@ class SenderConfig:
 
     def __post_init__(self) -> None:
         if not self.bootstrap_servers:
-            raise ConfigurationError("the command sender needs Kafka's bootstrap servers (KAFKA_BOOTSTRAP_SERVERS)")
-        fixed = sorted({"enable.idempotence", "acks", "transactional.id", "isolation.level"} & set(self.kafka))
+            raise ConfigurationError(
+                "the command sender needs Kafka's bootstrap servers (KAFKA_BOOTSTRAP_SERVERS)"
+            )
+        fixed = sorted(
+            {"enable.idempotence", "acks", "transactional.id", "isolation.level"} & set(self.kafka)
+        )
         if fixed:
             raise ConfigurationError(
                 f"the command sender sets {', '.join(fixed)} itself (its exactly-once sending rests on "
                 "them): remove them from the Kafka settings"
             )
         if self.batch_size < 1 or min(self.poll_interval, self.standby_poll, self.transaction_timeout) <= 0:
-            raise ConfigurationError("batch_size, poll_interval, standby_poll and transaction_timeout must be positive")
+            raise ConfigurationError(
+                "batch_size, poll_interval, standby_poll and transaction_timeout must be positive"
+            )
 
 
 class _Row(NamedTuple):
@@ -157,8 +163,9 @@ class _Statements:
         outbox = sql.Identifier(schema, "command_outbox")
         senders = sql.Identifier(schema, "command_senders")
         self.unsent = sql.SQL(
-            "SELECT id, destination, command_type, command::text, metadata::text, command_uuid, causation_id, "
-            "correlation_id, created_by, partition_key, created_at FROM {} WHERE sent_at IS NULL "
+            "SELECT id, destination, command_type, command::text, metadata::text, command_uuid, "
+            "causation_id, correlation_id, created_by, partition_key, created_at FROM {} "
+            "WHERE sent_at IS NULL "
             "ORDER BY id LIMIT %s"
         ).format(outbox)
         self.mark_sent = sql.SQL(
@@ -167,7 +174,9 @@ class _Statements:
         self.failed = sql.SQL(
             "UPDATE {} SET attempts = attempts + 1, last_error = %s WHERE id = ANY(%s)"
         ).format(outbox)
-        self.ensure = sql.SQL("INSERT INTO {} (name) VALUES (%s) ON CONFLICT (name) DO NOTHING").format(senders)
+        self.ensure = sql.SQL("INSERT INTO {} (name) VALUES (%s) ON CONFLICT (name) DO NOTHING").format(
+            senders
+        )
         self.lead = sql.SQL(
             "UPDATE {} SET leader = %s, leader_since = now(), updated_at = now() WHERE name = %s"
         ).format(senders)
@@ -329,7 +338,7 @@ class CommandSender:
         """One batch in one Kafka transaction, recorded before and marked sent after (see the module)."""
         batch_id = uuid.uuid4()
         placed = [(row, *self._place(producer, row)) for row in rows]
-        _, topic, key, partition = placed[0]
+        _, topic, _, partition = placed[0]
         _, end = self._watermarks.get_watermark_offsets(  # type: ignore[union-attr]
             TopicPartition(topic, partition), timeout=self.config.transaction_timeout
         )
@@ -416,7 +425,9 @@ class CommandSender:
                 created = True
             if time.monotonic() > deadline:
                 raise KafkaException(
-                    KafkaError(KafkaError.UNKNOWN_TOPIC_OR_PART, f"topic {topic!r} has no partitions in Kafka")
+                    KafkaError(
+                        KafkaError.UNKNOWN_TOPIC_OR_PART, f"topic {topic!r} has no partitions in Kafka"
+                    )
                 )
             if self._stopping.wait(0.2):
                 raise _Stopped
@@ -425,7 +436,14 @@ class CommandSender:
         admin = AdminClient(self._connection)
         future = admin.create_topics(
             # Kept until received, however long the receiving application is down.
-            [NewTopic(topic, self.config.partitions, self.config.replication_factor, config={"retention.ms": "-1"})],
+            [
+                NewTopic(
+                    topic,
+                    self.config.partitions,
+                    self.config.replication_factor,
+                    config={"retention.ms": "-1"},
+                )
+            ],
             operation_timeout=self.config.transaction_timeout,
         )[topic]
         try:
@@ -450,7 +468,9 @@ class CommandSender:
                 }
             )
         except KafkaException as exc:
-            raise ConfigurationError(f"Kafka refused the command sender's settings: {exc.args[0].str()}") from None
+            raise ConfigurationError(
+                f"Kafka refused the command sender's settings: {exc.args[0].str()}"
+            ) from None
         backoff = 0.1
         while True:
             try:
@@ -484,7 +504,12 @@ class CommandSender:
                 conn.execute(self._sql.clear_batch, (0, self.config.name))
         log.info(
             "command sender settled the previous leader's last batch",
-            extra={"sender": self.identity, "batch": str(batch_id), "committed": committed, "commands": len(ids)},
+            extra={
+                "sender": self.identity,
+                "batch": str(batch_id),
+                "committed": committed,
+                "commands": len(ids),
+            },
         )
 
     def _batch_committed(self, batch_id: str, topic: str, partition: int, offset: int) -> bool:

@@ -49,11 +49,17 @@ def _write(store: PostgresEventStore, destination: str, count: int) -> list[str]
 
 def _on_topic(bootstrap: str, topic: str) -> Counter[str]:
     consumer = Consumer(
-        {"bootstrap.servers": bootstrap, "group.id": f"check-{uuid.uuid4()}", "isolation.level": "read_committed"}
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": f"check-{uuid.uuid4()}",
+            "isolation.level": "read_committed",
+        }
     )
     try:
         partitions = list(consumer.list_topics(topic, timeout=30).topics[topic].partitions)
-        ends = {p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=30)[1] for p in partitions}
+        ends = {
+            p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=30)[1] for p in partitions
+        }
         consumer.assign([TopicPartition(topic, p, 0) for p in partitions])
         found: Counter[str] = Counter()
 
@@ -130,5 +136,6 @@ def test_a_batch_recorded_but_never_committed_goes_out_again(
     finally:
         sender.stop()
     found = _on_topic(kafka_namespace.bootstrap_servers, commands_topic(destination))
-    assert sorted(found) == sorted(written) and set(found.values()) == {1}
+    assert sorted(found) == sorted(written)
+    assert set(found.values()) == {1}
     assert _pending(event_store) is None

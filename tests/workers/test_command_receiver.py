@@ -20,7 +20,7 @@ from tidings.json_encode import dataclass_to_json
 from tidings.pytest_plugin import KafkaNamespace
 from workers.app import WorkerApp, WorkerConfig
 from workers.command_receiver import CommandReceiver
-from workers.delivery import delivery_of
+from workers.delivery import Delivery, delivery_of
 from workers.parking import BEHIND, ParkedEvents
 from workers.scheduling import command_type
 from workers.status import collect_status
@@ -28,7 +28,7 @@ from workers.status import collect_status
 CORRELATION = uuid.uuid4()
 
 
-def _message(command: object, command_uuid: uuid.UUID, offset: int, key: bytes) -> object:
+def _message(command: object, command_uuid: uuid.UUID, offset: int, key: bytes) -> Delivery:
     headers = [
         (COMMAND_UUID_HEADER, str(command_uuid).encode()),
         (COMMAND_TYPE_HEADER, command_type(command).encode()),
@@ -80,14 +80,17 @@ def test_bad_commands_are_parked_per_key_with_a_typed_error_and_run_once_retried
     producer = Producer({"bootstrap.servers": kafka_namespace.bootstrap_servers})
 
     def send(value: bytes, headers: list[tuple[str, bytes]], message_key: bytes = key) -> None:
-        producer.produce(topic, value, message_key, headers=headers)
+        producer.produce(topic, value, message_key, headers=list(headers))
 
     deposit = Deposit(account, Decimal("5.00"))
     good_headers = [
         (COMMAND_TYPE_HEADER, command_type(deposit).encode()),
         ("correlation_id", str(CORRELATION).encode()),
     ]
-    send(b'{"whatever": 1}', [(COMMAND_UUID_HEADER, str(uuid.uuid4()).encode()), (COMMAND_TYPE_HEADER, b"no.Such")])
+    send(
+        b'{"whatever": 1}',
+        [(COMMAND_UUID_HEADER, str(uuid.uuid4()).encode()), (COMMAND_TYPE_HEADER, b"no.Such")],
+    )
     send(b"not json", [(COMMAND_UUID_HEADER, str(uuid.uuid4()).encode()), *good_headers], b"garbage")
     deposit_uuid = uuid.uuid4()
     deposit_json = json.dumps(dataclass_to_json(deposit, "test")).encode()
@@ -113,7 +116,7 @@ def test_bad_commands_are_parked_per_key_with_a_typed_error_and_run_once_retried
         eventually(
             lambda: len(event_store.read_stream_forward(f"account-{other}")) == 1, what="the other key ran"
         )
-        errors = {}
+        errors: dict[bytes, list[str]] = {}
         for p in parked.list(receiver.name):
             errors.setdefault(p.key, []).append(p.error)
         assert errors[b"garbage"][0].startswith("undecodable command"), errors
@@ -148,4 +151,4 @@ def test_bad_commands_are_parked_per_key_with_a_typed_error_and_run_once_retried
 def _received(store: PostgresEventStore, receiver: str, outcome: str) -> float:
     from workers.metrics import COMMANDS_RECEIVED
 
-    return COMMANDS_RECEIVED.labels(receiver, outcome)._value.get()  # type: ignore[attr-defined]
+    return float(COMMANDS_RECEIVED.labels(receiver, outcome)._value.get())

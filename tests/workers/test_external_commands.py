@@ -18,6 +18,7 @@ from psycopg import sql
 
 from eventstore import PostgresEventStore, StoreConfig, StreamNotFound, migrate
 from eventstore.command_sender import COMMAND_UUID_HEADER, commands_topic, outbox_status
+from eventstore.records import RecordedEvent
 from tests.eventstore.relay_support import RelayProcess
 from tests.workers.cli_support import WorkerProcess, worker_env
 from tests.workers.command_apps import (
@@ -59,7 +60,7 @@ def _count(store: PostgresEventStore, query: str) -> int:
     return int(row[0]) if row else 0
 
 
-def _stream(store: PostgresEventStore, stream: str) -> list[object]:
+def _stream(store: PostgresEventStore, stream: str) -> list[RecordedEvent]:
     try:
         return list(store.read_stream_forward(stream))
     except StreamNotFound:
@@ -78,7 +79,9 @@ def _command_uuids_in(bootstrap: str, topic: str) -> Counter[str]:
     )
     try:
         partitions = consumer.list_topics(topic, timeout=30).topics[topic].partitions
-        ends = {p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=30)[1] for p in partitions}
+        ends = {
+            p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=30)[1] for p in partitions
+        }
         consumer.assign([TopicPartition(topic, p, 0) for p in partitions])
         found: Counter[str] = Counter()
         done: set[int] = set()
@@ -86,7 +89,7 @@ def _command_uuids_in(bootstrap: str, topic: str) -> Counter[str]:
         def finished() -> bool:
             for message in consumer.consume(500, 0.5):
                 if message.error() is None:
-                    found[dict(message.headers() or [])[COMMAND_UUID_HEADER].decode()] += 1
+                    found[str(dict(message.headers() or [])[COMMAND_UUID_HEADER], "utf-8")] += 1
             for tp in consumer.position([TopicPartition(topic, p) for p in partitions]):
                 if tp.offset >= ends[tp.partition]:
                     done.add(tp.partition)
@@ -153,7 +156,7 @@ def test_a_process_manager_drives_another_application_exactly_once_across_kill_9
         payments_worker.kill()
         processes.append(worker(payments_env, "build_payments", "payments-worker-2.log"))
 
-        paid = f"SELECT count(*) FROM streams WHERE stream_id LIKE 'order-%' AND stream_version = 2"
+        paid = "SELECT count(*) FROM streams WHERE stream_id LIKE 'order-%' AND stream_version = 2"
         eventually(lambda: _count(event_store, paid) == ORDERS, timeout=300, what="every order paid")
         checkout = f"{kafka_namespace.prefix}checkout"
         eventually(
@@ -188,7 +191,9 @@ def test_a_process_manager_drives_another_application_exactly_once_across_kill_9
         assert paid_event.correlation_id == placed_event.correlation_id, "the reply keeps the correlation"
     assert _count(payments_store, received) == ORDERS, "payments executed each ChargePayment once"
     assert _count(event_store, received) == ORDERS, "orders executed each reply once"
-    assert outbox_status(event_store) == [] and outbox_status(payments_store) == [], "everything sent"
-    for store, app in ((event_store, payments_app), (payments_store, orders_app)):
+    assert outbox_status(event_store) == [], "every ChargePayment sent"
+    assert outbox_status(payments_store) == [], "every reply sent"
+    for app in (payments_app, orders_app):
         on_topic = _command_uuids_in(kafka_namespace.bootstrap_servers, commands_topic(app))
-        assert len(on_topic) == ORDERS and set(on_topic.values()) == {1}, "each command in Kafka once"
+        assert len(on_topic) == ORDERS, f"every command on {app}.commands"
+        assert set(on_topic.values()) == {1}, "each command in Kafka once"
