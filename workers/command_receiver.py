@@ -169,7 +169,10 @@ class CommandReceiver:
             except Exception as exc:  # noqa: BLE001 - Kafka or PostgreSQL away: wait and start again
                 metrics.ERRORS.labels(self.name, "receiver").inc()
                 self.reason = f"{type(exc).__name__}: {exc}"
-                log.warning("command receiver restarts after an error", extra={"receiver": self.name, "error": self.reason})
+                log.warning(
+                    "command receiver restarts after an error",
+                    extra={"receiver": self.name, "error": self.reason},
+                )
                 self.stopping.wait(backoff)
                 backoff = min(backoff * 2, MAX_BACKOFF_SECONDS)
 
@@ -187,7 +190,9 @@ class CommandReceiver:
                 "topic.metadata.refresh.interval.ms": 5000,
             }
         )
-        consumer.subscribe([self.topic], on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_revoke)
+        consumer.subscribe(
+            [self.topic], on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_revoke
+        )
         self.state, self.reason = "running", ""
         metrics.RUNNING.labels(self.name).set(1)
         released_check = lag_report = 0.0
@@ -196,7 +201,10 @@ class CommandReceiver:
                 messages = consumer.consume(self.config.max_poll_records, 0.5)
                 for message in messages:
                     if message.error() is not None:
-                        log.warning("command receiver: consumer error", extra={"receiver": self.name, "error": str(message.error())})
+                        log.warning(
+                            "command receiver: consumer error",
+                            extra={"receiver": self.name, "error": str(message.error())},
+                        )
                         continue
                     self.receive(_delivery(message))
                 if messages:
@@ -242,7 +250,8 @@ class CommandReceiver:
     def receive(self, delivery: Delivery) -> str:
         """Execute (or park) one received message; ``executed``, ``duplicate`` or ``parked``."""
         held = self._held.setdefault(
-            (delivery.topic, delivery.partition), self.parked.keys(self.name, delivery.topic, delivery.partition)
+            (delivery.topic, delivery.partition),
+            self.parked.keys(self.name, delivery.topic, delivery.partition),
         )
         if delivery.key in held:
             return self._park(delivery, BEHIND)
@@ -294,7 +303,9 @@ class CommandReceiver:
                 if not transient(exc) or self.stopping.is_set():
                     raise
                 metrics.ERRORS.labels(self.name, "postgres").inc()
-                log.warning("command receiver waits for PostgreSQL", extra={"receiver": self.name, "error": str(exc)})
+                log.warning(
+                    "command receiver waits for PostgreSQL", extra={"receiver": self.name, "error": str(exc)}
+                )
                 self.stopping.wait(backoff)
                 backoff = min(backoff * 2, MAX_BACKOFF_SECONDS)
 
@@ -365,7 +376,12 @@ class CommandReceiver:
         metrics.COMMANDS_RECEIVED.labels(self.name, "parked").inc()
         log.warning(
             "command parked",
-            extra={"receiver": self.name, "offset": delivery.offset, "partition": delivery.partition, "error": problem},
+            extra={
+                "receiver": self.name,
+                "offset": delivery.offset,
+                "partition": delivery.partition,
+                "error": problem,
+            },
         )
         return "parked"
 
@@ -399,7 +415,9 @@ class CommandReceiver:
                     return  # failed again: the key waits for the next release
             if not self.parked.of_key(self.name, topic, partition, key):
                 self._held.get((topic, partition), set()).discard(key)
-                log.info("parked commands of a key executed", extra={"receiver": self.name, "partition": partition})
+                log.info(
+                    "parked commands of a key executed", extra={"receiver": self.name, "partition": partition}
+                )
 
 
 def _delivery(message: Message) -> Delivery:
