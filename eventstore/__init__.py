@@ -16,6 +16,7 @@ from eventstore.config import DEFAULT_SCHEMA, StoreConfig, redact_url, sqlalchem
 from eventstore.errors import (
     ConcurrencyError,
     ConfigurationError,
+    DeadlineExceeded,
     DuplicateEvent,
     EmptyAppend,
     EventFieldTooLong,
@@ -29,6 +30,7 @@ from eventstore.errors import (
     StreamDeleted,
     StreamExists,
     StreamNotFound,
+    TransactionConflict,
     WrongExpectedVersion,
 )
 from eventstore.ids import new_event_id
@@ -114,6 +116,7 @@ __all__ = [
     # errors
     "ConcurrencyError",
     "ConfigurationError",
+    "DeadlineExceeded",
     "DuplicateEvent",
     "EmptyAppend",
     "EventFieldTooLong",
@@ -127,6 +130,7 @@ __all__ = [
     "StreamDeleted",
     "StreamExists",
     "StreamNotFound",
+    "TransactionConflict",
     "TopicCreationFailed",
     "TopicLimitTooSmall",
     "TopicMissing",

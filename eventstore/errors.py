@@ -10,7 +10,10 @@
     ├── ConcurrencyError
     │   ├── WrongExpectedVersion  the stream is at another version than expected (carries the actual one)
     │   ├── StreamExists          NO_STREAM was expected but the stream has events
-    │   └── StreamNotFound        STREAM_EXISTS was expected (or a read asked) but there is no such stream
+    │   ├── StreamNotFound        STREAM_EXISTS was expected (or a read asked) but there is no such stream
+    │   └── TransactionConflict   PostgreSQL ended the transaction to break a deadlock or a serialization
+    │                             conflict with another writer: run the whole transaction again
+    ├── DeadlineExceeded          the append was cancelled at its caller's deadline
     ├── StreamDeleted             the stream was soft-deleted: no more appends or stream reads
     ├── HardDeleteDisabled        hard deletion was asked for but the store does not allow it
     ├── StoreMoved                the store holds another cluster's transaction ids: re-base it first
@@ -26,6 +29,7 @@ from __future__ import annotations
 __all__ = [
     "ConcurrencyError",
     "ConfigurationError",
+    "DeadlineExceeded",
     "DuplicateEvent",
     "EmptyAppend",
     "EventFieldTooLong",
@@ -40,6 +44,7 @@ __all__ = [
     "StreamDeleted",
     "StreamExists",
     "StreamNotFound",
+    "TransactionConflict",
     "WrongExpectedVersion",
 ]
 
@@ -112,6 +117,27 @@ class StreamNotFound(ConcurrencyError):
     def __init__(self, stream_id: str) -> None:
         self.stream_id = stream_id
         super().__init__(f"stream {stream_id!r} does not exist")
+
+
+class TransactionConflict(ConcurrencyError):
+    """PostgreSQL chose this transaction as the one to end, to break a deadlock or a serialization
+    conflict (SQLSTATE class 40). Nothing of the transaction was written; it can run again as it is."""
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(
+            f"PostgreSQL ended the transaction to break a conflict with another writer ({detail}); nothing "
+            "of it was written. Run the whole transaction again (Application.transaction does); writers "
+            "that take several streams in the same order never deadlock"
+        )
+
+
+class DeadlineExceeded(EventStoreError, TimeoutError):
+    """An append given a deadline was still waiting (for a session, or for another writer's lock) when
+    the deadline passed, and was cancelled: nothing of it was written."""
+
+    def __init__(self, stream_id: str) -> None:
+        self.stream_id = stream_id
+        super().__init__(f"the append to {stream_id!r} was cancelled at its deadline; nothing was written")
 
 
 class StreamDeleted(EventStoreError):

@@ -16,29 +16,40 @@ correlation ids and the dispatch's metadata.
 from __future__ import annotations
 
 import asyncio
+import itertools
+import random
 import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import psycopg
 from opentelemetry import propagate, trace
 
-from eventstore import PostgresEventStore, StreamNotFound, WrongExpectedVersion
+from eventstore import (
+    DeadlineExceeded,
+    PostgresEventStore,
+    StreamNotFound,
+    TransactionConflict,
+    WrongExpectedVersion,
+)
 from eventstore.acknowledgements import Acknowledgements
 from tidings.aggregate import produced
 from tidings.aggregate_cache import AggregateCache
+from tidings.command_threads import CommandThreads, Job, on_command_thread
 from tidings.errors import DispatchHalted, ExecutionFailed, ExecutionTimeout, TooManyAttempts
 from tidings.mapper import EventMapper
 from tidings.middleware import DEFAULT_MIDDLEWARE, ConsistencyGuarantee, ExtractIdentity, Middleware, Pipeline
 from tidings.router import Consistency, Registration, Router
 from tidings.snapshotting import Snapshotting
+from tidings.stream_locks import StreamLocks
 
 __all__ = ["Application", "ExecutionResult", "Returning"]
 
 tracer = trace.get_tracer("tidings")
 
+T = TypeVar("T")
 Returning = Literal["aggregate_state", "aggregate_version", "events", "execution_result"] | None
 READ_BATCH = 1000
 
@@ -59,9 +70,15 @@ class ExecutionResult:
 class Application:
     """Dispatches commands to aggregates kept in a ``PostgresEventStore``.
 
+    Commands to one aggregate from this application run one after the other; writers elsewhere are
+    met by the store's optimistic check, and the command is decided again on what they wrote.
+
     Attributes:
-        retry_attempts: how often a command runs again after meeting a newer stream version.
-        timeout: seconds a dispatch may take before ``ExecutionTimeout`` (when nothing was appended).
+        retry_attempts: how often a command runs again after meeting a newer stream version (another
+            process's append) or losing a deadlock.
+        timeout: seconds a whole dispatch may take; past it, ``ExecutionTimeout`` and nothing appended.
+        command_threads: how many commands may run at once (each on a thread of its own, so that its
+            caller can stop waiting at the timeout); more wait their turn within their timeout.
     """
 
     def __init__(
@@ -76,6 +93,7 @@ class Application:
         timeout: float = 5.0,
         consistency: Consistency = "eventual",
         snapshotting: Mapping[type, Snapshotting] | None = None,
+        command_threads: int = 64,
     ) -> None:
         self.store = store
         self.mapper = mapper
@@ -97,6 +115,8 @@ class Application:
         self.timeout = timeout
         self.consistency = consistency
         self.snapshotting = dict(snapshotting or {})
+        self._threads = CommandThreads(command_threads)
+        self._streams = StreamLocks()
 
     def dispatch(
         self,
@@ -178,7 +198,7 @@ class Application:
                 middleware.before_dispatch(pipeline)
                 if pipeline.halted:
                     return self._halted(pipeline)
-            result = self._execute(registration, pipeline, attempts, traced)
+            result = self._execute_within(registration, pipeline, attempts, traced)
             pipeline.events, pipeline.aggregate_version = result.events, result.aggregate_version
             for middleware in self._after:
                 middleware.after_dispatch(pipeline)
@@ -196,34 +216,113 @@ class Application:
         dispatch cannot cache it itself: the transaction may still roll back)."""
         self.cache.put(result.stream_id, result.aggregate_state, result.aggregate_version)
 
+    def transaction(self, work: Callable[[psycopg.Connection[Any]], T], *, attempts: int | None = None) -> T:
+        """``work(connection)`` in one transaction of the store, run again from the start when PostgreSQL
+        ends it to break a deadlock or a serialization conflict (up to ``attempts``, by default
+        ``retry_attempts``, more times). ``work`` joins its dispatches to the transaction
+        (``dispatch(..., connection=connection)``) and must be safe to run again: all it wrote was
+        rolled back.
+
+        Raises:
+            TransactionConflict: every run lost a conflict; nothing of any was committed.
+            Whatever ``work`` raises; its transaction is rolled back.
+        """
+        tries = attempts if attempts is not None else self.retry_attempts
+        for run in itertools.count(1):
+            try:
+                with self.store.connection() as connection:
+                    return work(connection)
+            except TransactionConflict:
+                if run > tries:
+                    raise
+                _back_off(run, time.monotonic() + 1.0)
+        raise AssertionError("unreachable")
+
     async def dispatch_async(self, command: object, **options: Any) -> Any:
         """``dispatch`` for asyncio code: runs in a worker thread, so the event loop never blocks."""
         return await asyncio.to_thread(self.dispatch, command, **options)
 
     # --- one command ---------------------------------------------------------------------------
 
-    def _execute(
+    def _execute_within(
         self, registration: Registration, pipeline: Pipeline, attempts: int, traced: bool
+    ) -> ExecutionResult:
+        """``_execute`` bounded by the dispatch's timeout.
+
+        A command runs on one of the application's command threads while the caller waits, so that the
+        caller can stop waiting at the deadline even while an aggregate's ``execute`` is still busy. A
+        command abandoned then never appends; one already appending is waited for, and its append is
+        cancelled at the deadline if still running, so the caller learns whether it committed.
+        """
+        deadline = time.monotonic() + pipeline.timeout
+        if pipeline.connection is not None or on_command_thread():
+            # A joined dispatch runs in the caller's transaction, on the caller's thread; a command
+            # dispatched from inside another command's execute runs on its thread.
+            return self._run_command(registration, pipeline, attempts, traced, deadline, None)
+        job = Job(self._run_command, registration, pipeline, attempts, traced, deadline)
+        self._threads.run(job)
+        if not job.wait(deadline - time.monotonic()) and job.abandon():
+            raise ExecutionTimeout(pipeline.command, pipeline.timeout)
+        job.wait(None)
+        result: ExecutionResult = job.outcome()
+        return result
+
+    def _run_command(
+        self,
+        registration: Registration,
+        pipeline: Pipeline,
+        attempts: int,
+        traced: bool,
+        deadline: float,
+        job: Job | None,
     ) -> ExecutionResult:
         stream_id = pipeline.stream_id
         assert stream_id is not None, "ExtractIdentity sets the stream id"
-        timeout = pipeline.timeout
-        deadline = time.monotonic() + timeout
+        if pipeline.connection is not None:
+            # Never the in-process lock: the caller's transaction may hold the stream's row already,
+            # and a thread holding the lock while waiting for that row would wait for ever.
+            return self._execute(registration, pipeline, attempts, traced, deadline, job)
+        if not self._streams.acquire(stream_id, deadline - time.monotonic()):
+            raise ExecutionTimeout(pipeline.command, pipeline.timeout)
+        try:
+            return self._execute(registration, pipeline, attempts, traced, deadline, job)
+        finally:
+            self._streams.release(stream_id)
+
+    def _execute(
+        self,
+        registration: Registration,
+        pipeline: Pipeline,
+        attempts: int,
+        traced: bool,
+        deadline: float,
+        job: Job | None,
+    ) -> ExecutionResult:
+        stream_id = pipeline.stream_id
+        assert stream_id is not None, "ExtractIdentity sets the stream id"
         joined = pipeline.connection
-        state, version, snapshot_at = self._load(registration.aggregate, stream_id, joined)
-        for attempt in range(1, attempts + 2):
+        state, version, snapshot_at, fresh = self._load(registration.aggregate, stream_id, joined)
+        conflicts = 0
+        for attempt in itertools.count(1):
             if time.monotonic() > deadline:
-                raise ExecutionTimeout(pipeline.command, timeout)
-            if traced:
-                with tracer.start_as_current_span(f"execute {registration.aggregate.__qualname__}") as span:
-                    span.set_attribute("tidings.stream_id", stream_id)
-                    span.set_attribute("tidings.attempt", attempt)
-                    events = self._decide(registration, state, pipeline.command)
-                    span.set_attribute("tidings.events", len(events))
-            else:
-                events = self._decide(registration, state, pipeline.command)
+                raise ExecutionTimeout(pipeline.command, pipeline.timeout)
+            try:
+                events = self._decide_traced(
+                    registration, stream_id, state, pipeline.command, attempt, traced
+                )
+            except Exception:
+                # A refusal on a cached state may be wrong: believe it only once the store agrees.
+                newer = None if fresh else self._newer(state, version, stream_id, joined)
+                if newer is None:
+                    raise
+                state, version, fresh = *newer, True
+                continue
             if not events:
-                return ExecutionResult(stream_id, state, version, [], pipeline.metadata, attempt)
+                newer = None if fresh else self._newer(state, version, stream_id, joined)
+                if newer is None:
+                    return ExecutionResult(stream_id, state, version, [], pipeline.metadata, attempt)
+                state, version, fresh = *newer, True
+                continue
             records = [
                 self.mapper.to_event_data(
                     event,
@@ -233,11 +332,25 @@ class Application:
                 )
                 for event in events
             ]
+            if job is not None and not job.appending():
+                raise ExecutionTimeout(pipeline.command, pipeline.timeout)  # the caller has gone
             try:
-                new_version = self._append(stream_id, version, records, joined)
-            except WrongExpectedVersion:
+                new_version = self._append(stream_id, version, records, joined, deadline)
+            except DeadlineExceeded as exc:
+                raise ExecutionTimeout(pipeline.command, pipeline.timeout) from exc
+            except (WrongExpectedVersion, TransactionConflict) as exc:
+                if joined is not None and isinstance(exc, TransactionConflict):
+                    raise  # only the caller can run its whole transaction again
+                if job is not None:
+                    job.deciding()
+                conflicts += 1
+                if conflicts > attempts:
+                    self.cache.evict(stream_id)
+                    raise TooManyAttempts(stream_id, attempts + 1) from exc
+                _back_off(conflicts, deadline)
                 # Someone else appended: catch up with what they wrote and decide again.
                 state, version = self._catch_up(state, version, stream_id, joined)
+                fresh = True
                 continue
             state = self._apply(registration.aggregate, stream_id, state, events, committed=True)
             if joined is not None:
@@ -250,14 +363,47 @@ class Application:
                 snapshot_at = new_version
             self.cache.put(stream_id, state, new_version, registration.lifespan, snapshot_at)
             return ExecutionResult(stream_id, state, new_version, events, pipeline.metadata, attempt)
-        self.cache.evict(stream_id)
-        raise TooManyAttempts(stream_id, attempts + 1)
+        raise AssertionError("unreachable")
+
+    def _decide_traced(
+        self,
+        registration: Registration,
+        stream_id: str,
+        state: Any,
+        command: object,
+        attempt: int,
+        traced: bool,
+    ) -> list[object]:
+        if not traced:
+            return self._decide(registration, state, command)
+        with tracer.start_as_current_span(f"execute {registration.aggregate.__qualname__}") as span:
+            span.set_attribute("tidings.stream_id", stream_id)
+            span.set_attribute("tidings.attempt", attempt)
+            events = self._decide(registration, state, command)
+            span.set_attribute("tidings.events", len(events))
+            return events
+
+    def _newer(
+        self, state: Any, version: int, stream_id: str, joined: psycopg.Connection | None
+    ) -> tuple[Any, int] | None:
+        """The state after the stream's events past ``version``, or None when there are none."""
+        caught_up, at = self._catch_up(state, version, stream_id, joined)
+        if at == version:
+            return None
+        if joined is None:
+            self.cache.put(stream_id, caught_up, at)
+        return caught_up, at
 
     def _append(
-        self, stream_id: str, version: int, records: list[Any], joined: psycopg.Connection | None
+        self,
+        stream_id: str,
+        version: int,
+        records: list[Any],
+        joined: psycopg.Connection | None,
+        deadline: float,
     ) -> int:
         if joined is None:
-            return self.store.append_to_stream(stream_id, version, records)
+            return self.store.append_to_stream(stream_id, version, records, deadline=deadline)
         # A savepoint, so that a refused append leaves the caller's transaction usable for the retry.
         with joined.transaction():
             return self.store.append_to_stream(stream_id, version, records, connection=joined)
@@ -281,20 +427,22 @@ class Application:
 
     def _load(
         self, aggregate: type, stream_id: str, joined: psycopg.Connection | None = None
-    ) -> tuple[Any, int, int]:
-        """The aggregate's state, its stream version, and the version of its latest snapshot.
+    ) -> tuple[Any, int, int, bool]:
+        """The aggregate's state, its stream version, the version of its latest snapshot, and whether
+        the state was read from the store just now (not from the cache, which may be behind).
 
         In a joined transaction the stream is read there, so that what the transaction appended is seen.
         """
         cached = self.cache.get(stream_id)
         if cached is not None:
-            # Trusted as outside a transaction: an append from a stale version is refused, and caught up.
-            return cached.state, cached.version, cached.snapshot_at
+            # An append from a stale version is refused and caught up; a refusal or a no-op decided on
+            # it is checked against the store before it is believed (``_execute``).
+            return cached.state, cached.version, cached.snapshot_at, False
         snapshotting = self.snapshotting.get(aggregate)
         snapshot = snapshotting.load(self.store, aggregate, stream_id) if snapshotting is not None else None
         state, snapshot_at = snapshot if snapshot is not None else (aggregate(), 0)
         state, version = self._catch_up(state, snapshot_at, stream_id, joined)
-        return state, version, snapshot_at
+        return state, version, snapshot_at, True
 
     def _catch_up(
         self, state: Any, version: int, stream_id: str, joined: psycopg.Connection | None = None
@@ -319,6 +467,17 @@ class Application:
         if pipeline.response is None:
             raise DispatchHalted(pipeline.command)
         return pipeline.response
+
+
+def _back_off(conflicts: int, deadline: float) -> None:
+    """A random pause after the second conflict in a row and on, so that writers in several processes
+    stop meeting each other in lockstep; never past ``deadline``."""
+    if conflicts < 2:
+        return
+    pause = random.uniform(  # noqa: S311 - jitter, not a secret
+        0, min(0.001 * 2 ** (conflicts - 2), 0.05)
+    )
+    time.sleep(max(0.0, min(pause, deadline - time.monotonic())))
 
 
 def _overrides(middleware: Middleware, hook: str) -> bool:

@@ -90,11 +90,11 @@ class SessionPool:
         """
         self.release(self.acquire())
 
-    def acquire(self) -> Session:
+    def acquire(self, timeout: float | None = None) -> Session:
         """Lend a session, opening one if none is idle and the pool has room, else wait for one.
 
         Raises:
-            PoolExhausted: no session came back within the pool's timeout.
+            PoolExhausted: no session came back within ``timeout`` (the pool's timeout when None).
             StoreUnavailable: a new session could not be opened, or the pool is closed.
         """
         stale = None
@@ -106,7 +106,7 @@ class SessionPool:
                     stale = self._idle.popleft()
                     self._size -= 1
             else:
-                session = self._take_or_reserve()
+                session = self._take_or_reserve(self._timeout if timeout is None else timeout)
         if stale is not None:
             with contextlib.suppress(psycopg.Error):
                 stale.conn.close()
@@ -129,6 +129,10 @@ class SessionPool:
             if self._waiters:
                 self._returned.notify()
 
+    def discard(self, session: Session) -> None:
+        """Close a lent session instead of taking it back."""
+        self._discard(session)
+
     @contextlib.contextmanager
     def connection(self) -> Iterator[Connection]:
         """A session's connection for the length of the block."""
@@ -149,9 +153,9 @@ class SessionPool:
 
     # --- inside the lock ------------------------------------------------------------------------------
 
-    def _take_or_reserve(self) -> Session | None:
+    def _take_or_reserve(self, timeout: float) -> Session | None:
         """Return an idle session after waiting, or None with a place reserved for a new one."""
-        deadline = time.monotonic() + self._timeout
+        deadline = time.monotonic() + timeout
         while True:
             if self._closed:
                 raise StoreUnavailable("the event store is closed")
@@ -163,7 +167,7 @@ class SessionPool:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise PoolExhausted(
-                    f"all {self._max_size} sessions of the event store stayed busy for {self._timeout:.0f}s: "
+                    f"all {self._max_size} sessions of the event store stayed busy for {timeout:.1f}s: "
                     "raise StoreConfig.pool_size, or look for long statements and transactions"
                 )
             self._waiters += 1

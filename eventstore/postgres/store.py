@@ -14,16 +14,20 @@ from psycopg.conninfo import conninfo_to_dict
 from eventstore import metrics
 from eventstore.config import StoreConfig
 from eventstore.errors import (
+    DeadlineExceeded,
     DuplicateEvent,
     EventStoreError,
     HardDeleteDisabled,
+    PoolExhausted,
     StoreUnavailable,
     StreamDeleted,
     StreamExists,
     StreamNotFound,
+    TransactionConflict,
     WrongExpectedVersion,
 )
-from eventstore.postgres.pool import SessionPool
+from eventstore.postgres.deadlines import Deadlines
+from eventstore.postgres.pool import Session, SessionPool
 from eventstore.postgres.statements import Statements, notification_channel
 from eventstore.records import (
     ANY,
@@ -63,9 +67,13 @@ _UNAVAILABLE = (
 def _store_error(exc: psycopg.Error) -> EventStoreError:
     """The store's own error for a driver error, so that callers never need to catch psycopg.
 
-    Unreachable servers, ended sessions and timed-out statements become StoreUnavailable; anything
-    else becomes EventStoreError (raise it ``from`` the driver's error to keep the cause).
+    A deadlock or serialization failure becomes TransactionConflict (run the transaction again: the
+    server is fine); unreachable servers, ended sessions and timed-out statements become
+    StoreUnavailable; anything else becomes EventStoreError (raise it ``from`` the driver's error to
+    keep the cause).
     """
+    if (exc.sqlstate or "").startswith("40"):  # transaction rollback: deadlock, serialization failure
+        return TransactionConflict(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
     if isinstance(exc, _UNAVAILABLE):
         return StoreUnavailable(f"PostgreSQL is unavailable or ended the session: {exc}")
     return EventStoreError(f"unexpected database error ({type(exc).__name__}): {exc}")
@@ -131,6 +139,7 @@ class PostgresEventStore:
             timeout=config.statement_timeout,
         )
         self._pool.open()
+        self._deadlines = Deadlines()
         self.sequencer = Sequencer(
             self._pool,
             self._sql,
@@ -150,6 +159,7 @@ class PostgresEventStore:
 
     def close(self) -> None:
         self.sequencer.stop()
+        self._deadlines.stop()
         self._pool.close()
 
     def __enter__(self) -> PostgresEventStore:
@@ -177,10 +187,14 @@ class PostgresEventStore:
         expected_version: ExpectedVersion,
         events: Sequence[EventData],
         connection: Connection | None = None,
+        deadline: float | None = None,
     ) -> int:
         """Append ``events`` to ``stream_id`` atomically; return the stream's new version.
 
         With ``connection`` the append joins that connection's transaction (and commits with it).
+        With ``deadline`` (a ``time.monotonic()`` instant; not with ``connection``) an append still
+        waiting for a session or for another writer's lock at the deadline is cancelled: it either
+        committed before, and returns, or wrote nothing and raises ``DeadlineExceeded``.
 
         Raises:
             WrongExpectedVersion: an exact version (or 0) was expected and the stream is elsewhere.
@@ -188,6 +202,8 @@ class PostgresEventStore:
             StreamNotFound: STREAM_EXISTS was expected and there is no stream.
             StreamDeleted: the stream was soft-deleted.
             DuplicateEvent: an event_id is already stored.
+            TransactionConflict: (with ``connection``) the transaction lost a deadlock; run it again.
+            DeadlineExceeded: cancelled at ``deadline``; nothing written.
             InvalidStreamId, EmptyAppend, PayloadTooLarge, TypeError: bad input; nothing written.
             StoreUnavailable: PostgreSQL could not be reached.
         """
@@ -196,8 +212,9 @@ class PostgresEventStore:
         kind = _expectation_kind(expected_version)
         expected = expected_version if isinstance(expected_version, int) else 0
         # The hot path of the store: a lent session and its cursor, no generator-based context managers.
-        session = self._pool.acquire() if connection is None else None
+        session = self._session_until(deadline, stream_id) if connection is None else None
         cursor = session.cursor if session is not None else connection.cursor()  # type: ignore[union-attr]
+        watch = self._deadlines.watch(session.conn, deadline) if session and deadline is not None else None
         try:
             if len(events) >= COPY_AT:
                 version = self._append_by_copy(cursor, stream_id, expected_version, kind, expected, events)
@@ -205,6 +222,10 @@ class PostgresEventStore:
                 version = self._append_by_statement(
                     cursor, stream_id, expected_version, kind, expected, events
                 )
+        except pg_errors.QueryCanceled as exc:
+            if watch is not None and self._deadlines.unwatch(watch):
+                raise DeadlineExceeded(stream_id) from exc
+            raise _store_error(exc) from exc
         except pg_errors.UniqueViolation as exc:
             raise DuplicateEvent(
                 f"an event of this append is already stored in {stream_id!r}: {exc.diag.message_detail}"
@@ -213,11 +234,23 @@ class PostgresEventStore:
             raise _store_error(exc) from exc
         finally:
             if session is not None:
-                self._pool.release(session)
+                # A session that had a cancel sent is closed: the request could land on its next statement.
+                if watch is not None and self._deadlines.unwatch(watch):
+                    self._pool.discard(session)
+                else:
+                    self._pool.release(session)
         self._appended.inc(len(events))
         if self._run_sequencer and connection is None:
             self.sequencer.wake()
         return version
+
+    def _session_until(self, deadline: float | None, stream_id: str) -> Session:
+        if deadline is None:
+            return self._pool.acquire()
+        try:
+            return self._pool.acquire(timeout=max(0.0, deadline - time.monotonic()))
+        except PoolExhausted as exc:
+            raise DeadlineExceeded(stream_id) from exc
 
     def _append_by_statement(
         self,
