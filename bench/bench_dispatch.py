@@ -7,7 +7,9 @@ tidings runs with ``middleware=()`` (what the dispatcher always adds: ``ExtractI
 ``ConsistencyGuarantee``, idle for eventual consistency) and a cache.
 
 - One aggregate, serial: one thread deposits into one open account, ``Deposit`` after ``Deposit``,
-  through ``app.dispatch`` (the aggregate stays cached). The reference is the same appends through the
+  through ``app.dispatch`` (the aggregate stays cached), by default (each command on its caller's
+  thread) and with ``command_threads=16`` (each command handed to a thread, so that its caller can
+  leave at the timeout whatever the aggregate does). The reference is the same appends through the
   bare store API: the caller keeps the stream id, the version and the balance, builds the same
   ``MoneyDeposited`` (``datetime.now`` as ``Deposit`` does) and appends
   ``mapper.to_event_data(event, causation_id=..., correlation_id=...)`` with the version it expects,
@@ -24,6 +26,9 @@ once per ``repeat``, the two sides one after the other, who goes first alternati
 for both: dispatch overhead over the bare append below 25%, i.e. dispatch at 0.8 or more of the bare
 append's events/s.
 
+- One aggregate, 16 threads: one ``Application`` and 16 threads depositing into one account, every
+  failed dispatch counted (the target is none: commands to one aggregate wait for each other). The
+  reference is one thread appending to one stream through the bare store, the most a stream can take.
 - Cold load: accounts whose streams hold 1,000 events (an opening and 999 deposits, appended straight
   to the store in one batch, as ``tests/tidings/test_snapshots.py`` builds them), ``LONG_STREAMS`` of
   them per side and run, so that every timed command really loads a stream nobody has loaded yet. One
@@ -64,7 +69,7 @@ from bench.results import Row
 from eventstore import PostgresEventStore, StoreConfig, migrate
 from examples.bank.accounts import BankAccount, Deposit, OpenAccount, accounts
 from examples.bank.events import AccountOpened, MoneyDeposited, events
-from tidings import AggregateCache, Application, EventMapper, devservices
+from tidings import AggregateCache, Application, DispatchError, EventMapper, devservices
 from tidings.avro import AvroCodec, SchemaSet
 from tidings.snapshotting import Snapshotting
 
@@ -73,6 +78,7 @@ NAME = "dispatch"
 SECONDS = float(os.environ.get("BENCH_DISPATCH_SECONDS", "4"))
 WARMUP_SECONDS = 0.5
 WRITERS = 8
+CONTENDERS = 16
 ACCOUNTS = 1000
 LONG_STREAMS = 50
 LONG_EVENTS = 1000
@@ -124,14 +130,27 @@ class Side(ABC):
 
 class Dispatch(Side):
     name = "tidings"
+    command_threads = 0  # the default: each command on its caller's thread
 
     def __init__(self, store: PostgresEventStore, opened: list[UUID]) -> None:
-        self.app = Application(store, MAPPER, accounts, middleware=(), cache=AggregateCache())
+        self.app = Application(
+            store,
+            MAPPER,
+            accounts,
+            middleware=(),
+            cache=AggregateCache(),
+            command_threads=self.command_threads,
+        )
         for account in opened:
             self.app.dispatch(OpenAccount(account, "Ada", at=OPENED_AT))
 
     def deposit(self, account: UUID) -> None:
         self.app.dispatch(Deposit(account, AMOUNT))
+
+
+class ThreadedDispatch(Dispatch):
+    name = "tidings, command_threads=16"
+    command_threads = 16  # each command handed to a thread, so that its caller can leave at the timeout
 
 
 class BareAppend(Side):
@@ -157,7 +176,7 @@ class BareAppend(Side):
         self.accounts[account] = (stream, self.store.append_to_stream(stream, version, [record]), balance)
 
 
-SIDES: tuple[type[Dispatch] | type[BareAppend], ...] = (Dispatch, BareAppend)
+SIDES: tuple[type[Dispatch] | type[BareAppend], ...] = (Dispatch, ThreadedDispatch, BareAppend)
 
 
 def events_per_second(side: Side, shares: list[list[UUID]], seconds: float) -> float:
@@ -186,42 +205,111 @@ def events_per_second(side: Side, shares: list[list[UUID]], seconds: float) -> f
     return appended / elapsed
 
 
-def cached_case(url: str, repeat: int, seconds: float, case: str, accounts_: int, writers: int) -> Row:
+def cached_case(url: str, repeat: int, seconds: float, case: str, accounts_: int, writers: int) -> list[Row]:
+    """One row per way of dispatching (on command threads, and on the caller's), each against the bare
+    appends measured in the same runs."""
     runs: dict[str, list[float]] = defaultdict(list)
     for index in range(repeat):
-        # Who goes first alternates, so that drift on a shared machine hurts both sides alike.
-        for side_class in SIDES[index % 2 :] + SIDES[: index % 2]:
+        # Who goes first rotates, so that drift on a shared machine hurts every side alike.
+        shift = index % len(SIDES)
+        for side_class in SIDES[shift:] + SIDES[:shift]:
             opened = [uuid4() for _ in range(accounts_)]
             shares = [opened[w::writers] for w in range(writers)]
             with fresh_store(url, writers) as store:
                 side = side_class(store, opened)
                 runs[side.name].append(events_per_second(side, shares, seconds))
+    reference = statistics.median(runs[BareAppend.name])
+    rows = []
+    for ours_class in (Dispatch, ThreadedDispatch):
+        ours = statistics.median(runs[ours_class.name])
+        params = {
+            "writers": writers,
+            "accounts": accounts_,
+            "events_per_command": 1,
+            "seconds": seconds,
+            "repeat": repeat,
+            "runs": {name: runs[name] for name in (ours_class.name, BareAppend.name)},
+            "per_run_ratio": [
+                round(a / b, 3) for a, b in zip(runs[ours_class.name], runs[BareAppend.name], strict=True)
+            ],
+            "middleware": "() (ExtractIdentity only)",
+            "command_threads": ours_class.command_threads,
+            "target": f"dispatch >= {TARGET} of the bare append (overhead < 25%)",
+        }
+        label = "" if ours_class is Dispatch else ", command_threads=16"
+        rows.append(
+            Row(
+                NAME,
+                f"{case}{label}",
+                "throughput",
+                "events/s",
+                ours,
+                "bare append_to_stream, same encoded events",
+                reference,
+                ours / reference,
+                params,
+            )
+        )
+    return rows
+
+
+# --- contention: many threads, one aggregate ----------------------------------------------------------
+
+
+def contention_case(url: str, repeat: int, seconds: float) -> Row:
+    """``CONTENDERS`` threads depositing into one account through one application, against one thread
+    appending to one stream through the bare store: one stream takes one append at a time, so the
+    serial bare append is the most one aggregate can take. Every failed dispatch is counted."""
+    runs: dict[str, list[float]] = defaultdict(list)
+    failures: list[int] = []
+    for index in range(repeat):
+        for side_class in ((Dispatch, BareAppend), (BareAppend, Dispatch))[index % 2]:
+            account = uuid4()
+            with fresh_store(url, CONTENDERS) as store:
+                side = side_class(store, [account])
+                if isinstance(side, Dispatch):
+                    failed = [0]
+                    shares = [[account]] * CONTENDERS
+                    runs[side.name].append(events_per_second(Counting(side, failed), shares, seconds))
+                    failures.append(failed[0])
+                else:
+                    runs[side.name].append(events_per_second(side, [[account]], seconds))
     ours = statistics.median(runs[Dispatch.name])
     reference = statistics.median(runs[BareAppend.name])
     params = {
-        "writers": writers,
-        "accounts": accounts_,
-        "events_per_command": 1,
+        "writers": CONTENDERS,
+        "reference_writers": 1,
+        "accounts": 1,
         "seconds": seconds,
         "repeat": repeat,
         "runs": dict(runs),
-        "per_run_ratio": [
-            round(a / b, 3) for a, b in zip(runs[Dispatch.name], runs[BareAppend.name], strict=True)
-        ],
-        "middleware": "() (ExtractIdentity only)",
-        "target": f"dispatch >= {TARGET} of the bare append (overhead < 25%)",
+        "failed_dispatches": failures,
+        "target": "no failed dispatch (TooManyAttempts, ExecutionTimeout)",
     }
     return Row(
         NAME,
-        case,
+        f"one aggregate, {CONTENDERS} threads (cached)",
         "throughput",
         "events/s",
         ours,
-        "bare append_to_stream, same encoded events",
+        "bare append_to_stream, 1 thread, one stream",
         reference,
         ours / reference,
         params,
     )
+
+
+class Counting(Side):
+    """A side whose failures are counted instead of ending the run."""
+
+    def __init__(self, side: Side, failed: list[int]) -> None:
+        self.side, self.failed, self.name = side, failed, side.name
+
+    def deposit(self, account: UUID) -> None:
+        try:
+            self.side.deposit(account)
+        except DispatchError:
+            self.failed[0] += 1
 
 
 # --- cold loads of long streams ---------------------------------------------------------------------
@@ -398,20 +486,27 @@ def cold_case(url: str, repeat: int) -> list[Row]:
 
 def verdicts(rows: list[Row]) -> list[str]:
     """The issue's target, met or not, for the cases it names."""
-    return [
+    lines = [
         f"{row.case}: dispatch at {row.ratio:.2f} of the bare append (target >= {TARGET}, overhead < 25%): "
         f"{'met' if row.ratio >= TARGET else 'NOT met'}"
         for row in rows
-        if "target" in row.params
+        if "target" in row.params and "failed_dispatches" not in row.params
     ]
+    lines += [
+        f"{row.case}: {sum(row.params['failed_dispatches'])} failed dispatches (target 0): "
+        f"{'met' if not sum(row.params['failed_dispatches']) else 'NOT met'}"
+        for row in rows
+        if "failed_dispatches" in row.params
+    ]
+    return lines
 
 
 def run(repeat: int = 1) -> list[Row]:
     with devservices.postgres() as postgres:
         url = postgres.address
         rows = [
-            cached_case(url, repeat, SECONDS, "one aggregate, serial (cached)", 1, 1),
-            cached_case(
+            *cached_case(url, repeat, SECONDS, "one aggregate, serial (cached)", 1, 1),
+            *cached_case(
                 url,
                 repeat,
                 SECONDS,
@@ -419,6 +514,7 @@ def run(repeat: int = 1) -> list[Row]:
                 ACCOUNTS,
                 WRITERS,
             ),
+            contention_case(url, repeat, SECONDS),
             *cold_case(url, repeat),
         ]
     console = Console(width=120)

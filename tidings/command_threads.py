@@ -8,8 +8,12 @@ finishes deciding in the background and then appends nothing; an append already 
 the events were committed.
 
 Threads are started as callers need them, up to ``most``, and are daemons: a command stuck for good in an
-aggregate's code keeps its thread, but never keeps the process from exiting. Handing a command over
-costs about 20 microseconds (a queue and a lock), against 150-250 for the append it comes with.
+aggregate's code keeps its thread, but never keeps the process from exiting.
+
+Handing a command over costs two thread wake-ups per dispatch: about 20 microseconds on an idle
+machine, but 100-250 on a loaded 2-core VM, where it took dispatch from 0.76-0.84 of the bare append's
+throughput to 0.51-0.69 (bench/bench_dispatch.py). So it is the application's choice
+(``Application(command_threads=N)``), not the default; see docs/decisions/0017-write-side-truth.md.
 """
 
 from __future__ import annotations
@@ -57,12 +61,14 @@ class Job:
         self._error: BaseException | None = None
 
     def run(self) -> None:
+        """Run the command; its caller learns the outcome from ``finish``."""
         try:
             self._result = self._context.run(self._fn, *self._args, self)
         except BaseException as exc:  # noqa: BLE001 - handed to the caller as it is
             self._error = exc
-        finally:
-            self._done.release()
+
+    def finish(self) -> None:
+        self._done.release()
 
     def wait(self, timeout: float | None) -> bool:
         """Whether the job finished within ``timeout`` seconds (None: however long it takes)."""
@@ -109,18 +115,18 @@ class CommandThreads:
         self.most = most
         self._name = name
         self._jobs: queue.SimpleQueue[Job] = queue.SimpleQueue()
-        self._idle = threading.Semaphore(0)
+        self._idle = 0  # threads waiting for a job
         self._lock = threading.Lock()
         self._started = 0
 
     def run(self, job: Job) -> None:
-        if not self._idle.acquire(blocking=False):
-            with self._lock:
-                if self._started < self.most:
-                    self._started += 1
-                    threading.Thread(
-                        target=self._serve, name=f"{self._name}-{self._started}", daemon=True
-                    ).start()
+        with self._lock:
+            if self._idle:
+                self._idle -= 1
+            elif self._started < self.most:
+                self._started += 1
+                name = f"{self._name}-{self._started}"
+                threading.Thread(target=self._serve, name=name, daemon=True).start()
         self._jobs.put(job)
 
     def _serve(self) -> None:
@@ -128,4 +134,6 @@ class CommandThreads:
         while True:
             job = self._jobs.get()
             job.run()
-            self._idle.release()
+            job.finish()
+            with self._lock:
+                self._idle += 1

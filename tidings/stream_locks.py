@@ -5,8 +5,12 @@ per stream while a command loads, decides and appends, so that commands from one
 aggregate wait for each other instead of racing to the store and retrying. Writers in other processes
 are still met by the store's optimistic check.
 
-A lock exists only while some thread holds or waits for it, so the table stays as small as the number
-of aggregates busy at this moment.
+The locks are striped: a fixed table of locks, a stream taking the one its id hashes to. Two streams
+may share a lock, and then wait for each other for the length of one command (with 4,096 stripes and 8
+commands running, about one dispatch in 150 meets such a neighbour); what it buys is one uncontended
+lock per dispatch and no shared table to keep, which under many threads costs more than the waits.
+The locks are re-entrant, so a command dispatched from inside another's ``execute`` never waits for
+the lock its own thread holds.
 """
 
 from __future__ import annotations
@@ -15,35 +19,16 @@ import threading
 
 __all__ = ["StreamLocks"]
 
+STRIPES = 4096
+
 
 class StreamLocks:
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._entries: dict[str, tuple[threading.Lock, list[int]]] = {}
+    def __init__(self, stripes: int = STRIPES) -> None:
+        self._locks = [threading.RLock() for _ in range(stripes)]
 
     def acquire(self, stream_id: str, timeout: float) -> bool:
         """Take the stream's lock within ``timeout`` seconds; False when it stayed busy."""
-        with self._lock:
-            entry = self._entries.get(stream_id)
-            if entry is None:
-                entry = self._entries[stream_id] = (threading.Lock(), [0])
-            entry[1][0] += 1
-        if entry[0].acquire(timeout=max(0.0, timeout)):
-            return True
-        self._leave(stream_id, entry)
-        return False
+        return self._locks[hash(stream_id) % len(self._locks)].acquire(timeout=max(0.0, timeout))
 
     def release(self, stream_id: str) -> None:
-        with self._lock:
-            entry = self._entries[stream_id]
-        entry[0].release()
-        self._leave(stream_id, entry)
-
-    def _leave(self, stream_id: str, entry: tuple[threading.Lock, list[int]]) -> None:
-        with self._lock:
-            entry[1][0] -= 1
-            if not entry[1][0]:
-                del self._entries[stream_id]
-
-    def __len__(self) -> int:
-        return len(self._entries)
+        self._locks[hash(stream_id) % len(self._locks)].release()

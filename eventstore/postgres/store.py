@@ -244,6 +244,29 @@ class PostgresEventStore:
             self.sequencer.wake()
         return version
 
+    def lock_stream(self, stream_id: str, connection: Connection, deadline: float) -> int:
+        """Take the stream's row lock in ``connection``'s transaction, waiting for other writers no
+        later than ``deadline`` (``time.monotonic()``); return the stream's version (0: no stream yet).
+
+        While the transaction lasts, no other writer appends to the stream: a writer that keeps losing
+        the optimistic race takes it to be sure of its next append.
+
+        Raises:
+            DeadlineExceeded: another writer held the lock past the deadline.
+            StreamDeleted: the stream was soft-deleted.
+        """
+        wait_ms = max(1, int((deadline - time.monotonic()) * 1000))
+        try:
+            connection.execute("SELECT set_config('lock_timeout', %s, true)", (f"{wait_ms}ms",))
+            row = connection.execute(self._sql.lock_stream, (stream_id,)).fetchone()
+        except pg_errors.LockNotAvailable as exc:
+            raise DeadlineExceeded(stream_id) from exc
+        except psycopg.Error as exc:
+            raise _store_error(exc) from exc
+        if row is not None and row[1]:
+            raise StreamDeleted(stream_id)
+        return int(row[0]) if row is not None else 0
+
     def _session_until(self, deadline: float | None, stream_id: str) -> Session:
         if deadline is None:
             return self._pool.acquire()

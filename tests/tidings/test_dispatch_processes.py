@@ -25,12 +25,17 @@ MAPPER = EventMapper(AvroCodec(events, SchemaSet.load(SCHEMAS)))
 
 
 def _run_two(
-    schema: PostgresSchema, account: uuid.UUID, each: int, retry_attempts: int, gate: Path
+    schema: PostgresSchema,
+    account: uuid.UUID,
+    each: int,
+    retry_attempts: int | str,
+    gate: Path,
+    threads: int = 1,
 ) -> list[dict[str, int]]:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     command = [
         sys.executable, "-m", "tests.tidings.dispatcher_process",
-        schema.server_url, schema.name, str(account), str(each), str(retry_attempts), str(gate),
+        schema.server_url, schema.name, str(account), str(each), str(retry_attempts), str(gate), str(threads),
     ]  # fmt: skip
     processes = [
         subprocess.Popen(
@@ -90,3 +95,21 @@ def test_without_retries_some_deposits_give_up_and_those_append_nothing(
     assert succeeded + sum(r["exhausted"] for r in results) == 600
     assert _balance(event_store, account) == Decimal("0.01") * succeeded
     assert len(event_store.read_stream_forward(f"account-{account}", count=2000)) == 1 + succeeded
+
+
+def test_two_processes_of_eight_threads_on_one_aggregate_all_succeed_with_the_default_retries(
+    event_store: PostgresEventStore, postgres_schema: PostgresSchema, tmp_path: Path
+) -> None:
+    """Within a process the threads take turns (no conflict); the two processes meet in the store,
+    and the default retry_attempts, with the pause between conflicts, carries every command through."""
+    app = Application(event_store, MAPPER, accounts)
+    account = uuid.uuid4()
+    app.dispatch(OpenAccount(account, "Ada"))
+
+    results = _run_two(postgres_schema, account, each=25, retry_attempts="default", gate=tmp_path, threads=8)
+
+    assert [r["exhausted"] + r["failed"] for r in results] == [0, 0], results
+    assert sum(r["succeeded"] for r in results) == 400
+    assert sum(r["retried"] for r in results) > 0, "the processes met each other's appends and retried"
+    assert _balance(event_store, account) == Decimal("4.00")
+    assert len(event_store.read_stream_forward(f"account-{account}", count=2000)) == 401

@@ -21,7 +21,6 @@ from examples.bank.accounts import (
     BankAccount,
     Deposit,
     InsufficientFunds,
-    OpenAccount,
     Withdraw,
     accounts,
 )
@@ -124,9 +123,11 @@ def test_a_command_that_decides_nothing_is_decided_on_the_latest_state(
 # --- 2. the timeout bounds the whole dispatch ----------------------------------------------------
 
 
-def test_a_slow_aggregate_times_out_on_time_and_appends_nothing(event_store: PostgresEventStore) -> None:
+def test_with_command_threads_a_slow_aggregate_times_out_on_time_and_appends_nothing(
+    event_store: PostgresEventStore,
+) -> None:
     teller = Teller()
-    app = _app(event_store, teller)
+    app = _app(event_store, teller, command_threads=4)
     account = open_account(app)
 
     started = time.monotonic()
@@ -192,6 +193,21 @@ def test_an_append_that_waits_but_commits_before_the_deadline_is_reported_as_don
         holder.close()
     assert state.balance == Decimal("1.00")
     assert _events(event_store, account) == ["bank.AccountOpened", "bank.MoneyDeposited"]
+
+
+def test_on_the_callers_thread_a_slow_aggregate_times_out_when_it_returns_and_appends_nothing(
+    event_store: PostgresEventStore,
+) -> None:
+    teller = Teller()
+    app = _app(event_store, teller)  # command_threads=0, the default
+    account = open_account(app)
+    started = time.monotonic()
+    with pytest.raises(ExecutionTimeout, match="nothing was appended"):
+        app.dispatch(SlowDeposit(account, Decimal("1.00"), seconds=0.6), timeout=0.2)
+    assert time.monotonic() - started >= 0.6, "the caller ran the slow execute itself"
+    assert _events(event_store, account) == ["bank.AccountOpened"]
+    state = app.dispatch(Deposit(account, Decimal("2.00")), returning="aggregate_state")
+    assert state.balance == Decimal("2.00"), "the cache did not keep the timed-out decision"
 
 
 # --- 3. contention waits instead of failing -------------------------------------------------------
@@ -264,7 +280,8 @@ def test_a_deadlock_between_joined_transactions_is_a_conflict_not_an_outage(
     assert outcomes.count("committed") == 1, outcomes
     (lost,) = [o for o in outcomes if o != "committed"]
     assert isinstance(lost, TransactionConflict), repr(lost)
-    assert "deadlock" in str(lost) and "again" in str(lost)
+    assert "deadlock" in str(lost)
+    assert "again" in str(lost)
     assert len(_events(event_store, a)) + len(_events(event_store, b)) == 4, "the loser wrote nothing"
 
 
