@@ -6,11 +6,14 @@ Example::
     app.dispatch(OpenAccount(account_id, "Ada"))
     state = app.dispatch(Deposit(account_id, Decimal("10")), returning="aggregate_state")
 
-One dispatch: middleware ``before_dispatch`` (identity first); the aggregate from the cache or the store;
-``execute``; the events appended with the version the aggregate was at (optimistic concurrency); on
-``WrongExpectedVersion``, the missed events are read and applied and the command runs again, up to
-``retry_attempts`` times; then ``after_dispatch``. Every event carries the command's causation and
-correlation ids and the dispatch's metadata.
+One dispatch: middleware ``before_dispatch`` (identity first); the aggregate's lock in this application
+(one command per aggregate at a time); the aggregate from the cache or the store; ``execute``; the
+events appended with the version the aggregate was at (optimistic concurrency). On
+``WrongExpectedVersion`` the missed events are read and applied and the command runs again holding the
+stream's row lock, so that it cannot lose again. A refusal or a no-op decided on a cached state is
+checked against the store before it is believed. ``timeout`` bounds all of it: nothing is appended past
+the deadline. Then ``after_dispatch``. Every event carries the command's causation and correlation ids
+and the dispatch's metadata. docs/decisions/0017-the-write-side-decides-on-the-truth.md says why.
 """
 
 from __future__ import annotations
