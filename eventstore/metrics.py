@@ -100,7 +100,9 @@ RELAY_REPUBLISHED = Counter(
 )
 
 _SENDER = ["schema", "sender"]
-SENDER_LEADER = Gauge("tidings_command_sender_leader", "1 while this process sends the command outbox", _SENDER)
+SENDER_LEADER = Gauge(
+    "tidings_command_sender_leader", "1 while this process sends the command outbox", _SENDER
+)
 COMMANDS_SENT = Counter("tidings_commands_sent", "Outbox commands committed to Kafka", _SENDER)
 SENDER_ERRORS = Counter(
     "tidings_command_sender_errors", "Failures the command sender retried, by kind", [*_SENDER, "kind"]
