@@ -15,7 +15,9 @@ What cannot be executed is parked, per key, in ``parked_events`` under the recei
 aggregate) wait behind it, other keys go on. ``tidings parked list | retry | discard`` work on them:
 
 - ``UnknownCommandType``: the router routes no command of that type name;
-- ``UndecodableCommand``: a header is missing or malformed, or the JSON does not fit the class;
+- ``UndecodableCommand``: a header is missing or malformed, the JSON is not JSON (or nested deeper than
+  the decoder goes), or it does not fit the class, whose constructor refused it (any exception it raises,
+  ``__post_init__``'s own included);
 - ``CommandRejected``: the aggregate raised (a domain error) or the dispatch failed otherwise.
 
 Business refusals the sender should hear of are events (``PaymentDeclined``), not exceptions: they reach
@@ -279,8 +281,9 @@ class CommandReceiver:
             sent_by = (headers.get("sent_by") or b"").decode()
         except KeyError as missing:
             raise UndecodableCommand(f"header {missing} missing") from None
-        except (ValueError, TypeError, AttributeError) as exc:
-            raise UndecodableCommand(f"{type(exc).__name__}: {exc}") from None
+        except Exception as exc:  # noqa: BLE001 - any message, however made, is parked, never raised:
+            # malformed UTF-8, UUIDs or JSON, and JSON nested deeper than the decoder goes (RecursionError)
+            raise UndecodableCommand(_problem(exc)) from None
         if not isinstance(metadata, dict) or not isinstance(document, dict):
             raise UndecodableCommand("the command and its metadata must be JSON objects")
         cls = self._types.get(name)
@@ -288,8 +291,8 @@ class CommandReceiver:
             raise UnknownCommandType(name, sorted(self._types))
         try:
             command = build_dataclass(cls, document, name)
-        except (ValueProblem, ValueError, TypeError) as exc:
-            raise UndecodableCommand(f"{name}: {exc}") from None
+        except Exception as exc:  # noqa: BLE001 - the class's own checks (__post_init__) may raise anything
+            raise UndecodableCommand(f"{name}: {_problem(exc)}") from None
         return ReceivedCommand(command, name, command_uuid, causation, correlation, metadata, sent_by)
 
     def _execute(self, delivery: Delivery, received: ReceivedCommand, parked_id: int | None = None) -> str:
@@ -429,6 +432,14 @@ def _delivery(message: Message) -> Delivery:
         message.value(),
         message.headers(),
     )
+
+
+def _problem(exc: BaseException) -> str:
+    if isinstance(exc, RecursionError):
+        return "JSON nested deeper than the decoder goes (RecursionError)"
+    if isinstance(exc, ValueProblem):
+        return str(exc)
+    return f"{type(exc).__name__}: {exc}"
 
 
 def _optional_uuid(raw: bytes | None) -> uuid.UUID | None:
