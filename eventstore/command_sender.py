@@ -9,15 +9,24 @@ commands in the order they were written. The receiving application's worker exec
 Exactly once into Kafka, with the relay's means (docs/decisions/0006-exactly-once-relay.md and
 0016-external-commands.md):
 
-- one sender leads per store and name (an advisory lock, ``eventstore.leadership``), beside the relay
-  (``tidings relay`` runs both);
-- every sender of a store shares one ``transactional.id`` (``tidings-commands.<store id>.<name>``): a
-  new leader's ``init_transactions`` fences the previous one and settles its open transaction;
+- one sender leads per store (an advisory lock, ``tidings-commands.<schema>``, ``eventstore.leadership``),
+  beside the relay (``tidings relay`` runs both), whatever the relays' names: the outbox is one queue;
+- every sender of a store shares one ``transactional.id`` (``tidings-commands.<store id>``): a new
+  leader's ``init_transactions`` fences the previous one in Kafka and settles its open transaction;
+- and in PostgreSQL: a new leader increments ``command_senders.leader_epoch``, and every write of a
+  sender to that row and to the outbox names its epoch, so a deposed leader that wakes up (a pause, a cut
+  session) writes nothing and steps down (``LeadershipLost``);
 - each batch is one Kafka transaction. Before it begins, the sender records in PostgreSQL the batch's id,
-  its outbox ids, and where its first message will land (the partition's end offset then); after Kafka
-  commits it, the rows are marked sent and the record cleared, in one PostgreSQL transaction. A new
-  leader that finds a batch recorded reads that partition from that offset (``read_committed``): the
-  batch is there (committed: mark its rows sent) or it is not (aborted: its rows go out again).
+  its outbox ids, and where its first message will land (the partition's end offset then, uncommitted
+  messages included); after Kafka commits it, the rows are marked sent and the record cleared, in one
+  PostgreSQL transaction. A new leader that finds a batch recorded reads that partition from that offset
+  (``read_committed``) until the stable offset passes the partition's end: the batch is there
+  (committed: mark its rows sent) or it is not (aborted: its rows go out again). While another
+  producer's open transaction holds the stable offset back, it waits and says so (``BatchUnconfirmed``).
+
+A command Kafka can never accept (larger than the message limit, a destination that is no topic name) is
+set aside with its own error (``eventstore.command_outbox``); later commands of its target wait behind it,
+other targets go on.
 
 The outbox is read by ``sent_at IS NULL``, never "after the last id seen": ids commit out of order
 (DESIGN.md, invariant 3), and a row that commits late is simply sent in a later batch.
@@ -25,13 +34,14 @@ The outbox is read by ``sent_at IS NULL``, never "after the last id seen": ids c
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import socket
 import threading
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, NamedTuple
@@ -43,7 +53,8 @@ from confluent_kafka.cimpl import NewTopic
 from psycopg import sql
 
 from eventstore import metrics
-from eventstore.errors import ConfigurationError, EventStoreError
+from eventstore.command_outbox import OutboxStatus, outbox_status
+from eventstore.errors import ConfigurationError, EventStoreError, LeadershipLost
 from eventstore.kafka_tail import STORE_HEADER
 from eventstore.leadership import Leadership
 from eventstore.partitioner import KeyPartitioner
@@ -69,6 +80,22 @@ BATCH_HEADER = "tidings.command_batch"
 OUTBOX_ID_HEADER = "tidings.outbox_id"
 CHECK_LEADERSHIP_EVERY_SECONDS = 1.0
 MAX_BACKOFF_SECONDS = 5.0
+UNCONFIRMED_LOG_SECONDS = 5.0
+SENDER_ROW = "default"
+"""The store's one row in ``command_senders`` (one sender per store)."""
+DEFAULT_MESSAGE_MAX_BYTES = 1_000_000
+"""librdkafka's ``message.max.bytes`` when the settings do not give one."""
+
+# What Kafka answers about one message that it will never accept, however often it is sent.
+_REFUSED = frozenset(
+    {
+        KafkaError.MSG_SIZE_TOO_LARGE,
+        KafkaError.RECORD_LIST_TOO_LARGE,
+        KafkaError.INVALID_RECORD,
+        KafkaError.TOPIC_EXCEPTION,
+        KafkaError.INVALID_MSG,
+    }
+)
 
 
 def commands_topic(destination: str) -> str:
@@ -94,7 +121,8 @@ class SenderConfig:
 
     Attributes:
         bootstrap_servers: the Kafka cluster.
-        name: the sender's name; senders of one store with one name elect one leader.
+        name: the relay the sender runs beside (logs and metrics). It does not divide the outbox: the
+            senders of one store elect one leader, whatever their names.
         kafka: further librdkafka settings (security, SASL...), except those the guarantee rests on.
         create_topics, partitions, replication_factor: for ``<destination>.commands`` topics that do not
             exist yet (the receiving worker creates its own topic too).
@@ -148,64 +176,55 @@ class _Row(NamedTuple):
     created_at: datetime
 
 
-@dataclass(frozen=True, slots=True)
-class OutboxStatus:
-    """Commands of one destination not sent yet: how many, since when, and the last error met."""
-
-    destination: str
-    unsent: int
-    oldest_seconds: float
-    last_error: str | None
-
-
 class _Statements:
     def __init__(self, schema: str) -> None:
         outbox = sql.Identifier(schema, "command_outbox")
         senders = sql.Identifier(schema, "command_senders")
+        # Unsent and not set aside, and not behind a command of the same target that is set aside.
         self.unsent = sql.SQL(
             "SELECT id, destination, command_type, command::text, metadata::text, command_uuid, "
-            "causation_id, correlation_id, created_by, partition_key, created_at FROM {} "
-            "WHERE sent_at IS NULL "
+            "causation_id, correlation_id, created_by, partition_key, created_at FROM {} o "
+            "WHERE sent_at IS NULL AND failed_at IS NULL AND NOT EXISTS ("
+            "SELECT FROM {} f WHERE f.sent_at IS NULL AND f.failed_at IS NOT NULL "
+            "AND f.destination = o.destination AND f.partition_key = o.partition_key AND f.id < o.id) "
             "ORDER BY id LIMIT %s"
-        ).format(outbox)
+        ).format(outbox, outbox)
         self.mark_sent = sql.SQL(
             "UPDATE {} SET sent_at = now(), attempts = attempts + 1, last_error = NULL WHERE id = ANY(%s)"
         ).format(outbox)
         self.failed = sql.SQL(
             "UPDATE {} SET attempts = attempts + 1, last_error = %s WHERE id = ANY(%s)"
         ).format(outbox)
+        self.set_aside = sql.SQL(
+            "UPDATE {} SET attempts = attempts + 1, last_error = %s, failed_at = now() "
+            "WHERE id = %s AND sent_at IS NULL"
+        ).format(outbox)
         self.ensure = sql.SQL("INSERT INTO {} (name) VALUES (%s) ON CONFLICT (name) DO NOTHING").format(
             senders
         )
         self.lead = sql.SQL(
-            "UPDATE {} SET leader = %s, leader_since = now(), updated_at = now() WHERE name = %s"
+            "UPDATE {} SET leader = %s, leader_since = now(), leader_epoch = leader_epoch + 1, "
+            "updated_at = now() WHERE name = %s RETURNING leader_epoch"
         ).format(senders)
+        # Every write of a leader begins here: 0 rows means another leader took over (a new epoch), and
+        # the row stays locked until the write commits, so a new leader's epoch waits for it.
+        self.fence = sql.SQL("UPDATE {} SET updated_at = now() WHERE name = %s AND leader_epoch = %s").format(
+            senders
+        )
         self.pending = sql.SQL(
             "SELECT batch_id, batch_ids, batch_topic, batch_partition, batch_offset FROM {} WHERE name = %s"
         ).format(senders)
         self.record_batch = sql.SQL(
             "UPDATE {} SET batch_id = %s, batch_ids = %s, batch_topic = %s, batch_partition = %s, "
-            "batch_offset = %s, updated_at = now() WHERE name = %s"
+            "batch_offset = %s, updated_at = now() WHERE name = %s AND leader_epoch = %s"
         ).format(senders)
         self.clear_batch = sql.SQL(
             "UPDATE {} SET batch_id = NULL, batch_ids = NULL, batch_topic = NULL, batch_partition = NULL, "
-            "batch_offset = NULL, sent = sent + %s, updated_at = now() WHERE name = %s"
+            "batch_offset = NULL, sent = sent + %s, updated_at = now() WHERE name = %s AND leader_epoch = %s"
         ).format(senders)
         self.store_id = sql.SQL("SELECT value FROM {} WHERE key = 'store_id'").format(
             sql.Identifier(schema, "store_info")
         )
-        self.status = sql.SQL(
-            "SELECT destination, count(*), extract(epoch FROM now() - min(created_at)), "
-            "(array_agg(last_error ORDER BY id) FILTER (WHERE last_error IS NOT NULL))[1] "
-            "FROM {} WHERE sent_at IS NULL GROUP BY destination ORDER BY destination"
-        ).format(outbox)
-
-
-def outbox_status(store: PostgresEventStore) -> list[OutboxStatus]:
-    """Per destination, the commands waiting to be sent (none listed: everything was sent)."""
-    with store.connection() as conn:
-        rows = conn.execute(_Statements(store.config.schema).status).fetchall()
-    return [OutboxStatus(d, int(n), float(age or 0.0), error) for d, n, age, error in rows]
 
 
 class _ProducerFailed(Exception):
@@ -229,10 +248,17 @@ class CommandSender:
         self.store = store
         self.config = config
         self.schema = store.config.schema
-        self.identity = f"tidings-commands.{self.schema}.{config.name}"
+        # One per store, whatever the relay's name: two senders would both read every unsent row.
+        self.identity = f"tidings-commands.{self.schema}"
         self.whoami = f"{socket.gethostname()}:{os.getpid()}"
         self.leading = threading.Event()
         self.sent = 0
+        self.failure: BaseException | None = None
+        """What ended ``run()`` in its thread (None while it runs, or after ``stop()``)."""
+        self.on_failure: Callable[[BaseException], None] | None = None
+        """Called from the sender's thread when ``run()`` ends by an exception (``tidings relay`` stops)."""
+        self._epoch = 0
+        self._max_message_bytes = int(config.kafka.get("message.max.bytes", DEFAULT_MESSAGE_MAX_BYTES))
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
         self._leadership = Leadership(store.config.leadership_url, self.identity)
@@ -249,8 +275,22 @@ class CommandSender:
     def start(self) -> None:
         """Run in a background thread (``stop()`` ends it)."""
         if self._thread is None:
-            self._thread = threading.Thread(target=self.run, name=f"sender-{self.identity}", daemon=True)
+            self._thread = threading.Thread(target=self._guarded, name=f"sender-{self.identity}", daemon=True)
             self._thread.start()
+
+    def alive(self) -> bool:
+        """Whether the thread ``start()`` began still runs."""
+        return self._thread is not None and self._thread.is_alive()
+
+    def _guarded(self) -> None:
+        try:
+            self.run()
+        except BaseException as exc:
+            self.failure = exc
+            metrics.SENDER_ERRORS.labels(*self._labels, "died").inc()
+            log.exception("command sender stopped for good", extra={"sender": self.identity})
+            if self.on_failure is not None:
+                self.on_failure(exc)
 
     def stop(self, timeout: float = 30.0) -> None:
         self._stopping.set()
@@ -273,6 +313,12 @@ class CommandSender:
                 raise
             except _Stopped:
                 return
+            except LeadershipLost:
+                metrics.SENDER_ERRORS.labels(*self._labels, "deposed").inc()
+                log.warning(
+                    "command sender was deposed (another leader took over): it writes nothing and stands by",
+                    extra={"sender": self.identity, "epoch": self._epoch},
+                )
             except (EventStoreError, psycopg.Error, KafkaException, _ProducerFailed) as exc:
                 metrics.SENDER_ERRORS.labels(*self._labels, "leading").inc()
                 log.warning(
@@ -293,17 +339,27 @@ class CommandSender:
 
     def _lead(self) -> None:
         with self.store.connection() as conn:
-            conn.execute(self._sql.ensure, (self.config.name,))
-            conn.execute(self._sql.lead, (self.whoami, self.config.name))
+            conn.execute(self._sql.ensure, (SENDER_ROW,))
+            (epoch,) = conn.execute(self._sql.lead, (self.whoami, SENDER_ROW)).fetchone() or (0,)
             row = conn.execute(self._sql.store_id).fetchone()
+        self._epoch = int(epoch)
         self._store_id = str(row[0]) if row else self.schema
-        log.info("command sender leads", extra={"sender": self.identity, "leader": self.whoami})
+        log.info(
+            "command sender leads", extra={"sender": self.identity, "leader": self.whoami, "epoch": epoch}
+        )
         self.leading.set()
         metrics.SENDER_LEADER.labels(*self._labels).set(1)
         # The producer first: its init_transactions fences any earlier leader and settles its batch.
         producer = self._producer()
+        # Where a batch starts is the partition's real end: uncommitted messages of other producers'
+        # open transactions included (read_committed would answer the last stable offset, before them).
         self._watermarks = Consumer(
-            {**self._connection, "group.id": self.identity, "enable.auto.commit": False}
+            {
+                **self._connection,
+                "group.id": self.identity,
+                "enable.auto.commit": False,
+                "isolation.level": "read_uncommitted",
+            }
         )
         self._recover()
         checked = time.monotonic()
@@ -335,32 +391,68 @@ class CommandSender:
         )
 
     def _send(self, producer: Producer, rows: list[_Row]) -> None:
-        """One batch in one Kafka transaction, recorded before and marked sent after (see the module)."""
+        """One batch in one Kafka transaction, recorded before and marked sent after (see the module).
+
+        A command Kafka can never take is set aside, with its own error, and the batch read again
+        without it (and without the later commands of its target); other commands do not wait for it.
+        """
         batch_id = uuid.uuid4()
-        placed = [(row, *self._place(producer, row)) for row in rows]
-        _, topic, _, partition = placed[0]
+        placed: list[tuple[_Row, str, bytes, int, list[tuple[str, str]]]] = []
+        refused: dict[int, str] = {}
+        for row in rows:
+            try:
+                topic, key, partition = self._place(producer, row)
+            except ConfigurationError as exc:  # a destination that is no topic name
+                refused[row.id] = str(exc)
+                continue
+            headers = self._headers(row, batch_id)
+            size = len(row.command.encode()) + len(key) + sum(len(n) + len(v.encode()) for n, v in headers)
+            if size > self._max_message_bytes:
+                refused[row.id] = (
+                    f"{KafkaError(KafkaError.MSG_SIZE_TOO_LARGE).name()}: the command's message is {size} "
+                    f"bytes, more than Kafka takes (message.max.bytes {self._max_message_bytes})"
+                )
+                continue
+            placed.append((row, topic, key, partition, headers))
+        if refused:
+            self._set_aside(refused, rows)
+            return
+        _, topic, _, partition, _ = placed[0]
         _, end = self._watermarks.get_watermark_offsets(  # type: ignore[union-attr]
-            TopicPartition(topic, partition), timeout=self.config.transaction_timeout
+            TopicPartition(topic, partition), timeout=self.config.transaction_timeout, cached=False
         )
         ids = [row.id for row in rows]
         with self.store.connection() as conn:
-            conn.execute(self._sql.record_batch, (batch_id, ids, topic, partition, end, self.config.name))
+            recorded = conn.execute(
+                self._sql.record_batch, (batch_id, ids, topic, partition, end, SENDER_ROW, self._epoch)
+            ).rowcount
+            if recorded != 1:
+                raise LeadershipLost(self.identity)
+        delivery: dict[int, KafkaError] = {}
         try:
             producer.begin_transaction()
-            for row, row_topic, row_key, row_partition in placed:
-                self._produce(producer, row_topic, row_key, row_partition, self._headers(row, batch_id), row)
+            for row, row_topic, row_key, row_partition, headers in placed:
+                self._produce(producer, row_topic, row_key, row_partition, headers, row, delivery)
             producer.commit_transaction(self.config.transaction_timeout)
         except KafkaException as exc:
             error: KafkaError = exc.args[0]
+            producer.poll(0)  # the delivery reports still queued: which message Kafka refused, if any
             metrics.SENDER_ERRORS.labels(*self._labels, "kafka").inc()
-            with self.store.connection() as conn:
-                conn.execute(self._sql.failed, (f"{error.name()}: {error.str()}", ids))
+            refused = {i: f"{e.name()}: {e.str()}" for i, e in delivery.items() if e.code() in _REFUSED}
+            if not refused:
+                with self._fenced() as conn:
+                    conn.execute(self._sql.failed, (f"{error.name()}: {error.str()}", ids))
             if error.fatal():
+                if refused:
+                    self._set_aside(refused, rows)
                 raise _ProducerFailed(error.str()) from exc
             try:
                 producer.abort_transaction(self.config.transaction_timeout)
             except KafkaException as abort:
                 raise _ProducerFailed(abort.args[0].str()) from abort
+            if refused:
+                self._set_aside(refused, rows)
+                return
             log.warning(
                 "command batch failed; aborted, it goes out again",
                 extra={"sender": self.identity, "error": error.str(), "first": ids[0]},
@@ -369,15 +461,55 @@ class CommandSender:
             return
         self._sent(ids)
 
+    def _set_aside(self, refused: dict[int, str], rows: list[_Row]) -> None:
+        """Write each refused command's own error on its row and set it aside (``failed_at``)."""
+        by_id = {row.id: row for row in rows}
+        with self._fenced() as conn:
+            for row_id, problem in refused.items():
+                conn.execute(self._sql.set_aside, (problem, row_id))
+        for row_id, problem in refused.items():
+            row = by_id[row_id]
+            metrics.COMMANDS_SET_ASIDE.labels(*self._labels).inc()
+            log.error(
+                "command set aside: Kafka can never take it; later commands of its target wait behind it "
+                "(`tidings outbox list`, then `tidings outbox retry` or `discard`)",
+                extra={
+                    "sender": self.identity,
+                    "outbox_id": row_id,
+                    "destination": row.destination,
+                    "command_type": row.command_type,
+                    "error": problem,
+                },
+            )
+
+    @contextlib.contextmanager
+    def _fenced(self) -> Iterator[Any]:
+        """A transaction of the store in which this sender still leads (its epoch is the row's).
+
+        Raises:
+            LeadershipLost: another sender took the leadership since (a newer epoch); nothing is written.
+        """
+        with self.store.connection() as conn:
+            if conn.execute(self._sql.fence, (SENDER_ROW, self._epoch)).rowcount != 1:
+                raise LeadershipLost(self.identity)
+            yield conn
+
     def _sent(self, ids: list[int]) -> None:
         with self.store.connection() as conn:
+            cleared = conn.execute(self._sql.clear_batch, (len(ids), SENDER_ROW, self._epoch)).rowcount
+            if cleared != 1:
+                raise LeadershipLost(self.identity)  # rolls back: the new leader settles the batch
             conn.execute(self._sql.mark_sent, (ids,))
-            conn.execute(self._sql.clear_batch, (len(ids), self.config.name))
         self.sent += len(ids)
         metrics.COMMANDS_SENT.labels(*self._labels).inc(len(ids))
         log.debug("commands sent", extra={"sender": self.identity, "count": len(ids), "first": ids[0]})
 
     def _place(self, producer: Producer, row: _Row) -> tuple[str, bytes, int]:
+        """The row's topic, key and partition.
+
+        Raises:
+            ConfigurationError: its destination makes no topic name.
+        """
         topic = commands_topic(row.destination)
         # The target aggregate's identity keeps its commands on one partition, in order; without one,
         # the command's own id (no order is asked for).
@@ -386,14 +518,35 @@ class CommandSender:
         return topic, key, self._partitioner.partition(key, count)
 
     def _produce(
-        self, producer: Producer, topic: str, key: bytes, partition: int, headers: list[Any], row: _Row
+        self,
+        producer: Producer,
+        topic: str,
+        key: bytes,
+        partition: int,
+        headers: list[Any],
+        row: _Row,
+        delivery: dict[int, KafkaError],
     ) -> None:
+        def delivered(error: KafkaError | None, message: Any) -> None:
+            if error is not None:
+                delivery[row.id] = error
+
         while True:
             try:
-                producer.produce(topic, row.command.encode(), key, partition=partition, headers=headers)
+                producer.produce(
+                    topic,
+                    row.command.encode(),
+                    key,
+                    partition=partition,
+                    headers=headers,
+                    on_delivery=delivered,
+                )
                 return
             except BufferError:
                 producer.poll(0.05)
+            except KafkaException as exc:
+                delivery[row.id] = exc.args[0]  # refused before it left (too large for the client...)
+                raise
 
     def _headers(self, row: _Row, batch_id: uuid.UUID) -> list[tuple[str, str]]:
         found = [
@@ -463,7 +616,7 @@ class CommandSender:
                     **self._connection,
                     "enable.idempotence": True,
                     "acks": "all",
-                    "transactional.id": f"tidings-commands.{self._store_id}.{self.config.name}",
+                    "transactional.id": f"tidings-commands.{self._store_id}",
                     "transaction.timeout.ms": int(self.config.transaction_timeout * 1000),
                 }
             )
@@ -492,7 +645,7 @@ class CommandSender:
             BatchUnconfirmed: the partition could not be read far enough to tell.
         """
         with self.store.connection() as conn:
-            row = conn.execute(self._sql.pending, (self.config.name,)).fetchone()
+            row = conn.execute(self._sql.pending, (SENDER_ROW,)).fetchone()
         if row is None or row[0] is None:
             return
         batch_id, ids, topic, partition, offset = row
@@ -501,7 +654,8 @@ class CommandSender:
             self._sent(list(ids))
         else:
             with self.store.connection() as conn:
-                conn.execute(self._sql.clear_batch, (0, self.config.name))
+                if conn.execute(self._sql.clear_batch, (0, SENDER_ROW, self._epoch)).rowcount != 1:
+                    raise LeadershipLost(self.identity)
         log.info(
             "command sender settled the previous leader's last batch",
             extra={
@@ -513,6 +667,24 @@ class CommandSender:
         )
 
     def _batch_committed(self, batch_id: str, topic: str, partition: int, offset: int) -> bool:
+        """Whether the recorded batch, whose first message went at or after ``offset``, is committed.
+
+        The producer that wrote it is fenced (``init_transactions``): nothing of it can still be added.
+        The partition's real end (uncommitted messages included) bounds where the batch can be; reading
+        ``read_committed`` from ``offset`` to that end tells committed (found) from aborted (the stable
+        offset passed the end without it). Another producer's open transaction before that end holds the
+        stable offset back: the sender waits for it (logged, ``tidings_command_sender_errors{kind=
+        "unconfirmed"}``), bounded by twice the transaction timeout, and never guesses.
+
+        Raises:
+            BatchUnconfirmed: the stable offset did not pass the end within that bound.
+        """
+        tp = TopicPartition(topic, partition)
+        _, end = self._watermarks.get_watermark_offsets(  # type: ignore[union-attr]
+            tp, timeout=self.config.transaction_timeout, cached=False
+        )
+        if end <= offset:
+            return False  # nothing was written there since the batch was recorded
         consumer = Consumer(
             {
                 **self._connection,
@@ -522,12 +694,10 @@ class CommandSender:
             }
         )
         try:
-            tp = TopicPartition(topic, partition)
-            _, end = consumer.get_watermark_offsets(tp, timeout=self.config.transaction_timeout)
-            if end <= offset:
-                return False
             consumer.assign([TopicPartition(topic, partition, offset)])
-            deadline = time.monotonic() + 2 * self.config.transaction_timeout
+            started = time.monotonic()
+            deadline = started + 2 * self.config.transaction_timeout
+            said = started
             while time.monotonic() < deadline:
                 for message in consumer.consume(500, 0.5):
                     if message.error() is not None:
@@ -545,9 +715,25 @@ class CommandSender:
                     return False
                 if self._stopping.is_set():
                     raise _Stopped
+                if time.monotonic() - said > UNCONFIRMED_LOG_SECONDS:
+                    said = time.monotonic()
+                    metrics.SENDER_ERRORS.labels(*self._labels, "unconfirmed").inc()
+                    log.warning(
+                        "command sender waits: an open transaction holds the partition's stable offset "
+                        "back, so whether the last batch committed cannot be told yet; nothing is sent",
+                        extra={
+                            "sender": self.identity,
+                            "topic": topic,
+                            "partition": partition,
+                            "batch": batch_id,
+                            "read_to": position,
+                            "end": end,
+                            "waited_seconds": round(said - started),
+                        },
+                    )
             raise BatchUnconfirmed(
-                f"{self.identity}: cannot read {topic}[{partition}] past offset {offset} to find batch "
-                f"{batch_id} (another producer's open transaction?); trying again"
+                f"{self.identity}: cannot read {topic}[{partition}] from offset {offset} to its end {end} "
+                f"to find batch {batch_id} (another producer's open transaction?); trying again"
             )
         finally:
             consumer.close()

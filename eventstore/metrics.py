@@ -31,6 +31,7 @@ from prometheus_client import Counter, Gauge
 __all__ = [
     "APPENDED",
     "COMMANDS_SENT",
+    "COMMANDS_SET_ASIDE",
     "NUMBERED",
     "OUTBOX_OLDEST_SECONDS",
     "OUTBOX_UNSENT",
@@ -104,6 +105,11 @@ SENDER_LEADER = Gauge(
     "tidings_command_sender_leader", "1 while this process sends the command outbox", _SENDER
 )
 COMMANDS_SENT = Counter("tidings_commands_sent", "Outbox commands committed to Kafka", _SENDER)
+COMMANDS_SET_ASIDE = Counter(
+    "tidings_commands_set_aside",
+    "Outbox commands Kafka can never accept, set aside (`tidings outbox list`)",
+    _SENDER,
+)
 SENDER_ERRORS = Counter(
     "tidings_command_sender_errors", "Failures the command sender retried, by kind", [*_SENDER, "kind"]
 )
