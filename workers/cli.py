@@ -23,6 +23,7 @@ from workers.demo_cli import demo_command
 from workers.events_cli import events_app
 from workers.handler_cli import handler_app
 from workers.health import HealthReport, check_health
+from workers.outbox_cli import outbox_app
 from workers.parked_cli import parked_app
 from workers.relay_cli import relay_app
 from workers.schemas_cli import schemas_app
@@ -49,6 +50,7 @@ app.add_typer(dev_app, name="dev")
 app.add_typer(schemas_app, name="schemas")
 app.add_typer(relay_app, name="relay")
 app.add_typer(parked_app, name="parked")
+app.add_typer(outbox_app, name="outbox")
 app.add_typer(events_app, name="events")
 app.add_typer(handler_app, name="handler")
 app.add_typer(store_app, name="store")

@@ -58,6 +58,8 @@ import sqlalchemy as sa
 from psycopg import sql
 from psycopg.types.json import Jsonb
 
+from eventstore.command_sender import commands_topic
+from eventstore.errors import ConfigurationError
 from tidings.aggregate import produced
 from tidings.json_decode import build_dataclass
 from tidings.json_encode import dataclass_to_json, plain_json
@@ -117,6 +119,10 @@ class External:
 
     destination: str
     identity: str | None = None
+
+    def __post_init__(self) -> None:
+        # Checked where it is written, not when the sender meets it: <destination>.commands is a topic.
+        commands_topic(self.destination)
 
 
 class EventTimeout(Exception):
@@ -192,6 +198,23 @@ class ProcessManager(Projection):
     external: ClassVar[Mapping[type, str | External]] = {}
     idle_timeout: ClassVar[float | None] = None
     event_timeout: ClassVar[float | None] = None
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        """A destination that makes no topic name fails when the class is defined, not in the sender.
+
+        Raises:
+            ConfigurationError: an ``external`` destination is not a Kafka topic name.
+        """
+        super().__init_subclass__(**kwargs)
+        for command, destination in cls.__dict__.get("external", {}).items():
+            name = destination.destination if isinstance(destination, External) else destination
+            try:
+                commands_topic(name)
+            except ConfigurationError as exc:
+                raise ConfigurationError(
+                    f"{cls.__qualname__}.external[{getattr(command, '__name__', command)}]: destination "
+                    f"{name!r} cannot be received ({exc})"
+                ) from None
 
     def __init__(self, index: int = 0) -> None:
         super().__init__(index)

@@ -205,6 +205,13 @@ def relay_command(
                 # Still ready while a problem stops it: a restart would not help, and it says why.
                 "verdict": "ok" if relay.problem is None else relay.problem.verdict,
                 "problem": "" if relay.problem is None else str(relay.problem),
+                "command_sender": "off"
+                if sender is None
+                else "leading"
+                if sender.leading.is_set()
+                else "standby"
+                if sender.alive()
+                else "stopped",
             }
 
         probes = Probes(readiness, host=host, port=port) if port else None
@@ -215,14 +222,26 @@ def relay_command(
             if sender is not None:
                 sender.stop()
 
+        def sender_died(error: BaseException) -> None:
+            # The relay does not go on without its sender: the process exits, and is restarted.
+            stopping.set()
+            relay.stop()
+
         signal.signal(signal.SIGTERM, stop)
         signal.signal(signal.SIGINT, stop)
         try:
             if probes is not None:
                 probes.start()
             if sender is not None:
+                sender.on_failure = sender_died
                 sender.start()
             relay.run()
+            if sender is not None and sender.failure is not None:
+                typer.echo(
+                    f"error: the command sender stopped: {type(sender.failure).__name__}: {sender.failure}",
+                    err=True,
+                )
+                raise typer.Exit(EXIT_FAILED)
         except (TopicMissing, TopicCreationFailed, TopicLimitTooSmall) as exc:
             typer.echo(f"error: {exc}", err=True)
             raise typer.Exit(EXIT_FAILED) from exc

@@ -186,7 +186,9 @@ def _print_commands(status: StoreStatus) -> None:
     for o in status.outbox:
         out.print(
             f"[bold]command outbox[/] to {escape(o.destination)}: {o.unsent} unsent, oldest "
-            f"{o.oldest_seconds:.0f} s" + (f"; last error: {escape(o.last_error)}" if o.last_error else ""),
+            f"{o.oldest_seconds:.0f} s"
+            + (f", {o.set_aside} set aside (`tidings outbox list`)" if o.set_aside else "")
+            + (f"; last error: {escape(o.last_error)}" if o.last_error else ""),
             soft_wrap=True,
         )
     for r in status.receivers:
