@@ -22,6 +22,7 @@ import asyncio
 import dataclasses
 import itertools
 import random
+import threading
 import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
@@ -33,16 +34,24 @@ from opentelemetry import propagate, trace
 
 from eventstore import (
     DeadlineExceeded,
+    PoolExhausted,
     PostgresEventStore,
     StreamNotFound,
     TransactionConflict,
     WrongExpectedVersion,
 )
 from eventstore.acknowledgements import Acknowledgements
+from eventstore.postgres.pool import waiting_until
 from tidings.aggregate import produced
 from tidings.aggregate_cache import AggregateCache
 from tidings.command_threads import CommandThreads, Job, on_command_thread
-from tidings.errors import DispatchHalted, ExecutionFailed, ExecutionTimeout, TooManyAttempts
+from tidings.errors import (
+    DispatchHalted,
+    ExecutionFailed,
+    ExecutionTimeout,
+    ReentrantDispatch,
+    TooManyAttempts,
+)
 from tidings.mapper import EventMapper
 from tidings.middleware import DEFAULT_MIDDLEWARE, ConsistencyGuarantee, ExtractIdentity, Middleware, Pipeline
 from tidings.router import Consistency, Registration, Router
@@ -290,19 +299,35 @@ class Application:
     ) -> ExecutionResult:
         stream_id = pipeline.stream_id
         assert stream_id is not None, "ExtractIdentity sets the stream id"
-        if pipeline.connection is not None:
-            # Never the in-process lock: the caller's transaction may hold the stream's row already,
-            # and a thread holding the lock while waiting for that row would wait for ever.
-            return self._execute(registration, pipeline, attempts, traced, deadline, job, pipeline.connection)
-        if not self._streams.acquire(stream_id, deadline - time.monotonic()):
-            raise ExecutionTimeout(pipeline.command, pipeline.timeout)
+        executing: set[str] = _thread.__dict__.setdefault("executing", set())
+        if stream_id in executing:
+            raise ReentrantDispatch(pipeline.command, stream_id)
+        executing.add(stream_id)
+        # No wait for one of the store's sessions outlasts the dispatch (a read's, the locked retry's).
         try:
-            try:
-                return self._execute(registration, pipeline, attempts, traced, deadline, job, None)
-            except _Contended:
-                return self._execute_locked(registration, pipeline, attempts, traced, deadline, job)
+            with waiting_until(deadline):
+                if pipeline.connection is not None:
+                    # Never the in-process lock: the caller's transaction may hold the stream's row
+                    # already, and a thread holding the lock while waiting for that row would wait for
+                    # ever.
+                    return self._execute(
+                        registration, pipeline, attempts, traced, deadline, job, pipeline.connection
+                    )
+                if not self._streams.acquire(stream_id, deadline - time.monotonic()):
+                    raise ExecutionTimeout(pipeline.command, pipeline.timeout)
+                try:
+                    try:
+                        return self._execute(registration, pipeline, attempts, traced, deadline, job, None)
+                    except _Contended:
+                        return self._execute_locked(registration, pipeline, attempts, traced, deadline, job)
+                finally:
+                    self._streams.release(stream_id)
+        except PoolExhausted as exc:
+            if time.monotonic() < deadline:
+                raise
+            raise ExecutionTimeout(pipeline.command, pipeline.timeout) from exc
         finally:
-            self._streams.release(stream_id)
+            executing.discard(stream_id)
 
     def _execute_locked(
         self,
@@ -447,9 +472,12 @@ class Application:
     ) -> int:
         if joined is None:
             return self.store.append_to_stream(stream_id, version, records, deadline=deadline)
-        # A savepoint, so that a refused append leaves the caller's transaction usable for the retry.
+        # A savepoint, so that a refused append (or one cancelled at the deadline) leaves the caller's
+        # transaction usable.
         with joined.transaction():
-            return self.store.append_to_stream(stream_id, version, records, connection=joined)
+            return self.store.append_to_stream(
+                stream_id, version, records, connection=joined, deadline=deadline
+            )
 
     def _apply(
         self, aggregate: type, stream_id: str, state: Any, events: list[object], committed: bool
@@ -482,7 +510,9 @@ class Application:
             # it is checked against the store before it is believed (``_execute``).
             return cached.state, cached.version, cached.snapshot_at, False
         snapshotting = self.snapshotting.get(aggregate)
-        snapshot = snapshotting.load(self.store, aggregate, stream_id) if snapshotting is not None else None
+        snapshot = (
+            snapshotting.load(self.store, aggregate, stream_id, joined) if snapshotting is not None else None
+        )
         state, snapshot_at = snapshot if snapshot is not None else (aggregate(), 0)
         state, version = self._catch_up(state, snapshot_at, stream_id, joined)
         return state, version, snapshot_at, True
@@ -510,6 +540,10 @@ class Application:
         if pipeline.response is None:
             raise DispatchHalted(pipeline.command)
         return pipeline.response
+
+
+_thread = threading.local()
+"""Per thread: the streams whose commands it is executing (``executing``), to refuse re-entry."""
 
 
 class _Contended(Exception):

@@ -23,6 +23,7 @@ The write side's errors, from routing a command, running it and appending what i
     ├── TooManyAttempts       the aggregate's stream kept moving: every retry met a newer version
     ├── ExecutionTimeout      the command did not finish within its timeout (nothing was appended)
     ├── ExecutionFailed       the aggregate's apply raised: a bug, since apply must accept every event
+    ├── ReentrantDispatch     a command dispatched from inside the execute of a command to its aggregate
     └── ConsistencyTimeout    the events are committed, but strongly consistent handlers did not all
                               acknowledge them in time
 
@@ -44,6 +45,7 @@ __all__ = [
     "ExecutionTimeout",
     "InvalidCommand",
     "InvalidIdentity",
+    "ReentrantDispatch",
     "TooManyAttempts",
     "UnregisteredCommand",
     "DeserializationError",
@@ -252,6 +254,18 @@ class ExecutionTimeout(DispatchError, TimeoutError):
             f"{type(command).__qualname__} did not finish within {timeout}s; nothing was appended"
         )
         self.timeout = timeout
+
+
+class ReentrantDispatch(DispatchError):
+    """A command was dispatched from inside the ``execute`` of a command to the same aggregate."""
+
+    def __init__(self, command: object, stream_id: str) -> None:
+        super().__init__(
+            f"{type(command).__qualname__} was dispatched to {stream_id} from inside a command that "
+            f"{stream_id} is executing: it would wait for the aggregate it runs in. execute must decide "
+            "events, not dispatch; dispatch follow-up commands from a process manager or an event handler"
+        )
+        self.command, self.stream_id = command, stream_id
 
 
 class ExecutionFailed(DispatchError):

@@ -18,7 +18,9 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-from eventstore import EventStoreError, PostgresEventStore, SnapshotData
+import psycopg
+
+from eventstore import EventStoreError, PostgresEventStore, SnapshotData, StoreUnavailable
 from tidings.json_decode import build_dataclass
 from tidings.json_encode import dataclass_to_json
 from tidings.json_hints import ValueProblem
@@ -43,13 +45,23 @@ class Snapshotting:
         """Whether the stream has moved ``every`` events or more past its last snapshot."""
         return version - snapshot_at >= self.every
 
-    def load(self, store: PostgresEventStore, aggregate: type, stream_id: str) -> tuple[Any, int] | None:
-        """The state and version from the aggregate's snapshot, or None (none, other version, unreadable)."""
+    def load(
+        self,
+        store: PostgresEventStore,
+        aggregate: type,
+        stream_id: str,
+        connection: psycopg.Connection[Any] | None = None,
+    ) -> tuple[Any, int] | None:
+        """The state and version from the aggregate's snapshot, or None (none, other version, unreadable).
+
+        With ``connection`` it is read in that connection's transaction (no other session is taken)."""
         try:
-            snapshot = store.read_snapshot(_source_type(aggregate), stream_id, self.version)
+            snapshot = store.read_snapshot(_source_type(aggregate), stream_id, self.version, connection)
             if snapshot is None:
                 return None
             state = build_dataclass(aggregate, json.loads(snapshot.data), aggregate.__qualname__)
+        except StoreUnavailable:
+            raise  # the stream could not be read either: not a reason to replay
         except (EventStoreError, ValueError, TypeError, KeyError, ValueProblem) as exc:
             log.warning(
                 "an aggregate snapshot could not be read; replaying the stream instead",

@@ -10,7 +10,9 @@ A cancel request travels on its own connection and may reach the server after th
 session that had a cancel sent is therefore never lent again (``Watch.cancelled``), so the late request
 cannot hit another caller's statement.
 
-The watchdog wakes every ``TICK`` seconds while it watches anything and sleeps otherwise. Watching and
+The watchdog wakes at the next deadline (at most ``TICK`` seconds apart) while it watches anything, and
+sleeps otherwise. A cancel is sent ``LEAD`` before the deadline, so that an append cannot commit past it
+unless the machine delays the cancel itself by more than that. Watching and
 unwatching never wake it and share no lock between appends (a lock of each watch settles a cancel
 racing the statement's end), which keeps an append's cost to about a microsecond under many threads.
 """
@@ -30,7 +32,11 @@ __all__ = ["Deadlines", "Watch"]
 log = logging.getLogger(__name__)
 
 TICK = 0.02
-"""Seconds between the watchdog's looks: how late past its deadline a statement may be cancelled."""
+"""The longest the watchdog sleeps while it watches anything (it sleeps less when a deadline is nearer)."""
+
+LEAD = 0.01
+"""Cancels are sent this long before the deadline, so that they reach the server by then: a cancel
+travels on a new connection, and the watchdog itself may be scheduled late on a busy machine."""
 
 
 class Watch:
@@ -85,15 +91,19 @@ class Deadlines:
     def _run(self) -> None:
         while not self._stopped:
             self._some.wait()
-            time.sleep(TICK)
-            if not self._watched:
+            watched = self._watched.copy()
+            if not watched:
                 self._some.clear()
                 if self._watched:  # one came between the look and the clear
                     self._some.set()
                 continue
             now = time.monotonic()
-            for watch in self._watched.copy().values():
-                if watch.deadline > now or watch.cancelled:
+            due = min(watch.deadline for watch in watched.values()) - LEAD
+            if due > now:
+                time.sleep(min(TICK, due - now))
+                continue
+            for watch in watched.values():
+                if watch.deadline - LEAD > now or watch.cancelled:
                     continue
                 with watch.lock:
                     # Under its lock, so that the statement cannot end and its session be lent again
@@ -104,3 +114,4 @@ class Deadlines:
                     with contextlib.suppress(Exception):
                         watch.conn.cancel_safe(timeout=1.0)
                 log.info("a statement was cancelled at its deadline")
+            time.sleep(0.001)  # the cancelled statements end and are unwatched

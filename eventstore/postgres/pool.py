@@ -15,6 +15,7 @@ Create the pool after forking: sessions are not shared across processes.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import threading
 import time
 from collections import deque
@@ -28,7 +29,21 @@ from psycopg.pq import TransactionStatus
 from eventstore.config import redact_url
 from eventstore.errors import PoolExhausted, StoreUnavailable
 
-__all__ = ["Session", "SessionPool"]
+__all__ = ["Session", "SessionPool", "waiting_until"]
+
+_wait_until: contextvars.ContextVar[float | None] = contextvars.ContextVar("tidings_wait_until", default=None)
+
+
+@contextlib.contextmanager
+def waiting_until(deadline: float) -> Iterator[None]:
+    """Within the block, no wait for a session lasts past ``deadline`` (``time.monotonic()``): a caller
+    with a deadline of its own (a dispatch's timeout) is never held by the pool's longer timeout."""
+    token = _wait_until.set(deadline)
+    try:
+        yield
+    finally:
+        _wait_until.reset(token)
+
 
 Connection = psycopg.Connection[Any]
 
@@ -106,7 +121,11 @@ class SessionPool:
                     stale = self._idle.popleft()
                     self._size -= 1
             else:
-                session = self._take_or_reserve(self._timeout if timeout is None else timeout)
+                wait = self._timeout if timeout is None else timeout
+                until = _wait_until.get()
+                if until is not None:
+                    wait = min(wait, max(0.0, until - time.monotonic()))
+                session = self._take_or_reserve(wait)
         if stale is not None:
             with contextlib.suppress(psycopg.Error):
                 stale.conn.close()

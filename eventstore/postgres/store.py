@@ -192,9 +192,11 @@ class PostgresEventStore:
         """Append ``events`` to ``stream_id`` atomically; return the stream's new version.
 
         With ``connection`` the append joins that connection's transaction (and commits with it).
-        With ``deadline`` (a ``time.monotonic()`` instant; not with ``connection``) an append still
-        waiting for a session or for another writer's lock at the deadline is cancelled: it either
-        committed before, and returns, or wrote nothing and raises ``DeadlineExceeded``.
+        With ``deadline`` (a ``time.monotonic()`` instant) an append still waiting for a session or for
+        another writer's lock at the deadline is cancelled: it either committed before, and returns, or
+        wrote nothing and raises ``DeadlineExceeded``. In the caller's transaction (``connection``) a
+        cancel sent just as the append ended can land on the transaction's next statement, which then
+        fails and rolls the transaction back: nothing is written that the caller was not told of.
 
         Raises:
             WrongExpectedVersion: an exact version (or 0) was expected and the stream is elsewhere.
@@ -214,7 +216,7 @@ class PostgresEventStore:
         # The hot path of the store: a lent session and its cursor, no generator-based context managers.
         session = self._session_until(deadline, stream_id) if connection is None else None
         cursor = session.cursor if session is not None else connection.cursor()  # type: ignore[union-attr]
-        watch = self._deadlines.watch(session.conn, deadline) if session and deadline is not None else None
+        watch = self._deadlines.watch(cursor.connection, deadline) if deadline is not None else None
         try:
             if len(events) >= COPY_AT:
                 version = self._append_by_copy(cursor, stream_id, expected_version, kind, expected, events)
@@ -233,9 +235,10 @@ class PostgresEventStore:
         except psycopg.Error as exc:
             raise _store_error(exc) from exc
         finally:
+            cancelled = watch is not None and self._deadlines.unwatch(watch)
             if session is not None:
                 # A session that had a cancel sent is closed: the request could land on its next statement.
-                if watch is not None and self._deadlines.unwatch(watch):
+                if cancelled:
                     self._pool.discard(session)
                 else:
                     self._pool.release(session)
@@ -553,11 +556,19 @@ class PostgresEventStore:
             )
 
     def read_snapshot(
-        self, source_type: str, source_id: str, snapshot_version: int = 1
+        self,
+        source_type: str,
+        source_id: str,
+        snapshot_version: int = 1,
+        connection: Connection | None = None,
     ) -> SnapshotData | None:
-        """The snapshot of (source_type, source_id) if one of ``snapshot_version`` is stored, else None."""
-        with translate_db_errors(), self._pool.connection() as conn:
-            row = conn.execute(self._sql.read_snapshot, (source_type, source_id, snapshot_version)).fetchone()
+        """The snapshot of (source_type, source_id) if one of ``snapshot_version`` is stored, else None.
+
+        With ``connection`` the read is made in that connection's transaction."""
+        params = (source_type, source_id, snapshot_version)
+        with translate_db_errors(), contextlib.ExitStack() as stack:
+            conn = connection if connection is not None else stack.enter_context(self._pool.connection())
+            row = conn.execute(self._sql.read_snapshot, params).fetchone()
         if row is None:
             return None
         return SnapshotData(
