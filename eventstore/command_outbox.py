@@ -24,6 +24,7 @@ from psycopg import sql
 from eventstore.postgres.store import PostgresEventStore
 
 __all__ = [
+    "NotSetAside",
     "OutboxStatus",
     "SetAsideCommand",
     "discard_set_aside",
@@ -31,6 +32,15 @@ __all__ = [
     "retry_set_aside",
     "set_aside",
 ]
+
+
+class NotSetAside(LookupError):
+    """Some of the ids given are no command set aside (unknown, waiting to be sent, or sent): nothing
+    was changed."""
+
+    def __init__(self, ids: list[int]) -> None:
+        self.ids = ids
+        super().__init__(f"no such command set aside: id {', '.join(map(str, ids))}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,18 +97,34 @@ def set_aside(store: PostgresEventStore, limit: int = 1000) -> list[SetAsideComm
 
 
 def retry_set_aside(store: PostgresEventStore, ids: list[int]) -> int:
-    """Give the sender these set-aside commands again (after the cause is fixed); how many there were."""
+    """Give the sender these set-aside commands again (after the cause is fixed); how many there were.
+
+    Raises:
+        NotSetAside: one of ``ids`` is no command set aside; none was given back.
+    """
     statement = sql.SQL(
-        "UPDATE {} SET failed_at = NULL WHERE id = ANY(%s) AND sent_at IS NULL AND failed_at IS NOT NULL"
+        "UPDATE {} SET failed_at = NULL WHERE id = ANY(%s) AND sent_at IS NULL AND failed_at IS NOT NULL "
+        "RETURNING id"
     ).format(_outbox(store))
-    with store.connection() as conn:
-        return conn.execute(statement, (ids,)).rowcount
+    return _all_or_none(store, statement, ids)
 
 
 def discard_set_aside(store: PostgresEventStore, ids: list[int]) -> int:
-    """Delete these set-aside commands (never sent); the commands of their targets go on without them."""
+    """Delete these set-aside commands (never sent); the commands of their targets go on without them.
+
+    Raises:
+        NotSetAside: one of ``ids`` is no command set aside; none was deleted.
+    """
     statement = sql.SQL(
-        "DELETE FROM {} WHERE id = ANY(%s) AND sent_at IS NULL AND failed_at IS NOT NULL"
+        "DELETE FROM {} WHERE id = ANY(%s) AND sent_at IS NULL AND failed_at IS NOT NULL RETURNING id"
     ).format(_outbox(store))
+    return _all_or_none(store, statement, ids)
+
+
+def _all_or_none(store: PostgresEventStore, statement: sql.Composed, ids: list[int]) -> int:
     with store.connection() as conn:
-        return conn.execute(statement, (ids,)).rowcount
+        done = {row[0] for row in conn.execute(statement, (ids,))}
+        missing = sorted(set(ids) - done)
+        if missing:
+            raise NotSetAside(missing)  # the transaction is rolled back: nothing changed
+    return len(done)

@@ -14,10 +14,11 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from eventstore import DEFAULT_SCHEMA
-from eventstore.command_outbox import discard_set_aside, retry_set_aside, set_aside
+from eventstore.command_outbox import NotSetAside, discard_set_aside, retry_set_aside, set_aside
 from workers.cli_options import EXIT_FAILED, EXIT_USAGE, AsJson, DatabaseUrl, Schema, fail, open_store
 
 __all__ = ["outbox_app"]
@@ -35,7 +36,7 @@ All = Annotated[bool, typer.Option("--all", help="Every command set aside.")]
 
 @outbox_app.command("list")
 def list_command(
-    limit: Annotated[int, typer.Option(help="At most this many commands.")] = 1000,
+    limit: Annotated[int, typer.Option(min=1, help="At most this many commands.")] = 1000,
     as_json: AsJson = False,
     database_url: DatabaseUrl = "",
     schema: Schema = DEFAULT_SCHEMA,
@@ -71,12 +72,12 @@ def list_command(
     for column in ("id", "destination", "type", "key", "error", "set aside at"):
         table.add_column(column, overflow="fold")
     for c in commands:
-        table.add_row(
+        table.add_row(  # names and Kafka's errors as they are, never read as markup
             str(c.id),
-            c.destination,
-            c.command_type,
-            c.partition_key or "-",
-            c.error or "-",
+            escape(c.destination),
+            escape(c.command_type),
+            escape(c.partition_key or "-"),
+            escape(c.error or "-"),
             c.failed_at.isoformat(timespec="seconds"),
         )
     out.print(table)
@@ -105,7 +106,10 @@ def retry_command(
     """
     chosen = _which(ids, every, database_url, schema)
     with open_store(database_url, schema) as store:
-        count = retry_set_aside(store, chosen)
+        try:
+            count = retry_set_aside(store, chosen)
+        except NotSetAside as exc:
+            raise fail(f"{exc} (see `tidings outbox list`); nothing retried", EXIT_FAILED) from exc
     if not count:
         raise fail("no such command set aside", EXIT_FAILED)
     if as_json:
@@ -128,7 +132,10 @@ def discard_command(
     """
     chosen = _which(ids, every, database_url, schema)
     with open_store(database_url, schema) as store:
-        count = discard_set_aside(store, chosen)
+        try:
+            count = discard_set_aside(store, chosen)
+        except NotSetAside as exc:
+            raise fail(f"{exc} (see `tidings outbox list`); nothing discarded", EXIT_FAILED) from exc
     if not count:
         raise fail("no such command set aside", EXIT_FAILED)
     if as_json:
