@@ -131,6 +131,7 @@ def test_the_relay_publishes_and_its_status_shows_it(
                             "last_published": len(appended),
                             "verdict": "ok",
                             "problem": "",
+                            "command_sender": "leading",  # the relay's process sends the outbox too
                         },
                     )
                 ),
